@@ -1,0 +1,251 @@
+"""The Python API: ``fastdllm.load`` and the ``LLM`` object with ``generate`` and ``stream``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence as Seq
+
+import torch
+
+from .config import ModelConfig
+from .engine.detokenizer import IncrementalDetokenizer
+from .engine.engine import Engine, StepEvent
+from .engine.params import DecodeParams
+from .engine.sequence import Sequence
+from .errors import InvalidRequestError
+from .loading import Checkpoint, load_checkpoint
+from .sampling import SamplingParams, make_sampler
+
+MASK_TOKEN = "|<MASK>|"
+RELEASED_MASK_ID = 151665
+
+Prompt = str | list[int] | list[dict]
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    generated_tokens: int
+    nfe: int                 # forward passes spent on this request (the prompt prefill counts as one)
+    seconds: float
+
+    @property
+    def tpf(self) -> float:
+        """Tokens per forward pass."""
+        return self.generated_tokens / self.nfe if self.nfe else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens, "nfe": self.nfe,
+                "tpf": self.tpf, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str       # "stop" or "length"
+    prompt_token_ids: list[int]
+    stats: GenerationStats
+
+    # flat access to the stats, as in the issue's contract
+    nfe = property(lambda self: self.stats.nfe)
+    tpf = property(lambda self: self.stats.tpf)
+    seconds = property(lambda self: self.stats.seconds)
+    generated_tokens = property(lambda self: self.stats.generated_tokens)
+
+
+@dataclass
+class GenerateOptions:
+    max_new_tokens: int = 256
+    threshold: float = 0.9
+    block_size: int | None = None
+    small_block_size: int = 8
+    use_block_cache: bool = False
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: list[int] | None = None
+    stop: list[str] | str | None = None
+    mask_token_id: int | None = None
+    chat: bool = True
+    mode: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LLM:
+    """A loaded model ready to generate. Build it with ``fastdllm.load``."""
+
+    def __init__(self, checkpoint: Checkpoint, mask_token_id: int | None = None, max_batch_size: int = 8):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.config: ModelConfig = checkpoint.config
+        self.tokenizer = checkpoint.tokenizer
+        self.generation_config = checkpoint.generation_config
+        self._mask_token_id = mask_token_id
+        self.engine = Engine(self.model, max_batch_size=max_batch_size)
+
+    # ---- defaults read from the checkpoint -------------------------------------------------
+    @property
+    def is_block_diffusion(self) -> bool:
+        return self.config.is_block_diffusion
+
+    @property
+    def mask_token_id(self) -> int | None:
+        if self._mask_token_id is not None:
+            return self._mask_token_id
+        if self.config.mask_token_id is not None:
+            return self.config.mask_token_id
+        if self.tokenizer is not None:
+            tid = self.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid < self.config.vocab_size:
+                return tid
+        if self.config.model_type == "Fast_dLLM_Qwen" and self.config.vocab_size > RELEASED_MASK_ID:
+            return RELEASED_MASK_ID
+        return None
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids: list[int] = []
+        gen = self.generation_config.get("eos_token_id")
+        for src in (gen, self.config.eos_token_id, getattr(self.tokenizer, "eos_token_id", None)):
+            for t in ([src] if isinstance(src, int) else (src or [])):
+                if t not in ids:
+                    ids.append(t)
+        return ids
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def encode(self, prompt: Prompt, chat: bool = True) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidRequestError("empty prompt")
+            tok = self._need_tokenizer()
+            if chat and getattr(tok, "chat_template", None):
+                return self._template([{"role": "user", "content": prompt}])
+            return list(tok.encode(prompt))
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            return self._template(prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            if not prompt:
+                raise InvalidRequestError("empty prompt")
+            bad = [t for t in prompt if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary (size {self.config.vocab_size})")
+            return list(prompt)
+        raise InvalidRequestError("a prompt must be a string, a list of token ids or a list of chat messages")
+
+    def _template(self, messages: list[dict]) -> list[int]:
+        tok = self._need_tokenizer()
+        if not getattr(tok, "chat_template", None):
+            raise InvalidRequestError("this model's tokenizer has no chat template; pass plain text with chat=False")
+        try:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as e:
+            raise InvalidRequestError(f"cannot apply the chat template: {e}") from e
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise InvalidRequestError("this checkpoint has no tokenizer: pass prompts as lists of token ids")
+        return self.tokenizer
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _prepare(self, prompts, opts: GenerateOptions) -> tuple[list[Sequence], DecodeParams]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], (int, dict))):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise InvalidRequestError("no prompts given")
+        mode = opts.mode or ("diffusion" if self.is_block_diffusion else "ar")
+        if mode not in ("diffusion", "ar"):
+            raise InvalidRequestError(f"mode must be 'diffusion' or 'ar', got {mode!r}")
+        if not isinstance(opts.max_new_tokens, int) or opts.max_new_tokens < 0:
+            raise InvalidRequestError(f"max_new_tokens must be a non-negative integer, got {opts.max_new_tokens}")
+        if not 0.0 <= opts.threshold <= 1.0:
+            raise InvalidRequestError(f"threshold must be in [0, 1], got {opts.threshold}")
+        bs = opts.block_size or self.config.bd_size or 32
+        sbs = opts.small_block_size
+        if bs <= 0 or sbs <= 0 or bs % sbs:
+            raise InvalidRequestError(f"small_block_size ({sbs}) must be positive and divide block_size ({bs})")
+        mask_id = opts.mask_token_id if opts.mask_token_id is not None else self.mask_token_id
+        if mode == "diffusion" and mask_id is None:
+            raise InvalidRequestError("block-diffusion decoding needs a mask token: pass mask_token_id "
+                                      "(this checkpoint defines none)")
+        if mask_id is not None and not 0 <= mask_id < self.config.vocab_size:
+            raise InvalidRequestError(f"mask_token_id {mask_id} is outside the vocabulary")
+        stop_ids = self.eos_token_ids if opts.stop_token_ids is None else list(opts.stop_token_ids)
+        stop_strings = [opts.stop] if isinstance(opts.stop, str) else list(opts.stop or [])
+        if stop_strings and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer")
+        sampler = make_sampler(SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed), mask_id,
+                               self.model.device)
+        params = DecodeParams(mode, sampler, frozenset(stop_ids), bs, sbs, opts.threshold, opts.use_block_cache,
+                              mask_id)
+        max_ctx = self.config.max_position_embeddings
+        cap = max_ctx // bs * bs if mode == "diffusion" else max_ctx
+        seqs = []
+        for i, p in enumerate(prompts):
+            ids = self.encode(p, opts.chat)
+            if len(ids) >= cap:
+                raise InvalidRequestError(f"prompt {i} has {len(ids)} tokens; the context holds {cap}")
+            limit = min(len(ids) + opts.max_new_tokens, cap)
+            seq = Sequence(i, ids, limit - len(ids), limit)
+            if stop_strings or self.tokenizer is not None:
+                seq.detok = IncrementalDetokenizer(self.tokenizer, stop_strings) if self.tokenizer is not None else None
+            seqs.append(seq)
+        return seqs, params
+
+    def stream(self, prompts, **kwargs) -> Iterator[StepEvent]:
+        """Yield the decoding state after every forward pass (see ``StepEvent``)."""
+        seqs, params = self._prepare(prompts, _options(kwargs))
+        yield from self.engine.run(seqs, params)
+
+    def generate(self, prompts, progress: bool = False, **kwargs) -> list[GenerationResult]:
+        """Generate for one prompt or a list of prompts; returns one result per prompt."""
+        seqs, params = self._prepare(prompts, _options(kwargs))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=sum(s.max_new_tokens for s in seqs), unit="tok", desc="generating")
+        for event in self.engine.run(seqs, params):
+            if bar is not None:
+                bar.update(sum(len(r.new_tokens) for r in event.rows))
+        if bar is not None:
+            bar.close()
+        return [self._result(s) for s in seqs]
+
+    def _result(self, seq: Sequence) -> GenerationResult:
+        text = seq.detok.text if seq.detok is not None else ""
+        stats = GenerationStats(seq.prompt_len, len(seq.output), seq.nfe, seq.seconds)
+        return GenerationResult(text, list(seq.output), seq.finish_reason or "length", list(seq.prompt), stats)
+
+
+def _options(kwargs: dict) -> GenerateOptions:
+    known = set(GenerateOptions.__dataclass_fields__) - {"extra"}
+    unknown = set(kwargs) - known
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    return GenerateOptions(**kwargs)
+
+
+def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+         mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None) -> LLM:
+    """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
+    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
+    llm.load_seconds = time.perf_counter() - t0
+    return llm

@@ -1,0 +1,85 @@
+"""Attention back ends the transformer calls layer by layer.
+
+``CachedAttention`` serves the engine: the batch is packed into one row of tokens, made of
+segments (one per sequence), each written into its KV-cache slot and attending to its own
+slot only. ``DenseAttention`` serves the naive oracle, the training forward and the
+numerical tests: plain attention over the given keys with an explicit boolean mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+
+
+@dataclass
+class Segment:
+    """One sequence's share of a packed forward."""
+
+    slot: int          # KV-cache slot of the sequence
+    start: int         # offset of its tokens in the packed batch
+    length: int        # number of query tokens
+    write_pos: int     # absolute position of its first token (where its KV are written)
+    kv_end: int        # attend to cached positions [0, kv_end)
+    mask: torch.Tensor | None = None  # [length, kv_end] bool, True = may attend; None = all
+
+
+class CachedAttention:
+    def __init__(self, cache: KVCache, segments: list[Segment], scale: float):
+        self.cache = cache
+        self.segments = segments
+        self.scale = scale
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: [1, N, Hq, D]; k, v: [1, N, Hkv, D]
+        ck, cv = self.cache.k[layer], self.cache.v[layer]  # [slots, Hkv, S, D]
+        out = torch.empty(q.shape[1], q.shape[2] * q.shape[3], dtype=q.dtype, device=q.device)  # [N, Hq*D]
+        for s in self.segments:
+            a, b = s.start, s.start + s.length
+            ck[s.slot, :, s.write_pos:s.write_pos + s.length] = k[0, a:b].transpose(0, 1)
+            cv[s.slot, :, s.write_pos:s.write_pos + s.length] = v[0, a:b].transpose(0, 1)
+            qs = q[0, a:b].transpose(0, 1).unsqueeze(0)  # [1, Hq, T, D]
+            o = F.scaled_dot_product_attention(
+                qs, ck[s.slot, :, :s.kv_end].unsqueeze(0), cv[s.slot, :, :s.kv_end].unsqueeze(0),
+                attn_mask=s.mask, scale=self.scale, enable_gqa=True,
+            )  # [1, Hq, T, D]
+            out[a:b] = o[0].transpose(0, 1).reshape(s.length, -1)
+        return out.unsqueeze(0)
+
+
+class DenseAttention:
+    """Attention over the current tokens only (plus an optional per-layer prefix of K/V).
+
+    ``mask``: bool [B or 1, 1, T, S] with S = prefix length + T; None means full attention.
+    ``record``: keep every layer's (k, v) of the current tokens in ``self.kv``.
+    """
+
+    def __init__(self, mask: torch.Tensor | None, scale: float,
+                 prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, record: bool = False):
+        self.mask = mask
+        self.scale = scale
+        self.prefix = prefix
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if record else None
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        if self.kv is not None:
+            self.kv.append((k, v))
+        if self.prefix is not None:
+            pk, pv = self.prefix[layer]
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=self.scale, enable_gqa=True)
+        return o.transpose(1, 2).flatten(2)  # [B, T, Hq*D]
+
+
+def block_causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Query at position i may attend key at j iff block(j) <= block(i). Returns [Tq, Tk] bool."""
+    return (k_pos[None, :] // block_size) <= (q_pos[:, None] // block_size)
+
+
+def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    return k_pos[None, :] <= q_pos[:, None]

@@ -1,0 +1,1 @@
+"""The decoding engine: sequences, step planners, model runner and the scheduling loop."""

@@ -1,0 +1,46 @@
+"""Autoregressive step planner: causal prefill, then one token per forward.
+
+The baseline the block-diffusion speed-ups are measured against, on the same engine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .params import DecodeParams
+from .sequence import ForwardPlan, Sequence
+
+
+class AutoregressivePlanner:
+    def __init__(self, params: DecodeParams):
+        self.p = params
+        self._pending: dict[int, int] = {}
+
+    def capacity(self, seq: Sequence) -> int:
+        return seq.limit
+
+    def prefill_plans(self, seq: Sequence) -> list[ForwardPlan]:
+        L, chunk = seq.prompt_len, max(1, self.p.prefill_chunk)
+        plans = [ForwardPlan(seq.prompt[a:min(L, a + chunk)], a, min(L, a + chunk), [], "causal", "prefill")
+                 for a in range(0, L, chunk)]
+        plans[-1].logit_rows = [len(plans[-1].tokens) - 1]
+        return plans
+
+    def after_prefill(self, seq: Sequence, logits: torch.Tensor | None) -> list[int]:
+        return self._take(seq, logits)
+
+    def plan(self, seq: Sequence) -> ForwardPlan:
+        pos = seq.prompt_len + len(seq.output) - 1
+        return ForwardPlan([seq.output[-1]], pos, pos + 1, [0])
+
+    def apply(self, seq: Sequence, plan: ForwardPlan, logits: torch.Tensor) -> list[int]:
+        return self._take(seq, logits)
+
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> list[int]:
+        token, _ = self.p.sampler(logits)
+        self._pending[seq.index] = int(token[0])
+        return [seq.prompt_len + len(seq.output)]
+
+    def take_ready(self, seq: Sequence) -> list[int]:
+        tok = self._pending.pop(seq.index, None)
+        return [] if tok is None else [tok]

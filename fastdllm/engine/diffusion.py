@@ -1,0 +1,95 @@
+"""Block-diffusion step planner (the decoding contract of Fast-dLLM v2).
+
+A sequence decodes one block of ``block_size`` positions at a time, one sub-block of
+``small_block_size`` at a time. Each step feeds the block (or, with the sub-block cache and a
+fresh block KV, only the current sub-block), reads the logits of position i from output i-1
+(token shift), and fills every masked position of the sub-block whose confidence exceeds the
+threshold, and always the most confident one. A full block is fed once more to commit its KV,
+and that forward's last output gives the first token of the next block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .params import DecodeParams
+from .sequence import ForwardPlan, Sequence
+
+
+class DiffusionPlanner:
+    def __init__(self, params: DecodeParams):
+        self.p = params
+        self.mask = params.mask_token_id
+
+    def capacity(self, seq: Sequence) -> int:
+        bs = self.p.block_size
+        return -(-seq.limit // bs) * bs  # the block holding position limit-1 must fit
+
+    def prefill_plans(self, seq: Sequence) -> list[ForwardPlan]:
+        """Whole prompt blocks go to the KV cache under the block-causal mask."""
+        bs, L = self.p.block_size, seq.prompt_len
+        end = L // bs * bs
+        chunk = max(bs, self.p.prefill_chunk // bs * bs)
+        plans = []
+        for a in range(0, end, chunk):
+            b = min(end, a + chunk)
+            plans.append(ForwardPlan(seq.prompt[a:b], a, b, [], "block_causal", "prefill", bs))
+        if plans and L % bs == 0:
+            plans[-1].logit_rows = [len(plans[-1].tokens) - 1]
+        if not plans or L % bs:  # the prompt tail opens the first block
+            seq.block_start = end
+            seq.block = seq.prompt[end:] + [self.mask] * (bs - (L - end))
+            seq.gen_from = seq.emitted = L - end
+        return plans
+
+    def after_prefill(self, seq: Sequence, logits: torch.Tensor | None) -> list[int]:
+        if logits is None or logits.shape[0] == 0:
+            return []
+        return self._open_block(seq, seq.prompt_len, logits)
+
+    def _open_block(self, seq: Sequence, start: int, logits: torch.Tensor) -> list[int]:
+        token, _ = self.p.sampler(logits)  # the first token of a block is autoregressive
+        seq.block_start = start
+        seq.block = [int(token[0])] + [self.mask] * (self.p.block_size - 1)
+        seq.gen_from, seq.emitted, seq.block_cache_fresh = 0, 0, False
+        return [start]
+
+    def plan(self, seq: Sequence) -> ForwardPlan:
+        bs, sbs, block = self.p.block_size, self.p.small_block_size, seq.block
+        kv_end = seq.block_start + bs
+        masked = [i for i in range(bs) if block[i] == self.mask]
+        if not masked:
+            return ForwardPlan(list(block), seq.block_start, kv_end, [bs - 1], kind="commit")
+        s0 = masked[0] // sbs * sbs
+        targets = [i for i in masked if i < s0 + sbs]
+        if self.p.use_block_cache and seq.block_cache_fresh and block[s0] != self.mask:
+            # only the sub-block is recomputed; the rest of the block reuses its cached KV
+            plan = ForwardPlan(block[s0:s0 + sbs], seq.block_start + s0, kv_end, [i - 1 - s0 for i in targets])
+        else:
+            plan = ForwardPlan(list(block), seq.block_start, kv_end, [i - 1 for i in targets])
+            seq.block_cache_fresh = True
+        plan.targets = targets
+        return plan
+
+    def apply(self, seq: Sequence, plan: ForwardPlan, logits: torch.Tensor) -> list[int]:
+        """Update the block from a forward's logits; return the absolute positions decoded."""
+        if plan.kind == "commit":
+            return self._open_block(seq, seq.block_start + self.p.block_size, logits)
+        tokens, conf = self.p.sampler(logits)  # [n], [n]
+        tokens, conf = tokens.tolist(), conf.tolist()
+        best = conf.index(max(conf))  # first maximum, as torch.argmax
+        decoded = []
+        for j, pos in enumerate(plan.targets):
+            if conf[j] > self.p.threshold or j == best:
+                seq.block[pos] = tokens[j]
+                decoded.append(seq.block_start + pos)
+        return decoded
+
+    def take_ready(self, seq: Sequence) -> list[int]:
+        """Newly contiguous decoded tokens of the block (they can no longer change)."""
+        block, i = seq.block, seq.emitted
+        while i < len(block) and block[i] != self.mask:
+            i += 1
+        ready = block[seq.emitted:i]
+        seq.emitted = i
+        return ready

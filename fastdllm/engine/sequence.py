@@ -1,0 +1,56 @@
+"""Per-request decoding state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ForwardPlan:
+    """What one sequence feeds to the next packed forward, and which outputs it reads."""
+
+    tokens: list[int]
+    write_pos: int                 # absolute position of tokens[0]
+    kv_end: int                    # attend to positions [0, kv_end)
+    logit_rows: list[int]          # rows of ``tokens`` whose logits are read
+    mask: str = "full"             # "full", "causal" or "block_causal"
+    kind: str = "decode"           # "prefill", "decode" or "commit"
+    block_size: int = 0            # for the block-causal mask
+    targets: list[int] = field(default_factory=list)  # block indices the read logits decide
+
+
+@dataclass
+class Sequence:
+    index: int                     # position of the request in the caller's list
+    prompt: list[int]
+    max_new_tokens: int
+    limit: int                     # absolute position bound: generation never writes at or past it
+    slot: int | None = None
+    output: list[int] = field(default_factory=list)   # committed generated ids
+    finished: bool = False
+    finish_reason: str | None = None
+    nfe: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+    # block-diffusion state
+    block_start: int = 0
+    block: list[int] = field(default_factory=list)
+    gen_from: int = 0              # first generated index inside the block
+    emitted: int = 0               # block indices < emitted are in ``output`` (or prompt)
+    block_cache_fresh: bool = False
+    # text state (stop strings, streaming)
+    detok: object | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+    def finish(self, reason: str) -> None:
+        self.finished = True
+        self.finish_reason = reason
+        self.ended = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started

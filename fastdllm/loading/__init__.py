@@ -1,0 +1,88 @@
+"""Load a checkpoint (directory, .gguf file or hub id) into a model, tokenizer and defaults."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ModelLoadError
+from ..model import Transformer
+from .hub import resolve
+from .weights import build_model, read_safetensors, safetensors_files
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "float64": torch.float64,
+          "fp64": torch.float64, "double": torch.float64}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+@dataclass
+class Checkpoint:
+    model: Transformer
+    config: ModelConfig
+    tokenizer: Any | None
+    path: Path
+    generation_config: dict = field(default_factory=dict)
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ModelLoadError(f"unsupported dtype {dtype}")
+        return dtype
+    key = str(dtype).replace("torch.", "")
+    if key not in DTYPES:
+        raise ModelLoadError(f"unsupported dtype {dtype!r}: use float32, bfloat16, float16 or float64")
+    return DTYPES[key]
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError as e:
+        raise ModelLoadError(f"invalid device {device!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float32",
+                    device: str | torch.device | None = "cpu", revision: str | None = None) -> Checkpoint:
+    dt, dev = parse_dtype(dtype), parse_device(device)
+    path = resolve(source, revision)
+    if path.suffix == ".gguf":
+        from .gguf import read_gguf
+
+        raw_config, tensors, tokenizer = read_gguf(path)
+        cfg = ModelConfig.from_dict(raw_config)
+        model = build_model(cfg, tensors, dt, dev, str(path))
+        gen = {"eos_token_id": cfg.eos_token_id}
+        return Checkpoint(model, cfg, tokenizer, path, gen)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ModelLoadError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
+    cfg = ModelConfig.from_file(config_file)
+    tensors = read_safetensors(safetensors_files(path))
+    model = build_model(cfg, tensors, dt, dev, str(path))
+    del tensors
+    gen_file = path / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    return Checkpoint(model, cfg, load_tokenizer(path), path, gen)
+
+
+def load_tokenizer(path: Path):
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a broken tokenizer is a load error, not a crash
+        raise ModelLoadError(f"{path}: cannot load the tokenizer: {e}") from e

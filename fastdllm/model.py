@@ -1,0 +1,123 @@
+"""The transformer: one implementation for the Qwen2 and Llama families.
+
+Projections are fused at load time (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so
+a decoder layer is four matmuls. Attention itself is delegated to an attention back end
+(see ``attention.py``), which decides where keys and values come from and go to. The
+vocabulary projection runs only on the rows the caller asks for.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .rope import RotaryEmbedding, apply_rope
+
+AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 statistics as in transformers (also for float64, to match it exactly)
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_q, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_bias = cfg.attention_bias
+        o_bias = cfg.attention_bias and cfg.model_type == "llama"
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (self.n_q + 2 * self.n_kv) * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_q * self.head_dim, cfg.hidden_size, bias=o_bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+                attend: AttentionFn) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.qkv_proj(x)  # [B, T, (Hq + 2 Hkv) * D]
+        q, k, v = qkv.split([self.n_q * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+        q = apply_rope(q.view(B, T, self.n_q, self.head_dim), cos, sin)  # [B, T, Hq, D]
+        k = apply_rope(k.view(B, T, self.n_kv, self.head_dim), cos, sin)  # [B, T, Hkv, D]
+        v = v.view(B, T, self.n_kv, self.head_dim)
+        return self.o_proj(attend(layer, q, k, v))  # [B, T, hidden]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, layer: int, attend: AttentionFn):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, attend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False
+
+    @property
+    def attn_scale(self) -> float:
+        return self.cfg.head_dim ** -0.5
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+        """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
+        x = self.embed_tokens(input_ids)  # [B, T, hidden]
+        cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, attend, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, i, attend)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
+                logits_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the flattened rows ``logits_rows`` of [B*T] (all rows when None): [n, vocab]."""
+        h = self.hidden_states(input_ids, positions, attend).flatten(0, 1)  # [B*T, hidden]
+        if logits_rows is not None:
+            h = h.index_select(0, logits_rows)
+        return self.lm_head(h)
