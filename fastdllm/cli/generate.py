@@ -1,0 +1,342 @@
+"""``fastdllm generate``: generate a completion for one prompt, optionally with a live view."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+from . import common
+from .common import CLIError
+
+MASK_GLYPH = "░"
+
+EXAMPLES = """\
+examples:
+  fastdllm generate "What is the capital of France?"
+  fastdllm generate --model Efficient-Large-Model/Fast_dLLM_v2_1.5B --stream "Why is the sky blue?"
+  echo "Tell me a joke" | fastdllm generate --json -
+  fastdllm generate --model ./tiny --prompt-ids 1,2,3 --mask-token-id 2047
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate", help="generate text for a prompt",
+        description="Generate a completion for one prompt. The text goes to stdout, a stats line to stderr.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", help="the prompt text, or - to read it from stdin")
+    p.add_argument("--prompt-ids", metavar="IDS",
+                   help="the prompt as token ids instead of text, e.g. '1,2,3' (for checkpoints without a tokenizer)")
+    common.add_model_arguments(p)
+
+    d = p.add_argument_group("decoding")
+    d.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                   help="maximum number of generated tokens (default: %(default)s)")
+    d.add_argument("--ar", action="store_true",
+                   help="plain autoregressive decoding, one token per forward (default for non-diffusion models)")
+    d.add_argument("--threshold", type=float, default=0.9,
+                   help="confidence a masked token needs to be decoded in parallel, in [0, 1] (default: %(default)s)")
+    d.add_argument("--block-size", type=int, metavar="N", help="diffusion block size (default: the checkpoint's bd_size)")
+    d.add_argument("--small-block-size", type=int, default=8, metavar="N",
+                   help="sub-block size; must divide the block size (default: %(default)s)")
+    d.add_argument("--use-block-cache", action="store_true", help="reuse the block's KV cache across its sub-blocks")
+    d.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)")
+    d.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: %(default)s)")
+    d.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
+    d.add_argument("--seed", type=int, help="random seed for sampling")
+    d.add_argument("--stop", action="append", metavar="TEXT", help="stop when this text is generated (repeatable)")
+    d.add_argument("--stop-token-id", action="append", type=int, metavar="ID",
+                   help="stop at this token id (repeatable; default: the checkpoint's EOS ids)")
+
+    i = p.add_argument_group("prompt and output")
+    i.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrap the prompt in the tokenizer's chat template (default: on)")
+    i.add_argument("--system", metavar="TEXT", help="system message for the chat template")
+    i.add_argument("--stream", action="store_true",
+                   help="show decoding live (plain text increments when stdout is not a terminal)")
+    i.add_argument("--json", action="store_true", help="print the result as a JSON object instead of text")
+    return p
+
+
+# ---- validation (before loading anything) ---------------------------------------------------
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CLIError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.block_size is not None and args.block_size <= 0:
+        raise CLIError(f"--block-size must be positive, got {args.block_size}")
+    if args.small_block_size <= 0:
+        raise CLIError(f"--small-block-size must be positive, got {args.small_block_size}")
+    if args.block_size is not None and args.block_size % args.small_block_size:
+        raise CLIError(f"--small-block-size ({args.small_block_size}) must divide --block-size ({args.block_size})")
+    if not args.temperature >= 0 or math.isinf(args.temperature):
+        raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
+    for tid in args.stop_token_id or []:
+        if tid < 0:
+            raise CLIError(f"--stop-token-id must be >= 0, got {tid}")
+    for s in args.stop or []:
+        if not s:
+            raise CLIError("--stop needs a non-empty text")
+    if args.stream and args.json:
+        raise CLIError("--stream and --json cannot be combined")
+    if args.system is not None and (not args.chat or args.prompt_ids is not None):
+        raise CLIError("--system needs a chat prompt (not --no-chat or --prompt-ids)")
+    common.check_model_arguments(args)
+
+
+def read_prompt(args: argparse.Namespace) -> str | list[int]:
+    """The prompt text (``-`` reads stdin) or the ids of --prompt-ids."""
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise CLIError("give either a prompt or --prompt-ids, not both")
+    if args.prompt_ids is not None:
+        return parse_ids(args.prompt_ids)
+    if args.prompt is None:
+        raise CLIError("no prompt: pass the prompt text, - to read it from stdin, or --prompt-ids")
+    text = args.prompt
+    if text == "-":
+        text = sys.stdin.read().rstrip("\r\n")
+    if not text.strip():
+        raise CLIError("empty prompt")
+    return text
+
+
+def parse_ids(spec: str) -> list[int]:
+    parts = [p for p in re.split(r"[\s,]+", spec.strip().strip("[]")) if p]
+    if not parts:
+        raise CLIError("empty prompt: --prompt-ids has no token ids")
+    ids = []
+    for p in parts:
+        try:
+            tid = int(p)
+        except ValueError:
+            raise CLIError(f"--prompt-ids: {p!r} is not a token id (expected integers like '1,2,3')") from None
+        if tid < 0:
+            raise CLIError(f"--prompt-ids: token ids must be >= 0, got {tid}")
+        ids.append(tid)
+    return ids
+
+
+def checkpoint_block_size(model: str | None) -> int | None:
+    """The block size a local checkpoint directory decodes with (bd_size, else 32), without loading it."""
+    if not model:
+        return None
+    try:
+        cfg_file = Path(model).expanduser() / "config.json"
+        if not cfg_file.is_file():
+            return None
+        bd = json.loads(cfg_file.read_text()).get("bd_size")
+        return int(bd) if bd else 32
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    prompt = read_prompt(args)
+    if args.block_size is None:
+        bs = checkpoint_block_size(args.model or common.default_model())
+        if bs is not None and bs % args.small_block_size:
+            raise CLIError(f"--small-block-size ({args.small_block_size}) must divide the block size "
+                           f"({bs}, the checkpoint's bd_size; set it with --block-size)")
+
+    llm = common.load_model(args)
+    prompt_ids = encode_prompt(llm, prompt, args)
+    mode = "ar" if args.ar else ("diffusion" if llm.is_block_diffusion else "ar")
+    options = dict(
+        max_new_tokens=args.max_new_tokens, threshold=args.threshold, block_size=args.block_size,
+        small_block_size=args.small_block_size, use_block_cache=args.use_block_cache,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        stop_token_ids=args.stop_token_id, stop=args.stop, mask_token_id=args.mask_token_id,
+        chat=False, mode=mode)
+
+    if args.stream:
+        result = stream(llm, prompt_ids, options, mode)
+    else:
+        result = llm.generate(prompt_ids, **options)[0]
+        if args.json:
+            print(json.dumps(as_json(result, llm, args, mode), ensure_ascii=False))
+        else:
+            print(output_text(llm, result), flush=True)
+    print(common.stats_line(result, mode), file=sys.stderr, flush=True)
+    return 0
+
+
+def encode_prompt(llm, prompt: str | list[int], args: argparse.Namespace) -> list[int]:
+    """Token ids of the prompt (chat template applied), checked against the model's context."""
+    if isinstance(prompt, str):
+        if llm.tokenizer is None:
+            raise CLIError("this model has no tokenizer: pass the prompt as token ids with --prompt-ids 1,2,3")
+        if args.system is not None:
+            if not getattr(llm.tokenizer, "chat_template", None):
+                raise CLIError("--system needs a chat template, and this model's tokenizer has none")
+            prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": prompt}]
+    ids = llm.encode(prompt, chat=args.chat)
+    if not ids:
+        raise CLIError("empty prompt: it encodes to no tokens")
+    context = llm.config.max_position_embeddings
+    if not args.ar and llm.is_block_diffusion:
+        bs = args.block_size or llm.config.bd_size or 32
+        context = context // bs * bs  # diffusion writes whole blocks
+    if len(ids) >= context:
+        raise CLIError(f"the prompt has {len(ids)} tokens but the model's context holds {context}; "
+                       f"shorten the prompt")
+    return ids
+
+
+def output_text(llm, result) -> str:
+    if llm.tokenizer is None:  # token-id checkpoints: print the generated ids
+        return " ".join(map(str, result.token_ids))
+    return result.text
+
+
+def as_json(result, llm, args, mode: str) -> dict:
+    return {
+        "model": str(args.model),
+        "mode": mode,
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "finish_reason": result.finish_reason,
+        "prompt_token_ids": result.prompt_token_ids,
+        "stats": result.stats.as_dict(),
+        "load_seconds": getattr(llm, "load_seconds", None),
+    }
+
+
+# ---- streaming ------------------------------------------------------------------------------
+
+def stream(llm, prompt_ids: list[int], options: dict, mode: str, console=None):
+    """Decode with ``llm.stream``: a rich live view on a terminal (diffusion mode), else plain increments.
+
+    Returns the ``GenerationResult``; the final text is printed here, the stats line by the caller.
+    """
+    if console is None:
+        live = mode == "diffusion" and llm.tokenizer is not None and sys.stdout.isatty()
+        if not live:
+            return stream_plain(llm, prompt_ids, options)
+        from rich.console import Console
+
+        console = Console()
+    return stream_live(llm, prompt_ids, options, console)
+
+
+def _finish(llm, seq):
+    # the same result ``LLM.generate`` builds from a finished sequence
+    return llm._result(seq)
+
+
+def shown_text(seq, tokenizer) -> str:
+    """Committed text that is safe to print now (a stop string's possible start is held back)."""
+    detok = getattr(seq, "detok", None)
+    if detok is not None and hasattr(detok, "stable_text"):
+        return detok.stable_text(seq.finished)
+    text = tokenizer.decode(seq.output, skip_special_tokens=True)
+    return text if seq.finished else text.rstrip("\ufffd")
+
+
+def stream_plain(llm, prompt_ids: list[int], options: dict):
+    """Print the committed output as it grows (text, or token ids for tokenizer-less models)."""
+    out = sys.stdout
+    printed, n_ids, seq = "", 0, None
+    for event in llm.stream(prompt_ids, **options):
+        seq = event.sequences.get(0, seq)
+        if seq is None:
+            continue
+        if llm.tokenizer is None:
+            new = seq.output[n_ids:]
+            if new:
+                out.write((" " if n_ids else "") + " ".join(map(str, new)))
+                out.flush()
+                n_ids = len(seq.output)
+            continue
+        text = shown_text(seq, llm.tokenizer)
+        if len(text) > len(printed) and text.startswith(printed):
+            out.write(text[len(printed):])
+            out.flush()
+            printed = text
+    result = _finish(llm, seq)
+    if llm.tokenizer is not None and result.text.startswith(printed):
+        out.write(result.text[len(printed):])
+    out.write("\n")
+    out.flush()
+    return result
+
+
+def stream_live(llm, prompt_ids: list[int], options: dict, console):
+    """A rich ``Live`` view: committed text, the current block (masks as ░), and a step/NFE/TPF footer."""
+    from rich.live import Live
+
+    started = time.perf_counter()
+    seq = None
+    with Live(console=console, refresh_per_second=12, transient=True) as live:
+        for event in llm.stream(prompt_ids, **options):
+            seq = event.sequences.get(0, seq)
+            row = next((r for r in event.rows if r.index == 0), None)
+            if seq is None or row is None:
+                continue
+            live.update(render_view(llm, seq, row, event.step, time.perf_counter() - started, console,
+                                    options.get("mask_token_id")))
+    result = _finish(llm, seq)
+    console.print(output_text(llm, result), markup=False, highlight=False, soft_wrap=True)
+    return result
+
+
+def render_view(llm, seq, row, step: int, elapsed: float, console=None, mask_token_id: int | None = None):
+    """One frame of the live view (a rich renderable)."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
+    tok = llm.tokenizer
+    mask_id = mask_token_id if mask_token_id is not None else llm.mask_token_id
+    committed = tok.decode(seq.output, skip_special_tokens=True) if tok is not None else \
+        " ".join(map(str, seq.output))
+    height = console.size.height if console is not None else 24
+    width = console.size.width if console is not None else 80
+    body = Text(_tail(committed, max(3, height - 8), width))
+
+    block = Text()
+    fresh = set(row.new_positions)
+    gen_from = getattr(seq, "gen_from", 0)
+    for i, t in enumerate(row.block):
+        if i < gen_from:
+            continue  # the end of the prompt shares the first block
+        if t == mask_id:
+            block.append(MASK_GLYPH, style="grey50")
+            continue
+        piece = tok.decode([t]) if tok is not None else f"[{t}]"
+        piece = piece.replace("\n", "⏎").replace("\t", "→") or "·"
+        style = "bold black on green" if row.block_start + i in fresh else "cyan"
+        block.append(piece, style=style)
+    n = len(seq.output)
+    tpf = n / seq.nfe if seq.nfe else 0.0
+    footer = Text(f"step {step} · NFE {seq.nfe} · TPF {tpf:.2f} · {n} tokens · {elapsed:.1f} s", style="dim")
+    title = f"block @ {row.block_start}" if row.block else "block"
+    return Group(body, Panel(block, title=title, title_align="left", border_style="blue"), footer)
+
+
+def _tail(text: str, max_lines: int, width: int) -> str:
+    """The end of ``text`` that fits in about ``max_lines`` wrapped terminal lines."""
+    lines = text.split("\n")
+    kept, used = [], 0
+    for line in reversed(lines):
+        need = max(1, -(-len(line) // max(1, width)))
+        if used + need > max_lines:
+            if not kept:  # one very long line: keep its end
+                kept.append("…" + line[-(max_lines * width - 1):])
+            break
+        kept.append(line)
+        used += need
+    return "\n".join(reversed(kept))

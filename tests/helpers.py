@@ -1,0 +1,198 @@
+"""Reusable test helpers: tiny random Hugging Face checkpoints and a transformers oracle.
+
+Everything here is a plain function so it can be imported directly
+(``from tests.helpers import make_tiny_checkpoint``) or used through the fixtures in
+``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FAMILIES = ("qwen2", "llama", "fast_dllm")
+
+#: config.json keys the released Fast-dLLM v2 checkpoint carries on top of a Qwen2 config.
+FAST_DLLM_MODEL_TYPE = "Fast_dLLM_Qwen"
+FAST_DLLM_ARCH = "Fast_dLLM_QwenForCausalLM"
+FAST_DLLM_ONLY_KEYS = ("bd_size", "mask_token_id", "auto_map", "conplemenrary_mask")
+
+
+def _config_class(family: str):
+    from transformers import LlamaConfig, Qwen2Config
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: use one of {FAMILIES}")
+    return LlamaConfig if family == "llama" else Qwen2Config
+
+
+def _model_class(family: str):
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    return LlamaForCausalLM if family == "llama" else Qwen2ForCausalLM
+
+
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module, seed: int = 0, lm_head_scale: float = 1.0) -> None:
+    """Give every parameter a non-trivial random value (seeded).
+
+    transformers initialises biases to zero and norms to one, which would hide bugs in how
+    those tensors are loaded; here matrices get std 1/sqrt(fan_in), embeddings std 1, norm
+    weights 1 + N(0, 0.1) and biases N(0, 0.1), so that each tensor visibly affects the logits.
+    """
+    g = torch.Generator().manual_seed(seed)
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+        if name.endswith("norm.weight"):
+            value = 1.0 + 0.1 * noise
+        elif name.endswith(".bias"):
+            value = 0.1 * noise
+        elif "embed_tokens" in name:
+            value = noise
+        else:
+            value = noise / math.sqrt(p.shape[-1])
+        p.copy_(value.to(p.dtype))
+    if lm_head_scale != 1.0:
+        model.get_output_embeddings().weight.mul_(lm_head_scale)  # shared with embed_tokens if tied
+
+
+def make_tiny_checkpoint(
+    directory: str | Path,
+    family: str = "qwen2",
+    *,
+    vocab: int = 512,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    inter: int = 160,
+    tie: bool = False,
+    shard: bool = False,
+    seed: int = 0,
+    max_pos: int = 1024,
+    confident: bool = False,
+    confidence_scale: float = 4.0,
+    head_dim: int | None = None,
+    rope_theta: float = 10000.0,
+    rope_scaling: dict | None = None,
+    legacy_rope: bool | None = None,
+    attention_bias: bool | None = None,
+    mlp_bias: bool = False,
+    eos_token_id: int | list[int] | None = None,
+) -> Path:
+    """Build a tiny random transformers model of ``family`` and save it in the HF layout.
+
+    ``family``: "qwen2" and "fast_dllm" use Qwen2ForCausalLM, "llama" LlamaForCausalLM.
+    For "fast_dllm" config.json is rewritten into the released Fast-dLLM v2 layout
+    (``model_type: Fast_dLLM_Qwen``, ``bd_size: 32``, ``mask_token_id = vocab - 1``).
+
+    ``shard``: force several safetensors shards (writes ``model.safetensors.index.json``).
+    ``confident``: multiply the output projection by ``confidence_scale`` so greedy decoding
+    usually has a clear winner.
+    ``rope_scaling``: RoPE scaling parameters without ``rope_theta`` (e.g. llama3).
+    ``legacy_rope``: write RoPE settings the way transformers 4.x did (top-level
+    ``rope_theta`` + ``rope_scaling``) instead of the v5 ``rope_parameters`` dict; the
+    released Fast-dLLM checkpoint uses the legacy layout, so it is the default there.
+    ``attention_bias``: llama only (q/k/v/o biases); Qwen2 always has q/k/v biases.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if legacy_rope is None:
+        legacy_rope = family == "fast_dllm"
+    rope_parameters = {"rope_type": "default", **(rope_scaling or {}), "rope_theta": float(rope_theta)}
+    kwargs: dict[str, Any] = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=inter,
+        tie_word_embeddings=tie,
+        max_position_embeddings=max_pos,
+        rope_parameters=rope_parameters,
+        rms_norm_eps=1e-6,
+    )
+    if head_dim is not None:
+        kwargs["head_dim"] = head_dim
+    if family == "llama":
+        kwargs["attention_bias"] = bool(attention_bias)
+        kwargs["mlp_bias"] = mlp_bias
+    elif attention_bias is False or mlp_bias:
+        raise ValueError("Qwen2 always has q/k/v biases and no MLP bias")
+    if eos_token_id is not None:
+        kwargs["eos_token_id"] = eos_token_id
+    config = _config_class(family)(**kwargs)
+
+    torch.manual_seed(seed)
+    model = _model_class(family)(config).to(torch.float32)
+    randomize_weights(model, seed, confidence_scale if confident else 1.0)
+    model.save_pretrained(directory, max_shard_size="100KB" if shard else "10GB")
+    if shard:
+        assert (directory / "model.safetensors.index.json").exists(), "sharding did not happen"
+    else:
+        assert (directory / "model.safetensors").exists()
+
+    cfg_file = directory / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if legacy_rope:
+        params = dict(cfg.pop("rope_parameters", None) or rope_parameters)
+        cfg["rope_theta"] = float(params.pop("rope_theta", rope_theta))
+        cfg["rope_scaling"] = params if params.get("rope_type", "default") != "default" else None
+    if family == "fast_dllm":
+        cfg["model_type"] = FAST_DLLM_MODEL_TYPE
+        cfg["architectures"] = [FAST_DLLM_ARCH]
+        cfg["auto_map"] = {
+            "AutoConfig": "configuration.Fast_dLLM_QwenConfig",
+            "AutoModel": "modeling.Fast_dLLM_QwenModel",
+            "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM",
+        }
+        cfg["bd_size"] = 32
+        cfg["mask_token_id"] = vocab - 1
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def hf_config_dict(directory: str | Path) -> dict:
+    return json.loads((Path(directory) / "config.json").read_text())
+
+
+def hf_reference_model(directory: str | Path, dtype: torch.dtype = torch.float64):
+    """Load ``directory`` with transformers (SDPA attention, eval mode) as a numerical oracle.
+
+    Fast-dLLM directories are loaded as Qwen2ForCausalLM with a config converted on the fly
+    (their ``auto_map`` points at remote code that is not there).
+    """
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    directory = Path(directory)
+    raw = hf_config_dict(directory)
+    if raw.get("model_type") == FAST_DLLM_MODEL_TYPE:
+        d = {k: v for k, v in raw.items()
+             if k not in FAST_DLLM_ONLY_KEYS + ("model_type", "architectures", "transformers_version")}
+        config = Qwen2Config(**d)
+        model = Qwen2ForCausalLM.from_pretrained(directory, config=config, dtype=dtype, attn_implementation="sdpa")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+@torch.no_grad()
+def hf_logits(model, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal logits [T, vocab] of the transformers model for one sequence ``ids`` [T]."""
+    if positions is None:
+        positions = torch.arange(ids.shape[0])
+    out = model(input_ids=ids[None], position_ids=positions[None], use_cache=False)
+    return out.logits[0]
+
+
+def random_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n,), generator=g)
