@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        with warnings.catch_warnings():  # transformers warns about the config's legacy keys
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # a broken tokenizer is a load error, not a crash
         raise ModelLoadError(f"{path}: cannot load the tokenizer: {e}") from e
