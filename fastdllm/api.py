@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence as Seq
@@ -243,7 +242,9 @@ def _options(kwargs: dict) -> GenerateOptions:
 def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id."""
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
     t0 = time.perf_counter()
     ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)

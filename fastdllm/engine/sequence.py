@@ -25,7 +25,7 @@ class Sequence:
     index: int                     # position of the request in the caller's list
     prompt: list[int]
     max_new_tokens: int
-    limit: int                     # absolute position bound: generation never writes at or past it
+    limit: int                     # absolute position bound of the output (the last block may decode past it)
     slot: int | None = None
     output: list[int] = field(default_factory=list)   # committed generated ids
     finished: bool = False
