@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from . import kernels
+from .kernels import Linear
 from .rope import RotaryEmbedding, apply_rope
 
 AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,8 +41,8 @@ class Attention(nn.Module):
         self.n_q, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qkv_bias = cfg.attention_bias
         o_bias = cfg.attention_bias and cfg.model_type == "llama"
-        self.qkv_proj = nn.Linear(cfg.hidden_size, (self.n_q + 2 * self.n_kv) * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.n_q * self.head_dim, cfg.hidden_size, bias=o_bias)
+        self.qkv_proj = Linear(cfg.hidden_size, (self.n_q + 2 * self.n_kv) * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.n_q * self.head_dim, cfg.hidden_size, bias=o_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
                 attend: AttentionFn) -> torch.Tensor:
@@ -57,8 +59,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
@@ -77,6 +79,15 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, attend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def pre_weights(self):
+        a = self.self_attn
+        return self.input_layernorm.weight, self.input_layernorm.eps, a.qkv_proj.weight, a.qkv_proj.bias
+
+    def post_weights(self):
+        a, m, n = self.self_attn, self.mlp, self.post_attention_layernorm
+        return (a.o_proj.weight, a.o_proj.bias, n.weight, n.eps, m.gate_up_proj.weight, m.gate_up_proj.bias,
+                m.down_proj.weight, m.down_proj.bias)
+
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -86,7 +97,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
@@ -107,12 +118,33 @@ class Transformer(nn.Module):
         """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
+        if kernels.applies(x):
+            return self.norm(self._decode_layers(x, cos, sin, attend))
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, attend, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, i, attend)
         return self.norm(x)
+
+    def _decode_layers(self, x, cos, sin, attend: AttentionFn) -> torch.Tensor:
+        """The layer stack for a few tokens, as compiled regions between the attention calls."""
+        B, T, H = x.shape
+        n_q, n_kv = self.cfg.num_attention_heads, self.cfg.num_key_value_heads
+        rows = x.reshape(B * T, H)
+        cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
+        q, k, v = kernels.pre_attention(rows, *self.layers[0].pre_weights(), cos, sin, n_q, n_kv)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
+            out = out.reshape(B * T, -1)
+            if i < last:
+                nxt = self.layers[i + 1].pre_weights()
+                rows, q, k, v = kernels.between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3],
+                                                       cos, sin, n_q, n_kv)
+            else:
+                rows = kernels.post_attention(rows, out, *layer.post_weights())
+        return rows.view(B, T, H)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
                 logits_rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""The compiled decode path gives the eager path's numbers, per row, whatever the batch."""
+
+import pytest
+import torch
+
+from fastdllm import kernels
+from fastdllm.attention import CachedAttention, Segment
+from fastdllm.kv_cache import KVCache
+from tests.test_engine import prompt_of, random_llm
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="torch.compile unavailable on this machine")
+
+
+@pytest.fixture(scope="module")
+def llm32():
+    return random_llm("qwen2", seed=11, lm_scale=1.0, dtype=torch.float32)
+
+
+def _decode_logits(model, n_rows, fast: bool):
+    cfg = model.cfg
+    cache = KVCache(cfg.num_hidden_layers, n_rows, cfg.num_key_value_heads, 64, cfg.head_dim, torch.float32, "cpu")
+    torch.manual_seed(0)
+    cache.k.normal_()
+    cache.v.normal_()
+    ids = torch.arange(n_rows)[None] + 7
+    pos = torch.tensor([[20 + 3 * i for i in range(n_rows)]])
+    segs = [Segment(i, i, 1, int(pos[0, i]), int(pos[0, i]) + 1) for i in range(n_rows)]
+    saved = kernels._compiled.get("enabled")
+    kernels._compiled["enabled"] = fast
+    try:
+        with torch.inference_mode():
+            assert kernels.applies(model.embed_tokens(ids)) == fast
+            return model(ids, pos, CachedAttention(cache, segs, model.attn_scale))
+    finally:
+        kernels._compiled["enabled"] = saved
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_compiled_decode_matches_eager(llm32, rows):
+    fast = _decode_logits(llm32.model, rows, True)
+    eager = _decode_logits(llm32.model, rows, False)
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_path_only_where_it_applies():
+    x = torch.zeros(1, 4, 64)
+    with torch.inference_mode():
+        assert kernels.applies(x)
+        assert not kernels.applies(torch.zeros(1, 5, 64))          # too many rows: MKL GEMM wins
+        assert not kernels.applies(x.double())                      # float64 stays exact eager math
+    assert not kernels.applies(x.requires_grad_())                  # training never compiles
+
+
+def test_float32_ar_batch_invariance(llm32):
+    prompts = [prompt_of(n) for n in (3, 17, 40)]
+    kw = dict(max_new_tokens=30, stop_token_ids=[], mode="ar")
+    alone = [llm32.generate([p], **kw)[0].token_ids for p in prompts]
+    assert [r.token_ids for r in llm32.generate(prompts, **kw)] == alone
