@@ -106,8 +106,37 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def onednn_available() -> bool:
+    if "onednn" not in _compiled:
+        ok = os.environ.get("FASTDLLM_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+        if ok:
+            try:
+                w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8), 1)
+                torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8), w, None, "none", [], "")
+            except Exception:  # pragma: no cover - a build without the oneDNN linear ops
+                ok = False
+        _compiled["onednn"] = ok
+    return bool(_compiled["onednn"])
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict names) that uses the decode fast path."""
+    """``nn.Linear`` (same parameters and state-dict names) with faster CPU inference.
+
+    In float32 inference on the CPU the weight is repacked once into oneDNN's blocked layout
+    and multiplied with oneDNN, several times faster than the default MKL path on skinny
+    inputs (and a row's result does not depend on how many rows come with it).
+    """
+
+    _packed: tuple | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and not torch.is_grad_enabled() and onednn_available()):
+            key = (w.data_ptr(), w._version)
+            if self._packed is None or self._packed[0] != key:
+                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8))
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self._packed[1], self.bias,
+                                                   "none", [], "")
+            return y.reshape(*x.shape[:-1], w.shape[0])
         return linear(x, self.weight, self.bias)

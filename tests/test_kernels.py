@@ -56,3 +56,27 @@ def test_float32_ar_batch_invariance(llm32):
     kw = dict(max_new_tokens=30, stop_token_ids=[], mode="ar")
     alone = [llm32.generate([p], **kw)[0].token_ids for p in prompts]
     assert [r.token_ids for r in llm32.generate(prompts, **kw)] == alone
+
+
+@pytest.mark.skipif(not kernels.onednn_available(), reason="oneDNN linear ops unavailable")
+def test_onednn_linear_matches_f_linear_and_is_row_invariant():
+    torch.manual_seed(0)
+    lin = kernels.Linear(96, 300)
+    x = torch.randn(40, 96)
+    with torch.inference_mode():
+        y = lin(x)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        for m in (1, 3, 8, 33):
+            assert torch.equal(lin(x[:m]), y[:m])  # a row's result does not depend on the batch
+        with torch.no_grad():
+            lin.weight.mul_(2)  # repacked after an in-place update
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_float32_diffusion_batch_invariance(cache):
+    llm = random_llm(seed=4, dtype=torch.float32)
+    prompts = [prompt_of(n) for n in (3, 31, 45)]
+    kw = dict(max_new_tokens=40, stop_token_ids=[], use_block_cache=cache)
+    alone = [llm.generate([p], **kw)[0].token_ids for p in prompts]
+    assert [r.token_ids for r in llm.generate(prompts, **kw)] == alone
