@@ -240,8 +240,17 @@ def _options(kwargs: dict) -> GenerateOptions:
 
 
 def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-         mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None) -> LLM:
-    """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id."""
+         mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
+         compile: bool | None = None) -> LLM:
+    """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id.
+
+    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels``): a few
+    seconds of compilation once per process, then faster decode steps.
+    """
+    if compile is not None:
+        from . import kernels
+
+        kernels.set_compile(compile)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type

@@ -7,7 +7,9 @@ product streams weights at close to full bandwidth. For decode steps (at most ``
 tokens in a forward, float32, inference, CPU) the layers run as compiled regions between
 attention calls, the end of one layer fused with the start of the next, which also removes most per-op
 Python overhead.
-Everything else goes through ``F.linear``. ``FASTDLLM_COMPILE=0`` turns the fast paths off.
+Compiling costs some seconds once per process, so it is opt-in: ``fastdllm.load(...,
+compile=True)``, ``--compile`` on the command line, or ``FASTDLLM_COMPILE=1``. Worth it for
+servers, benchmarks and long generations; a one-off short generation starts faster without.
 """
 
 from __future__ import annotations
@@ -68,9 +70,15 @@ def _get(name: str, fn):
     return _compiled[name]
 
 
+def set_compile(on: bool) -> None:
+    """Turn the compiled decode path on or off for this process."""
+    _compiled.pop("enabled", None)
+    os.environ["FASTDLLM_COMPILE"] = "1" if on else "0"
+
+
 def enabled() -> bool:
     if "enabled" not in _compiled:
-        ok = os.environ.get("FASTDLLM_COMPILE", "1") != "0"
+        ok = os.environ.get("FASTDLLM_COMPILE", "0") == "1"
         if ok:
             try:  # a machine without a working C++ toolchain falls back to eager
                 torch.compile(_mv, dynamic=True)(torch.ones(1, 8), torch.ones(4, 8), None)

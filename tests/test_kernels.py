@@ -8,7 +8,15 @@ from fastdllm.attention import CachedAttention, Segment
 from fastdllm.kv_cache import KVCache
 from tests.test_engine import prompt_of, random_llm
 
-pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="torch.compile unavailable on this machine")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_decode_path():
+    kernels.set_compile(True)
+    if not kernels.enabled():
+        pytest.skip("torch.compile unavailable on this machine")
+    yield
+    kernels.set_compile(False)
 
 
 @pytest.fixture(scope="module")

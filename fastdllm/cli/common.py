@@ -114,6 +114,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
                            help="mask token id for block-diffusion decoding (default: the checkpoint's)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compiled CPU decode path: faster steps after a few seconds of compilation "
+                            "(default: $FASTDLLM_COMPILE, else off)")
     return group
 
 
@@ -164,7 +167,7 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     args.model = model
     quiet_libraries()
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
-                max_batch_size=max_batch_size)
+                max_batch_size=max_batch_size, compile=getattr(args, "compile", None))
 
 
 # ---- output ---------------------------------------------------------------------------------
