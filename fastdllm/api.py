@@ -241,8 +241,11 @@ def _options(kwargs: dict) -> GenerateOptions:
 
 def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
-         compile: bool | None = None) -> LLM:
+         compile: bool | None = None, adapter: str | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id.
+
+    ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
+    the weights of ``model`` (its base).
 
     ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels``): a few
     seconds of compilation once per process, then faster decode steps.
@@ -255,7 +258,13 @@ def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.d
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
+    if adapter is not None:
+        from .training.lora import load_with_adapter
+
+        base = load_checkpoint(model, dtype="float32", device=device, revision=revision)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dtype, device=device)
+    else:
+        ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
     llm.load_seconds = time.perf_counter() - t0
     return llm

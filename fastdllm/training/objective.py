@@ -1,0 +1,102 @@
+"""The training losses as an ``nn.Module`` (so DDP/FSDP see one forward per micro-batch).
+
+Diffusion: the model reads [x_t ; x_0] (2L tokens, positions 0..L-1 twice) under the
+block-diffusion mask; the vocabulary projection runs only on the noisy-half rows that
+predict a target (row i - 1 for the target at i), so the [R, 2L, V] logits never exist.
+AR: the model reads x_0 under the causal mask, same gathering. Both return the *sum* of the
+cross-entropies; the trainer divides by the global target count.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..attention import DenseAttention, causal_mask
+from .masks import block_diffusion_mask
+from .noise import Batch
+
+
+@lru_cache(maxsize=16)
+def _dense_mask(n: int, block_size: int | None, device: str) -> torch.Tensor:
+    if block_size is None:
+        pos = torch.arange(n, device=device)
+        return causal_mask(pos, pos)[None, None]  # [1, 1, n, n]
+    return block_diffusion_mask(n, block_size, device)[None, None]  # [1, 1, 2n, 2n]
+
+
+def prediction_rows(targets: torch.Tensor, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat rows of the [R, row_len] output that predict each target, and the targets' (r, i).
+
+    targets: [R, L] bool -> (rows [N], flat target index r * L + i [N]); row = r * row_len + i - 1.
+    """
+    r, i = targets.nonzero(as_tuple=True)  # [N], [N]
+    return r * row_len + i - 1, r * targets.shape[1] + i
+
+
+def _ce_sum(head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(h).float(), labels, reduction="sum")  # head(h): [n, V]
+
+
+def chunked_ce_sum(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of CE(head(h), labels); above ``chunk`` rows each chunk's logits are recomputed in backward."""
+    if h.shape[0] <= chunk:
+        return _ce_sum(head, h, labels)
+    total = h.new_zeros((), dtype=torch.float32)
+    for hs, ls in zip(h.split(chunk), labels.split(chunk)):
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_ce_sum, head, hs, ls, use_reentrant=False)
+        else:
+            total = total + _ce_sum(head, hs, ls)
+    return total
+
+
+class TrainingObjective(nn.Module):
+    """``forward(batch) -> summed CE`` over the batch's targets, for ``model`` (a fastdllm Transformer)."""
+
+    def __init__(self, model: nn.Module, objective: str = "diffusion", block_size: int = 32,
+                 attention: str = "dense", loss_chunk_size: int = 4096):
+        super().__init__()
+        if objective not in ("diffusion", "ar"):
+            raise ValueError(f"objective must be 'diffusion' or 'ar', got {objective!r}")
+        if attention not in ("dense", "flex"):
+            raise ValueError(f"attention must be 'dense' or 'flex', got {attention!r}")
+        self.model = model
+        self.objective = objective
+        self.block_size = block_size
+        self.attention = attention
+        self.loss_chunk_size = loss_chunk_size
+
+    def attend(self, n: int, device: torch.device):
+        scale = self.model.attn_scale
+        if self.objective == "ar":
+            return DenseAttention(_dense_mask(n, None, str(device)), scale)
+        if self.attention == "flex":
+            from .flex import FlexAttention
+
+            return FlexAttention(n, self.block_size, device, scale)
+        return DenseAttention(_dense_mask(n, self.block_size, str(device)), scale)
+
+    def hidden(self, batch: Batch) -> torch.Tensor:
+        """Final hidden states: [R, 2L, H] (diffusion) or [R, L, H] (AR)."""
+        R, L = batch.clean.shape
+        device = self.model.device
+        pos = torch.arange(L, device=device)
+        if batch.noisy is None:
+            ids, positions = batch.clean, pos
+        else:
+            ids = torch.cat([batch.noisy, batch.clean], dim=1)  # [R, 2L]
+            positions = torch.cat([pos, pos])  # [2L]
+        ids = ids.to(device)
+        return self.model.hidden_states(ids, positions[None].expand(R, -1), self.attend(L, device))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        h = self.hidden(batch)  # [R, T, H]
+        rows, flat = prediction_rows(batch.targets, h.shape[1])
+        labels = batch.clean.flatten()[flat].to(h.device)  # [N]
+        picked = h.flatten(0, 1).index_select(0, rows.to(h.device))  # [N, H]
+        return chunked_ce_sum(self.model.lm_head, picked, labels, self.loss_chunk_size)
