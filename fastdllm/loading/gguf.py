@@ -45,7 +45,7 @@ def _open(path: Path):
     try:
         return GGUFReader(path)
     except Exception as e:  # bad magic, truncated header or data, unknown value types...
-        raise ModelLoadError(f"cannot read GGUF file {path}: {e}") from e
+        raise ModelLoadError(f"cannot read GGUF file {path} (corrupt or truncated?): {e}") from e
 
 
 def _value(reader, key: str, path: Path, default=_MISSING):
@@ -62,8 +62,8 @@ def _value(reader, key: str, path: Path, default=_MISSING):
     if field.types[0] == GGUFValueType.ARRAY or len(field.data) != 1:
         raise UnsupportedModelError(f"{path}: GGUF metadata {key!r} is an array; fastdllm expects one value")
     value = field.parts[field.data[0]][0]
-    if isinstance(value, np.floating):  # stored as float32: 1e-5 comes back as 9.99999974e-06
-        return float(str(np.float32(value)))
+    if isinstance(value, np.float32):  # shortest float32 repr: 1e-5, not 9.99999974e-06
+        return float(str(value))
     return value.item()
 
 
