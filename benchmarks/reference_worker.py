@@ -1,0 +1,86 @@
+"""Times the released Fast-dLLM v2 ``generate`` (its own ``modeling.py``) on token-id prompts.
+
+Run by ``bench_reference.py`` in a separate interpreter, because the released code needs the
+transformers it was written for (4.53; it fails to build its rotary embedding on 5.x) while
+fastdllm needs a newer one. It imports nothing from fastdllm.
+
+    python benchmarks/reference_worker.py --reference-code DIR --model CKPT --spec spec.json --out out.json
+
+``DIR`` holds the released ``modeling.py`` and ``configuration.py`` (a released checkpoint
+directory has both). They are imported as a throw-away package from a temporary directory, so
+their relative import works and nothing is written next to the checkpoint. ``spec.json``:
+``{"prompts": [[ids...], ...], "max_new_tokens", "threshold", "block_size", "small_block_size",
+"mask_id", "stop_token", "use_block_cache", "threads", "dtype"}``. The output holds, per prompt,
+the generated ids (after the prompt, cut after the first stop token as the reference does), the
+wall time of the ``generate`` call and its forward-pass count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def import_reference(code_dir: Path):
+    files = [code_dir / "modeling.py", code_dir / "configuration.py"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"reference_worker: missing {', '.join(missing)} (the released modeling code)")
+    pkg_root = Path(tempfile.mkdtemp(prefix="fastdllm_ref_"))
+    pkg = pkg_root / "released_fast_dllm_v2"
+    pkg.mkdir()
+    for f in files:
+        shutil.copy(f, pkg / f.name)
+    (pkg / "__init__.py").write_text("")
+    sys.path.insert(0, str(pkg_root))
+    return importlib.import_module("released_fast_dllm_v2.modeling")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference-code", type=Path, required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--spec", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    spec = json.loads(args.spec.read_text())
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(spec["threads"])
+    modeling = import_reference(args.reference_code)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    model = modeling.Fast_dLLM_QwenForCausalLM.from_pretrained(args.model, torch_dtype=dtype).eval()
+
+    opts = dict(max_new_tokens=spec["max_new_tokens"], mask_id=spec["mask_id"], threshold=spec["threshold"],
+                small_block_size=spec["small_block_size"], block_size=spec["block_size"],
+                stop_token=spec["stop_token"], use_block_cache=spec["use_block_cache"], temperature=0)
+
+    def run(ids: list[int], **overrides):
+        x = torch.tensor([ids], dtype=torch.long)
+        t0 = time.perf_counter()
+        out, _, _, history = model.generate(x, **{**opts, **overrides})
+        seconds = time.perf_counter() - t0
+        # forwards: one per logits_history entry, plus the prompt prefill when the prompt spans a block
+        nfe = len(history) + (1 if len(ids) > spec["block_size"] else 0)
+        return out[0, len(ids):].tolist(), seconds, nfe
+
+    run(spec["prompts"][0], max_new_tokens=spec["block_size"])  # warm-up, excluded
+    rows = []
+    for ids in spec["prompts"]:
+        tokens, seconds, nfe = run(ids)
+        rows.append({"prompt_tokens": len(ids), "tokens": tokens, "seconds": seconds, "nfe": nfe})
+    args.out.write_text(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
+                                    "threads": torch.get_num_threads(), "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
