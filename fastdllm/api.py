@@ -162,6 +162,11 @@ class LLM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- generation ---------------------------------------------------------------------------
+    def prepare(self, prompts, **kwargs) -> tuple[list[Sequence], DecodeParams]:
+        """Validate a request and build its sequences and decoding parameters, ready for
+        ``self.engine.run`` (what ``generate`` does first; the server batches requests with it)."""
+        return self._prepare(prompts, _options(kwargs))
+
     def _prepare(self, prompts, opts: GenerateOptions) -> tuple[list[Sequence], DecodeParams]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], (int, dict))):
             prompts = [prompts]

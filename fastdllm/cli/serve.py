@@ -1,0 +1,76 @@
+"""``fastdllm serve``: an OpenAI-compatible HTTP server (``/v1/completions``, ``/v1/chat/completions``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import common
+from .common import CLIError
+
+EXAMPLES = """\
+examples:
+  fastdllm serve --model Efficient-Large-Model/Fast_dLLM_v2_1.5B --port 8000
+  fastdllm serve --model ./my-bd-model --served-model-name my-bd --max-batch-size 16
+
+then, with any OpenAI client:
+  curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "my-bd", "messages": [{"role": "user", "content": "Hi"}], "threshold": 0.9}'
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a model over an OpenAI-compatible HTTP API. Block-diffusion options (threshold, "
+                    "block_size, small_block_size, use_block_cache, mode, top_k) are accepted as extra body fields.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_model_arguments(p)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    s.add_argument("--served-model-name", metavar="NAME",
+                   help="the model id clients send and /v1/models lists (default: the model path's last part)")
+    s.add_argument("--max-batch-size", type=int, default=8, metavar="N",
+                   help="sequences decoded together in one engine run (default: %(default)s)")
+    s.add_argument("--default-max-tokens", type=int, default=512, metavar="N",
+                   help="max_tokens of chat requests that give none (default: %(default)s)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (default: %(default)s)")
+    return p
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch_size <= 0:
+        raise CLIError(f"--max-batch-size must be positive, got {args.max_batch_size}")
+    if args.default_max_tokens <= 0:
+        raise CLIError(f"--default-max-tokens must be positive, got {args.default_max_tokens}")
+    common.check_model_arguments(args)
+
+
+def served_name(model: str) -> str:
+    p = Path(model)
+    if p.exists():
+        return p.resolve().name
+    return model  # a hub id keeps its owner, as vLLM does
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    try:
+        import uvicorn
+    except ImportError:
+        raise CLIError("serving needs fastapi and uvicorn: pip install 'fastdllm[serve]'") from None
+    from ..serve import create_app
+
+    llm = common.load_model(args, max_batch_size=args.max_batch_size)
+    name = args.served_model_name or served_name(args.model)
+    app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens)
+    kind = "block diffusion" if llm.is_block_diffusion else "autoregressive"
+    print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1", file=sys.stderr,
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,153 @@
+"""Request and response bodies of the OpenAI-compatible API (the subset fastdllm implements).
+
+Requests are validated by pydantic; fields fastdllm does not implement (``logprobs``,
+``n > 1``, tools...) are rejected with a clear message rather than silently ignored. The
+block-diffusion knobs (``threshold``, ``block_size``, ``small_block_size``,
+``use_block_cache``, ``mode``, ``top_k``) are accepted as extra body fields, which the
+``openai`` client sends with ``extra_body={...}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DiffusionOptions(BaseModel):
+    """fastdllm's extensions, shared by both endpoints."""
+
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    block_size: int | None = Field(None, gt=0)
+    small_block_size: int | None = Field(None, gt=0)
+    use_block_cache: bool | None = None
+    mode: Literal["diffusion", "ar"] | None = None
+    top_k: int | None = Field(None, ge=0)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Request(DiffusionOptions):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # accepted for compatibility, must keep their neutral values
+    frequency_penalty: float | None = 0.0
+    presence_penalty: float | None = 0.0
+    logprobs: Any = None
+    logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self):
+        if self.n != 1:
+            raise ValueError("n > 1 is not supported; send one request per completion")
+        if self.logprobs not in (None, False, 0):
+            raise ValueError("logprobs are not supported")
+        if self.frequency_penalty or self.presence_penalty:
+            raise ValueError("frequency_penalty and presence_penalty are not supported")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop takes at most 4 sequences")
+        return self
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _prompt(self):
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of not in (None, 1):
+            raise ValueError("best_of is not supported")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt is empty")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per completion: a text or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            parts = []
+            for part in self.content:
+                if part.get("type") != "text":
+                    raise ValueError(f"only text content parts are supported, got {part.get('type')!r}")
+                parts.append(part.get("text", ""))
+            return "".join(parts)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat(self):
+        if self.tools:
+            raise ValueError("tools are not supported")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise ValueError("response_format other than text is not supported")
+        return self
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        role = {"developer": "system"}
+        return [{"role": role.get(m.role, m.role), "content": m.text()} for m in self.messages]
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
