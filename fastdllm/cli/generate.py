@@ -60,6 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--stream", action="store_true",
                    help="show decoding live (plain text increments when stdout is not a terminal)")
     i.add_argument("--json", action="store_true", help="print the result as a JSON object instead of text")
+    i.add_argument("--plot", metavar="FILE",
+                   help="save a picture of the decoding (which forward pass decoded each token) to FILE "
+                        "(.png, .svg or .pdf)")
     return p
 
 
@@ -90,6 +93,10 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise CLIError("--stop needs a non-empty text")
     if args.stream and args.json:
         raise CLIError("--stream and --json cannot be combined")
+    if args.plot and args.stream:
+        raise CLIError("--plot and --stream cannot be combined")
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CLIError(f"--plot: {args.plot!r} must end in .png, .svg or .pdf")
     if args.system is not None and (not args.chat or args.prompt_ids is not None):
         raise CLIError("--system needs a chat prompt (not --no-chat or --prompt-ids)")
     common.check_model_arguments(args)
@@ -162,15 +169,25 @@ def run(args: argparse.Namespace) -> int:
         stop_token_ids=args.stop_token_id, stop=args.stop, mask_token_id=args.mask_token_id,
         chat=False, mode=mode)
 
+    trace = None
     if args.stream:
         result = stream(llm, prompt_ids, options, mode)
     else:
-        result = llm.generate(prompt_ids, **options)[0]
+        if args.plot:
+            from ..visualize import record
+
+            result, trace = record(llm, prompt_ids, **options)
+        else:
+            result = llm.generate(prompt_ids, **options)[0]
         if args.json:
             print(json.dumps(as_json(result, llm, args, mode), ensure_ascii=False))
         else:
             print(output_text(llm, result), flush=True)
     print(common.stats_line(result, mode), file=sys.stderr, flush=True)
+    if trace is not None:
+        from ..visualize import plot_trace
+
+        print(f"[{common.PROG}] wrote {plot_trace(trace, args.plot)}", file=sys.stderr, flush=True)
     return 0
 
 
