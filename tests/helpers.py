@@ -18,6 +18,9 @@ FAMILIES = ("qwen2", "llama", "fast_dllm")
 
 #: config.json keys the released Fast-dLLM v2 checkpoint carries on top of a Qwen2 config.
 FAST_DLLM_MODEL_TYPE = "Fast_dLLM_Qwen"
+SHARED_7B = Path(__file__).resolve().parents[2] / "shared" / "fast_dllm_v2_7b"
+TOKENIZER_FILES = ["tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
 FAST_DLLM_ARCH = "Fast_dLLM_QwenForCausalLM"
 FAST_DLLM_ONLY_KEYS = ("bd_size", "mask_token_id", "auto_map", "conplemenrary_mask")
 
@@ -196,3 +199,19 @@ def hf_logits(model, ids: torch.Tensor, positions: torch.Tensor | None = None) -
 def random_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n,), generator=g)
+
+
+def make_tiny_chat_checkpoint(directory: str | Path) -> Path:
+    """A tiny random, confident Fast-dLLM checkpoint with the released Qwen2.5 tokenizer and chat
+    template (vocabulary 151936). Skips the test when ``../shared/fast_dllm_v2_7b`` is absent."""
+    import shutil
+
+    import pytest
+
+    if not SHARED_7B.exists():
+        pytest.skip("../shared/fast_dllm_v2_7b not present")
+    d = make_tiny_checkpoint(directory, "fast_dllm", vocab=151936, hidden=16, layers=1, heads=2, kv_heads=1,
+                             inter=32, confident=True, max_pos=256)
+    for f in TOKENIZER_FILES:
+        shutil.copy(SHARED_7B / f, d / f)
+    return d

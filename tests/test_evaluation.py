@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,13 +19,10 @@ import torch
 
 import fastdllm
 from fastdllm.evaluation import score_continuations
-from tests.helpers import hf_logits, hf_reference_model, make_tiny_checkpoint, random_ids
+from tests.helpers import make_tiny_chat_checkpoint, hf_logits, hf_reference_model, make_tiny_checkpoint, random_ids
 
 lm_eval = pytest.importorskip("lm_eval")
 
-SHARED_7B = Path(__file__).resolve().parents[2] / "shared" / "fast_dllm_v2_7b"
-TOKENIZER_FILES = ["tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
 
 
 def _hf_continuation_logprob(hf, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
@@ -66,13 +62,7 @@ def test_scores_match_transformers(tmp_path, family):
 
 @pytest.fixture(scope="module")
 def bd_ckpt(tmp_path_factory) -> Path:
-    if not SHARED_7B.exists():
-        pytest.skip("../shared/fast_dllm_v2_7b not present")
-    d = make_tiny_checkpoint(tmp_path_factory.mktemp("ev") / "m", "fast_dllm", vocab=151936, hidden=16, layers=1,
-                             heads=2, kv_heads=1, inter=32, confident=True, max_pos=256)
-    for f in TOKENIZER_FILES:
-        shutil.copy(SHARED_7B / f, d / f)
-    return d
+    return make_tiny_chat_checkpoint(tmp_path_factory.mktemp("ev") / "m")
 
 
 DOCS = [{"question": q, "answer": a, "choices": c, "label": l} for q, a, c, l in [

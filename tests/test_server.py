@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,23 +23,14 @@ from fastapi.testclient import TestClient
 import fastdllm
 from fastdllm.serve import create_app
 from fastdllm.serve.batcher import Batcher, Job, batch_key
-from tests.helpers import make_tiny_checkpoint
+from tests.helpers import make_tiny_chat_checkpoint
 
-SHARED_7B = Path(__file__).resolve().parents[2] / "shared" / "fast_dllm_v2_7b"
-TOKENIZER_FILES = ["tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
 NAME = "tiny-bd"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    if not SHARED_7B.exists():
-        pytest.skip("../shared/fast_dllm_v2_7b not present")
-    d = make_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "m", "fast_dllm", vocab=151936, hidden=16, layers=1,
-                             heads=2, kv_heads=1, inter=32, confident=True, max_pos=256)
-    for f in TOKENIZER_FILES:
-        shutil.copy(SHARED_7B / f, d / f)
-    return d
+    return make_tiny_chat_checkpoint(tmp_path_factory.mktemp("srv") / "m")
 
 
 @pytest.fixture(scope="module")
