@@ -10,7 +10,7 @@ fastdllm needs a newer one. It imports nothing from fastdllm.
 directory has both). They are imported as a throw-away package from a temporary directory, so
 their relative import works and nothing is written next to the checkpoint. ``spec.json``:
 ``{"prompts": [[ids...], ...], "max_new_tokens", "threshold", "block_size", "small_block_size",
-"mask_id", "stop_token", "use_block_cache", "threads", "dtype"}``. The output holds, per prompt,
+"mask_id", "stop_token", "use_block_cache", "threads", "dtype", "fix_block_cache"}``. The output holds, per prompt,
 the generated ids (after the prompt, cut after the first stop token as the reference does), the
 wall time of the ``generate`` call and its forward-pass count.
 """
@@ -27,7 +27,27 @@ import time
 from pathlib import Path
 
 
-def import_reference(code_dir: Path):
+BLOCK_LOOP = "for block_idx in range(num_blocks):"
+
+
+def fix_block_cache(source: str) -> str:
+    """Start every block with a fresh sub-block cache, as the reference's batched path does.
+
+    The released single-prompt ``generate`` keeps the previous block's sub-block cache when a
+    new block starts (see ../shared/conformance/README.md); this inserts the one-line reset.
+    """
+    lines = source.splitlines(keepends=True)
+    hits = [i for i, ln in enumerate(lines) if ln.strip() == BLOCK_LOOP]
+    if len(hits) != 1:
+        raise SystemExit(f"reference_worker: --fix-block-cache expects one '{BLOCK_LOOP}' line in modeling.py, "
+                         f"found {len(hits)}")
+    i = hits[0]
+    indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())] + "    "
+    lines.insert(i + 1, f"{indent}block_past_key_values = None\n")
+    return "".join(lines)
+
+
+def import_reference(code_dir: Path, fix_cache: bool = False):
     files = [code_dir / "modeling.py", code_dir / "configuration.py"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -37,6 +57,8 @@ def import_reference(code_dir: Path):
     pkg.mkdir()
     for f in files:
         shutil.copy(f, pkg / f.name)
+    if fix_cache:
+        (pkg / "modeling.py").write_text(fix_block_cache((pkg / "modeling.py").read_text()))
     (pkg / "__init__.py").write_text("")
     sys.path.insert(0, str(pkg_root))
     return importlib.import_module("released_fast_dllm_v2.modeling")
@@ -55,7 +77,7 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(spec["threads"])
-    modeling = import_reference(args.reference_code)
+    modeling = import_reference(args.reference_code, spec.get("fix_block_cache", False))
     dtype = getattr(torch, spec.get("dtype", "float32"))
     model = modeling.Fast_dLLM_QwenForCausalLM.from_pretrained(args.model, torch_dtype=dtype).eval()
 
