@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,6 +207,48 @@ def test_waiting_jobs_are_batched_and_match_solo_runs(llm):
     assert [p.token_ids for p in out[:4]] == [r.token_ids for r in solo]
     assert [p.text for p in out[:4]] == [r.text for r in solo]
     assert out[4].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar")[0].token_ids
+
+
+def test_compatible_jobs_join_a_running_batch_and_others_wait(llm):
+    long_prompt, late = "Write a very long story about the sea.", ["Hi", "What is two plus two?"]
+    opts = dict(max_new_tokens=150, stop_token_ids=[])
+    solo_long = llm.generate(long_prompt, **opts)[0]
+    solo_late = llm.generate(late, max_new_tokens=20, stop_token_ids=[])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        b = Batcher(llm, max_batch_size=4, kv_cache_tokens=256)
+        (first,) = _jobs(llm, loop, [long_prompt], **opts)
+        gate, send = threading.Event(), first.send
+
+        def send_then_hold(x):  # the worker pauses after the first progress until the queue is filled
+            send(x)
+            if x is not None and not gate.is_set():
+                gate.wait(30)
+
+        first.send = send_then_hold
+        b.submit(first)
+        b.start()
+        item = await first.queue.get()  # the long job is decoding: queue more work behind it
+        ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")  # other parameters: must wait
+        joiners = _jobs(llm, loop, late, max_new_tokens=20, stop_token_ids=[])  # behind the AR job: must wait
+        same_key = _jobs(llm, loop, late, max_new_tokens=20, stop_token_ids=[])
+        for j in (*same_key, *ar, *joiners):
+            b.submit(j)
+        gate.set()
+        rest = await _drain(first)
+        outs = [await _drain(j) for j in (*same_key, *ar, *joiners)]
+        b.stop()
+        return b, item, rest, outs
+
+    b, item, rest, outs = asyncio.run(main())
+    assert item.token_ids and not item.finished
+    assert rest.token_ids == solo_long.token_ids
+    assert b.joined == 2 and b.batches == 3  # same_key joined; the AR job and the joiners ran after
+    assert b.largest_batch == 3
+    assert [o.token_ids for o in outs[:2]] == [r.token_ids for r in solo_late]
+    assert outs[2].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar")[0].token_ids
+    assert [o.token_ids for o in outs[3:]] == [r.token_ids for r in solo_late]
 
 
 def test_cancelled_job_leaves_the_batch_without_disturbing_others(llm):

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the model id clients send and /v1/models lists (default: the model path's last part)")
     s.add_argument("--max-batch-size", type=int, default=8, metavar="N",
                    help="sequences decoded together in one engine run (default: %(default)s)")
+    s.add_argument("--kv-cache-tokens", type=int, metavar="N",
+                   help="KV-cache positions reserved per batch slot: requests whose prompt plus output fit "
+                        "join a running batch (default: the model's context, at most 2048)")
     s.add_argument("--default-max-tokens", type=int, default=512, metavar="N",
                    help="max_tokens of chat requests that give none (default: %(default)s)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -46,6 +49,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     if args.max_batch_size <= 0:
         raise CLIError(f"--max-batch-size must be positive, got {args.max_batch_size}")
+    if args.kv_cache_tokens is not None and args.kv_cache_tokens <= 0:
+        raise CLIError(f"--kv-cache-tokens must be positive, got {args.kv_cache_tokens}")
     if args.default_max_tokens <= 0:
         raise CLIError(f"--default-max-tokens must be positive, got {args.default_max_tokens}")
     common.check_model_arguments(args)
@@ -68,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     llm = common.load_model(args, max_batch_size=args.max_batch_size)
     name = args.served_model_name or served_name(args.model)
-    app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens)
+    app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens,
+                     kv_cache_tokens=args.kv_cache_tokens)
     kind = "block diffusion" if llm.is_block_diffusion else "autoregressive"
     print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1", file=sys.stderr,
           flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..model import Transformer
 from .autoregressive import AutoregressivePlanner
@@ -19,6 +19,9 @@ from .diffusion import DiffusionPlanner
 from .params import DecodeParams
 from .runner import ModelRunner
 from .sequence import Sequence
+
+
+Admit = Callable[[int, Callable[["Sequence"], bool]], list[Sequence]]
 
 
 @dataclass
@@ -46,16 +49,30 @@ class Engine:
         self.runner = ModelRunner(model)
         self.max_batch_size = max_batch_size
 
-    def run(self, seqs: list[Sequence], params: DecodeParams) -> Iterator[StepEvent]:
+    def run(self, seqs: list[Sequence], params: DecodeParams, admit: Admit | None = None,
+            reserve: int = 0) -> Iterator[StepEvent]:
+        """Decode ``seqs`` with ``params``, one ``StepEvent`` per forward pass.
+
+        ``admit(n, fits)`` (continuous batching): called before every step while slots are free;
+        returns up to ``n`` more sequences decoded with the same ``params`` (unique ``index``es),
+        only ones for which ``fits(seq)`` holds (their KV fits the cache). With it the cache has
+        ``max_batch_size`` slots of at least ``reserve`` positions.
+        """
         planner = DiffusionPlanner(params) if params.mode == "diffusion" else AutoregressivePlanner(params)
-        slots = min(self.max_batch_size, len(seqs))
-        self.runner.ensure_cache(slots, max(planner.capacity(s) for s in seqs))
+        slots = self.max_batch_size if admit is not None else min(self.max_batch_size, len(seqs))
+        cache = self.runner.ensure_cache(slots, max([planner.capacity(s) for s in seqs] + [reserve]))
         free = list(range(slots - 1, -1, -1))
         waiting = deque(seqs)
         active: list[Sequence] = []
         live: dict[int, Sequence] = {}
         step = 0
+
+        def fits(seq: Sequence) -> bool:
+            return planner.capacity(seq) <= cache.max_len
+
         while waiting or active:
+            if admit is not None and len(free) > len(waiting):
+                waiting.extend(admit(len(free) - len(waiting), fits))
             while waiting and free:
                 seq = waiting.popleft()
                 seq.slot = free.pop()

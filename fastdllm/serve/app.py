@@ -34,9 +34,16 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
-def create_app(llm, model_name: str, max_batch_size: int | None = None, default_max_tokens: int = 512) -> FastAPI:
-    """``model_name``: the id clients send as ``model`` (also listed by ``/v1/models``)."""
-    batcher = Batcher(llm, max_batch_size)
+def create_app(llm, model_name: str, max_batch_size: int | None = None, default_max_tokens: int = 512,
+               kv_cache_tokens: int | None = None) -> FastAPI:
+    """``model_name``: the id clients send as ``model`` (also listed by ``/v1/models``).
+
+    ``kv_cache_tokens``: KV-cache positions reserved per slot; requests whose prompt and output
+    fit join a running batch (default: the model's context, at most 2048).
+    """
+    if kv_cache_tokens is None:
+        kv_cache_tokens = min(llm.config.max_position_embeddings, 2048)
+    batcher = Batcher(llm, max_batch_size, kv_cache_tokens)
     created = now()
 
     @asynccontextmanager
@@ -82,7 +89,8 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "waiting_requests": batcher.waiting,
-                "batches": batcher.batches, "largest_batch": batcher.largest_batch}
+                "batches": batcher.batches, "largest_batch": batcher.largest_batch,
+                "joined_running_batch": batcher.joined}
 
     @app.get("/v1/models")
     async def models():

@@ -4,10 +4,12 @@ Request handlers validate and tokenize a request (``LLM.prepare``) on the event 
 the resulting sequences to ``Batcher.submit``. The worker thread takes the oldest waiting job
 and every other waiting job with the same decoding parameters (mode, threshold, block sizes,
 sampling, stop ids), up to ``max_batch_size`` sequences, and decodes them in one
-``Engine.run``: requests that arrive while the engine is busy wait for the next batch
-(dynamic batching). Greedy decoding is batch-invariant, so a batched request gets exactly the
-tokens it would get alone. Seeded sampling requests run alone so their random stream is their
-own.
+``Engine.run``. While it runs, jobs at the head of the queue with the same parameters join it
+as slots free up (continuous batching), as long as their prompt and output fit the KV cache
+reserved per slot (``kv_cache_tokens``); a job with other parameters waits for the next run,
+and no later job overtakes it. Greedy decoding is batch-invariant, so a batched request gets
+exactly the tokens it would get alone. Seeded sampling requests run alone so their random
+stream is their own.
 
 After every forward pass the worker sends each job a ``Progress`` per changed sequence through
 the job's event loop (``call_soon_threadsafe``), then a final ``None``. A job whose client went
@@ -66,15 +68,17 @@ def batch_key(options: dict, params: DecodeParams) -> tuple:
 
 
 class Batcher:
-    def __init__(self, llm, max_batch_size: int | None = None):
+    def __init__(self, llm, max_batch_size: int | None = None, kv_cache_tokens: int = 0):
         self.llm = llm
         self.max_batch_size = max_batch_size or llm.engine.max_batch_size
+        self.kv_cache_tokens = kv_cache_tokens
         self._jobs: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="fastdllm-engine", daemon=True)
         self.batches = 0          # engine runs so far (for /health and tests)
-        self.largest_batch = 0
+        self.largest_batch = 0    # most sequences one engine run decoded
+        self.joined = 0           # jobs that joined a running batch
 
     def start(self) -> None:
         self._thread.start()
@@ -129,14 +133,34 @@ class Batcher:
     def _run(self, batch: list[Job]) -> None:
         owners: list[tuple[Job, int]] = []
         seqs: list[Sequence] = []
-        for job in batch:
+
+        def register(job: Job) -> list[Sequence]:
             for i, seq in enumerate(job.seqs):
                 seq.index = len(seqs)
                 owners.append((job, i))
                 seqs.append(seq)
+            return job.seqs
+
+        def admit(n: int, fits) -> list[Sequence]:
+            taken: list[Sequence] = []
+            with self._cv:
+                while self._jobs and not self._stopping:
+                    job = self._jobs[0]
+                    if job.key != batch[0].key or len(taken) + len(job.seqs) > n or \
+                            not all(fits(s) for s in job.seqs):
+                        break  # first come, first served: nothing overtakes the head of the queue
+                    self._jobs.popleft()
+                    batch.append(job)
+                    self.joined += 1
+                    taken += register(job)
+            return taken
+
+        for job in batch:
+            register(job)
         self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(seqs))
-        for event in self.llm.engine.run(seqs, batch[0].params):
+        for event in self.llm.engine.run(list(seqs), batch[0].params, admit=admit, reserve=self.kv_cache_tokens):
+            if event.kind == "decode":  # one row per active sequence
+                self.largest_batch = max(self.largest_batch, len(event.rows))
             for row in event.rows:
                 job, i = owners[row.index]
                 seq = seqs[row.index]
