@@ -179,3 +179,29 @@ def test_stream_reports_every_forward_and_ends_in_the_result(conf_llm):
             seen |= set(row.new_positions)
             assert all(row.block_start <= p < row.block_start + 32 or p == row.block_start for p in row.new_positions)
     assert events[-1].rows[0].finished
+
+
+def test_sequences_with_different_parameters_share_a_run(tmp_path):
+    """Per-sequence decoding parameters in one Engine.run: every row equals its solo generation."""
+    import fastdllm
+    from tests.helpers import make_tiny_checkpoint
+
+    d = make_tiny_checkpoint(tmp_path / "m", "fast_dllm", vocab=300, max_pos=256, confident=True)
+    llm = fastdllm.load(str(d), max_batch_size=3)  # fewer slots than sequences: admission mid-run
+    requests = [
+        ([5, 6, 7], dict(max_new_tokens=40, threshold=0.9, stop_token_ids=[])),
+        ([8, 9] * 20, dict(max_new_tokens=30, threshold=0.5, use_block_cache=True, stop_token_ids=[])),
+        ([3, 4, 5, 6], dict(max_new_tokens=25, mode="ar", stop_token_ids=[])),
+        (list(range(10, 45)), dict(max_new_tokens=33, block_size=16, small_block_size=4, stop_token_ids=[])),
+        ([11, 12], dict(max_new_tokens=20, temperature=0.9, top_k=20, seed=3, stop_token_ids=[])),
+    ]
+    seqs = []
+    for i, (prompt, opts) in enumerate(requests):
+        (seq,), params = llm.prepare([prompt], **opts)
+        seq.index, seq.params = i, params
+        seqs.append(seq)
+    list(llm.engine.run(seqs))
+    for seq, (prompt, opts) in zip(seqs, requests):
+        solo = llm.generate([prompt], **opts)[0]
+        assert seq.output == solo.token_ids, opts
+        assert seq.nfe == solo.nfe

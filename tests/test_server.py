@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 import fastdllm
 from fastdllm.serve import create_app
-from fastdllm.serve.batcher import Batcher, Job, batch_key
+from fastdllm.serve.batcher import Batcher, Job, runs_alone
 from tests.helpers import make_tiny_chat_checkpoint
 
 NAME = "tiny-bd"
@@ -173,7 +173,7 @@ def _jobs(llm, loop, prompts, **opts):
     jobs = []
     for p in prompts:
         seqs, params = llm.prepare([p], **opts)
-        jobs.append(Job(seqs, params, batch_key(opts, params), loop))
+        jobs.append(Job(seqs, params, runs_alone(opts, len(seqs)), loop))
     return jobs
 
 
@@ -193,8 +193,8 @@ def test_waiting_jobs_are_batched_and_match_solo_runs(llm):
         loop = asyncio.get_running_loop()
         b = Batcher(llm, max_batch_size=4)
         jobs = _jobs(llm, loop, prompts, max_new_tokens=20)
-        # an AR job has another key: it must not join the diffusion batch
-        jobs += _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")
+        # an AR job with another threshold and stop ids: it joins when a slot frees up
+        jobs += _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar", stop_token_ids=[])
         for j in jobs:
             b.submit(j)  # all waiting before the worker starts
         b.start()
@@ -203,17 +203,20 @@ def test_waiting_jobs_are_batched_and_match_solo_runs(llm):
         return b, out
 
     b, out = asyncio.run(main())
-    assert b.batches == 2 and b.largest_batch == 4
+    assert b.batches == 1 and b.largest_batch == 4 and b.joined == 1
     assert [p.token_ids for p in out[:4]] == [r.token_ids for r in solo]
     assert [p.text for p in out[:4]] == [r.text for r in solo]
-    assert out[4].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar")[0].token_ids
+    assert out[4].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar", stop_token_ids=[])[0].token_ids
 
 
-def test_compatible_jobs_join_a_running_batch_and_others_wait(llm):
+def test_jobs_join_a_running_batch_first_come_first_served(llm):
     long_prompt, late = "Write a very long story about the sea.", ["Hi", "What is two plus two?"]
     opts = dict(max_new_tokens=150, stop_token_ids=[])
     solo_long = llm.generate(long_prompt, **opts)[0]
-    solo_late = llm.generate(late, max_new_tokens=20, stop_token_ids=[])
+    solo_late = llm.generate(late, max_new_tokens=20, threshold=0.5)
+    solo_ar = llm.generate("Hi", max_new_tokens=20, mode="ar")[0]
+    sampled = dict(max_new_tokens=12, temperature=0.8, seed=7)
+    solo_sampled = llm.generate(late, **sampled)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -230,25 +233,29 @@ def test_compatible_jobs_join_a_running_batch_and_others_wait(llm):
         b.submit(first)
         b.start()
         item = await first.queue.get()  # the long job is decoding: queue more work behind it
-        ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")  # other parameters: must wait
-        joiners = _jobs(llm, loop, late, max_new_tokens=20, stop_token_ids=[])  # behind the AR job: must wait
-        same_key = _jobs(llm, loop, late, max_new_tokens=20, stop_token_ids=[])
-        for j in (*same_key, *ar, *joiners):
+        early = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)  # 2 slots
+        ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")  # the last free slot
+        later = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)  # wait for slots to free up
+        seqs, params = llm.prepare(late, **sampled)  # seeded sampling over 2 prompts: a run of its own
+        alone = Job(seqs, params, runs_alone(sampled, 2), loop)
+        for j in (*early, *ar, *later, alone):
             b.submit(j)
         gate.set()
         rest = await _drain(first)
-        outs = [await _drain(j) for j in (*same_key, *ar, *joiners)]
+        outs = [await _drain(j) for j in (*early, *ar, *later)]
+        last = alone.seqs
+        await _drain(alone)
         b.stop()
-        return b, item, rest, outs
+        return b, item, rest, outs, last
 
-    b, item, rest, outs = asyncio.run(main())
+    b, item, rest, outs, alone = asyncio.run(main())
     assert item.token_ids and not item.finished
     assert rest.token_ids == solo_long.token_ids
-    assert b.joined == 2 and b.batches == 3  # same_key joined; the AR job and the joiners ran after
-    assert b.largest_batch == 3
+    assert b.joined == 5 and b.batches == 2 and b.largest_batch == 4
     assert [o.token_ids for o in outs[:2]] == [r.token_ids for r in solo_late]
-    assert outs[2].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar")[0].token_ids
+    assert outs[2].token_ids == solo_ar.token_ids
     assert [o.token_ids for o in outs[3:]] == [r.token_ids for r in solo_late]
+    assert [s.output for s in alone] == [r.token_ids for r in solo_sampled]
 
 
 def test_cancelled_job_leaves_the_batch_without_disturbing_others(llm):

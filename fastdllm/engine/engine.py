@@ -49,18 +49,31 @@ class Engine:
         self.runner = ModelRunner(model)
         self.max_batch_size = max_batch_size
 
-    def run(self, seqs: list[Sequence], params: DecodeParams, admit: Admit | None = None,
+    def run(self, seqs: list[Sequence], params: DecodeParams | None = None, admit: Admit | None = None,
             reserve: int = 0) -> Iterator[StepEvent]:
-        """Decode ``seqs`` with ``params``, one ``StepEvent`` per forward pass.
+        """Decode ``seqs``, one ``StepEvent`` per forward pass.
 
-        ``admit(n, fits)`` (continuous batching): called before every step while slots are free;
-        returns up to ``n`` more sequences decoded with the same ``params`` (unique ``index``es),
-        only ones for which ``fits(seq)`` holds (their KV fits the cache). With it the cache has
+        Each sequence decodes with its own ``seq.params`` when set, else with ``params``; sequences
+        with different parameters (block diffusion and AR, thresholds, samplers, stop ids) share
+        the packed forwards. ``admit(n, fits)`` (continuous batching): called before every step
+        while slots are free; returns up to ``n`` more sequences (unique ``index``es, ``params``
+        set) for which ``fits(seq)`` holds (their KV fits the cache). With it the cache has
         ``max_batch_size`` slots of at least ``reserve`` positions.
         """
-        planner = DiffusionPlanner(params) if params.mode == "diffusion" else AutoregressivePlanner(params)
+        planners: dict[int, tuple[DecodeParams, object]] = {}
+
+        def planner_of(seq: Sequence):
+            p = seq.params if seq.params is not None else params
+            if p is None:
+                raise ValueError(f"sequence {seq.index} has no decoding parameters")
+            entry = planners.get(id(p))
+            if entry is None:  # the params object is kept in the entry, so its id stays unique
+                entry = planners[id(p)] = (p, DiffusionPlanner(p) if p.mode == "diffusion"
+                                           else AutoregressivePlanner(p))
+            return entry[1]
+
         slots = self.max_batch_size if admit is not None else min(self.max_batch_size, len(seqs))
-        cache = self.runner.ensure_cache(slots, max([planner.capacity(s) for s in seqs] + [reserve]))
+        cache = self.runner.ensure_cache(slots, max([planner_of(s).capacity(s) for s in seqs] + [reserve]))
         free = list(range(slots - 1, -1, -1))
         waiting = deque(seqs)
         active: list[Sequence] = []
@@ -68,7 +81,7 @@ class Engine:
         step = 0
 
         def fits(seq: Sequence) -> bool:
-            return planner.capacity(seq) <= cache.max_len
+            return planner_of(seq).capacity(seq) <= cache.max_len
 
         while waiting or active:
             if admit is not None and len(free) > len(waiting):
@@ -77,7 +90,7 @@ class Engine:
                 seq = waiting.popleft()
                 seq.slot = free.pop()
                 live[seq.index] = seq
-                update = self._prefill(seq, planner, params)
+                update = self._prefill(seq, planner_of(seq))
                 step += 1
                 yield StepEvent(step, "prefill", [update], live)
                 if seq.finished:
@@ -86,20 +99,21 @@ class Engine:
                     active.append(seq)
             if not active:
                 continue
-            plans = [planner.plan(s) for s in active]
+            plans = [planner_of(s).plan(s) for s in active]
             logits = self.runner.run([(s.slot, p) for s, p in zip(active, plans)])
             updates = []
             for seq, plan, lg in zip(active, plans, logits):
                 seq.nfe += 1
+                planner = planner_of(seq)
                 positions = planner.apply(seq, plan, lg)
-                updates.append(self._emit(seq, planner, positions, params))
+                updates.append(self._emit(seq, planner, positions))
             step += 1
             yield StepEvent(step, "decode", updates, live)
             for seq in [s for s in active if s.finished]:
                 free.append(seq.slot)
             active = [s for s in active if not s.finished]
 
-    def _prefill(self, seq: Sequence, planner, params: DecodeParams):
+    def _prefill(self, seq: Sequence, planner):
         seq.started = time.perf_counter()
         if seq.max_new_tokens <= 0:
             seq.finish("length")
@@ -111,9 +125,9 @@ class Engine:
         if plans:
             seq.nfe += 1
         positions = planner.after_prefill(seq, logits)
-        return self._emit(seq, planner, positions, params)
+        return self._emit(seq, planner, positions)
 
-    def _emit(self, seq: Sequence, planner, positions: list[int], params: DecodeParams) -> RowUpdate:
+    def _emit(self, seq: Sequence, planner, positions: list[int]) -> RowUpdate:
         """Commit newly contiguous tokens and apply the stop rules."""
         kept = []
         for tok in planner.take_ready(seq):
@@ -121,7 +135,7 @@ class Engine:
                 break
             kept.append(tok)
             seq.output.append(tok)
-            if tok in params.stop_token_ids:
+            if tok in planner.p.stop_token_ids:
                 seq.finish("stop")
             elif len(seq.output) >= seq.max_new_tokens:
                 seq.finish("length")

@@ -41,6 +41,8 @@ class Sequence:
     block_cache_fresh: bool = False
     # text state (stop strings, streaming)
     detok: object | None = None
+    # decoding parameters of this sequence (None: the ones ``Engine.run`` is given)
+    params: object | None = None
 
     @property
     def prompt_len(self) -> int:

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FastDLLMError
-from .batcher import Batcher, Job, Progress, batch_key
+from .batcher import Batcher, Job, Progress, runs_alone
 from .protocol import (ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage)
 
 FINISH = {"stop": "stop", "length": "length"}
@@ -119,7 +119,7 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
 
     def _submit(prompts, opts: dict, chat: bool) -> Job:
         seqs, params = llm.prepare(prompts, chat=chat, **opts)  # FastDLLMError -> 400
-        job = Job(seqs, params, batch_key(opts, params), asyncio.get_running_loop())
+        job = Job(seqs, params, runs_alone(opts, len(seqs)), asyncio.get_running_loop())
         batcher.submit(job)
         return job
 

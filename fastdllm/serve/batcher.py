@@ -1,15 +1,15 @@
-"""The server's generation worker: one thread owns the engine and batches compatible requests.
+"""The server's generation worker: one thread owns the engine and batches requests.
 
 Request handlers validate and tokenize a request (``LLM.prepare``) on the event loop and hand
-the resulting sequences to ``Batcher.submit``. The worker thread takes the oldest waiting job
-and every other waiting job with the same decoding parameters (mode, threshold, block sizes,
-sampling, stop ids), up to ``max_batch_size`` sequences, and decodes them in one
-``Engine.run``. While it runs, jobs at the head of the queue with the same parameters join it
-as slots free up (continuous batching), as long as their prompt and output fit the KV cache
-reserved per slot (``kv_cache_tokens``); a job with other parameters waits for the next run,
-and no later job overtakes it. Greedy decoding is batch-invariant, so a batched request gets
-exactly the tokens it would get alone. Seeded sampling requests run alone so their random
-stream is their own.
+the resulting sequences to ``Batcher.submit``. The worker thread decodes the jobs at the head
+of the queue together in one ``Engine.run`` (up to ``max_batch_size`` sequences), and while it
+runs, the next jobs join as slots free up (continuous batching), first come first served, as
+long as their prompt and output fit the KV cache reserved per slot (``kv_cache_tokens``).
+Every sequence keeps its own decoding parameters (block diffusion or AR, threshold, block
+sizes, sampler, stop ids), so any requests can share a batch. Greedy decoding is
+batch-invariant, so a batched request gets exactly the tokens it would get alone. A seeded
+sampling request with several prompts runs on its own, so the order in which its sequences
+draw from its generator is the one it would have alone.
 
 After every forward pass the worker sends each job a ``Progress`` per changed sequence through
 the job's event loop (``call_soon_threadsafe``), then a final ``None``. A job whose client went
@@ -45,7 +45,7 @@ class Progress:
 class Job:
     seqs: list[Sequence]
     params: DecodeParams
-    key: tuple
+    alone: bool
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -57,14 +57,9 @@ class Job:
             self.cancelled.set()
 
 
-def batch_key(options: dict, params: DecodeParams) -> tuple:
-    """Jobs with equal keys can share one ``Engine.run``; seeded sampling never shares."""
-    sampled = (options.get("temperature") or 0.0) > 0
-    if sampled and options.get("seed") is not None:
-        return ("alone", id(options))
-    return (params.mode, params.block_size, params.small_block_size, params.threshold, params.use_block_cache,
-            params.mask_token_id, params.stop_token_ids, options.get("temperature") or 0.0,
-            options.get("top_p", 1.0), options.get("top_k", 0))
+def runs_alone(options: dict, n_sequences: int) -> bool:
+    """Seeded sampling over several prompts must not share a run (see the module docstring)."""
+    return n_sequences > 1 and (options.get("temperature") or 0.0) > 0 and options.get("seed") is not None
 
 
 class Batcher:
@@ -90,6 +85,8 @@ class Batcher:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
+        for seq in job.seqs:
+            seq.params = job.params
         with self._cv:
             self._jobs.append(job)
             self._cv.notify()
@@ -108,11 +105,11 @@ class Batcher:
                 return None
             first = self._jobs.popleft()
             batch, size = [first], len(first.seqs)
-            for job in list(self._jobs):
-                if job.key == first.key and size + len(job.seqs) <= self.max_batch_size:
-                    self._jobs.remove(job)
-                    batch.append(job)
-                    size += len(job.seqs)
+            while not first.alone and self._jobs and not self._jobs[0].alone and \
+                    size + len(self._jobs[0].seqs) <= self.max_batch_size:
+                job = self._jobs.popleft()
+                batch.append(job)
+                size += len(job.seqs)
             return batch
 
     def _loop(self) -> None:
@@ -146,7 +143,7 @@ class Batcher:
             with self._cv:
                 while self._jobs and not self._stopping:
                     job = self._jobs[0]
-                    if job.key != batch[0].key or len(taken) + len(job.seqs) > n or \
+                    if batch[0].alone or job.alone or len(taken) + len(job.seqs) > n or \
                             not all(fits(s) for s in job.seqs):
                         break  # first come, first served: nothing overtakes the head of the queue
                     self._jobs.popleft()
@@ -158,7 +155,7 @@ class Batcher:
         for job in batch:
             register(job)
         self.batches += 1
-        for event in self.llm.engine.run(list(seqs), batch[0].params, admit=admit, reserve=self.kv_cache_tokens):
+        for event in self.llm.engine.run(list(seqs), admit=admit, reserve=self.kv_cache_tokens):
             if event.kind == "decode":  # one row per active sequence
                 self.largest_batch = max(self.largest_batch, len(event.rows))
             for row in event.rows:
