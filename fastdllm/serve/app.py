@@ -230,8 +230,9 @@ def _sse(job: Job, chunk, first, prefixes: list[str], include_usage: bool, usage
             if prefix:
                 yield _data(chunk(i, prefix, None))
         last: dict[int, Progress] = {}
+        events = _events(job)
         try:
-            async for p in _events(job):
+            async for p in events:
                 last[p.index] = p
                 delta = p.text[sent[p.index]:]
                 if delta:
@@ -242,6 +243,8 @@ def _sse(job: Job, chunk, first, prefixes: list[str], include_usage: bool, usage
         except Exception as e:  # headers are gone: report in-band, as OpenAI does
             yield _data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
             return
+        finally:  # a client that went away (the response is closed mid-stream) cancels its job
+            await events.aclose()
         if include_usage:
             final = [last[i] for i in sorted(last)]
             yield _data(usage_chunk(_usage(final)))
