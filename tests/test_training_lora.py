@@ -55,7 +55,21 @@ def test_lora_adapter_roundtrip(tmp_path):
     assert llm.is_block_diffusion and llm.mask_token_id == 200
     torch.testing.assert_close(logits(llm.model, ids), a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits(fastdllm.load(str(out / "merged")).model, ids), a, rtol=1e-5, atol=1e-5)
-    assert len(llm.generate([[1, 2, 3]], max_new_tokens=5, small_block_size=4, stop_token_ids=[])[0].token_ids) == 5
+    direct = llm.generate([[1, 2, 3]], max_new_tokens=5, small_block_size=4, stop_token_ids=[])[0]
+    assert len(direct.token_ids) == 5
+
+    # the command line merges the same adapter
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fastdllm", "generate", "--model", str(base), "--adapter", str(out),
+           "--prompt-ids", "1,2,3", "--max-new-tokens", "5", "--small-block-size", "4", "--json"]
+    r = subprocess.run(cmd + ["--stop-token-id", "0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ref = llm.generate([[1, 2, 3]], max_new_tokens=5, small_block_size=4, stop_token_ids=[0])[0]
+    assert json.loads(r.stdout)["token_ids"] == ref.token_ids
+    bad = subprocess.run(cmd[:7] + [str(tmp_path)] + cmd[8:], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--adapter" in bad.stderr
 
 
 def test_lora_keeps_base_weights_frozen(tmp_path):

@@ -114,6 +114,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
                            help="mask token id for block-diffusion decoding (default: the checkpoint's)")
+    group.add_argument("--adapter", metavar="DIR",
+                       help="a LoRA adapter directory written by 'fastdllm train --lora', merged into --model")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compiled CPU decode path: faster steps after a few seconds of compilation "
                             "(default: $FASTDLLM_COMPILE, else off)")
@@ -141,6 +143,9 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--device: {args.device!r} requested but MPS is not available")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise CLIError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise CLIError(f"--adapter: {adapter} is not a LoRA adapter directory (no adapter_config.json)")
     if getattr(args, "mask_token_id", None) is not None and args.mask_token_id < 0:
         raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
 
@@ -167,7 +172,8 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     args.model = model
     quiet_libraries()
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
-                max_batch_size=max_batch_size, compile=getattr(args, "compile", None))
+                max_batch_size=max_batch_size, compile=getattr(args, "compile", None),
+                adapter=getattr(args, "adapter", None))
 
 
 # ---- output ---------------------------------------------------------------------------------
