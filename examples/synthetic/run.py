@@ -1,6 +1,6 @@
 """End to end on a synthetic task: pretrain an AR model from scratch, adapt it to block diffusion.
 
-    python examples/synthetic/run.py                 # the full run (~1 hour on 2 CPU cores)
+    python examples/synthetic/run.py                 # the full run (~30 min on an idle 2-core CPU)
     python examples/synthetic/run.py --quick         # the test-suite version (~1 min)
 
 Steps (everything goes under ``--out``):
