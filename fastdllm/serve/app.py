@@ -129,22 +129,20 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
         prompts = req.prompts()
         job = _submit(prompts, _options(req, req.max_tokens), chat=False)
         echo = [llm.decode(s.prompt) if req.echo else "" for s in job.seqs]
-        rid, created_at = new_id("cmpl"), now()
+        env = _envelope("cmpl", model_name)
 
         def chunk(i: int, text: str, finish: str | None) -> dict:
-            return {"id": rid, "object": "text_completion", "created": created_at, "model": model_name,
-                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return env("text_completion",
+                       choices=[{"index": i, "text": text, "logprobs": None, "finish_reason": finish}])
 
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(job, chunk, lambda: None, echo, include_usage,
-                        lambda u: {"id": rid, "object": "text_completion", "created": created_at,
-                                   "model": model_name, "choices": [], "usage": u})
+            return _sse(job, chunk, None, echo, req.stream_options,
+                        lambda u: env("text_completion", choices=[], usage=u))
         final = await _collect(job)
-        return {"id": rid, "object": "text_completion", "created": created_at, "model": model_name,
-                "choices": [{"index": i, "text": echo[i] + p.text, "logprobs": None,
+        return env("text_completion",
+                   choices=[{"index": i, "text": echo[i] + p.text, "logprobs": None,
                              "finish_reason": FINISH.get(p.finish_reason, "stop")} for i, p in enumerate(final)],
-                "usage": _usage(final), "fastdllm": _stats(final)}
+                   usage=_usage(final), fastdllm=_stats(final))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest):
@@ -154,29 +152,24 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         job = _submit([messages], _options(req, req.token_limit()), chat=True)
-        rid, created_at = new_id("chatcmpl"), now()
+        env = _envelope("chatcmpl", model_name)
 
         def chunk(i: int, text: str, finish: str | None) -> dict:
             delta = {"content": text} if finish is None else {}
-            return {"id": rid, "object": "chat.completion.chunk", "created": created_at, "model": model_name,
-                    "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-        def first() -> dict:
-            return {"id": rid, "object": "chat.completion.chunk", "created": created_at, "model": model_name,
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                 "finish_reason": None}]}
+            return env("chat.completion.chunk",
+                       choices=[{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(job, chunk, first, [""], include_usage,
-                        lambda u: {"id": rid, "object": "chat.completion.chunk", "created": created_at,
-                                   "model": model_name, "choices": [], "usage": u})
+            head = env("chat.completion.chunk", choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                          "logprobs": None, "finish_reason": None}])
+            return _sse(job, chunk, head, [""], req.stream_options,
+                        lambda u: env("chat.completion.chunk", choices=[], usage=u))
         final = await _collect(job)
         p = final[0]
-        return {"id": rid, "object": "chat.completion", "created": created_at, "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": p.text},
+        return env("chat.completion",
+                   choices=[{"index": 0, "message": {"role": "assistant", "content": p.text},
                              "logprobs": None, "finish_reason": FINISH.get(p.finish_reason, "stop")}],
-                "usage": _usage(final), "fastdllm": _stats(final)}
+                   usage=_usage(final), fastdllm=_stats(final))
 
     return app
 
@@ -220,9 +213,16 @@ def _stats(final: list[Progress]) -> dict:
     return {"nfe": nfe, "tpf": gen / nfe if nfe else 0.0}
 
 
-def _sse(job: Job, chunk, first, prefixes: list[str], include_usage: bool, usage_chunk) -> StreamingResponse:
+def _envelope(prefix: str, model_name: str):
+    """The fields every response and chunk of one request share: ``env(object, **rest) -> dict``."""
+    rid, created = new_id(prefix), now()
+    return lambda object_, **rest: {"id": rid, "object": object_, "created": created, "model": model_name, **rest}
+
+
+def _sse(job: Job, chunk, head: dict | None, prefixes: list[str], stream_options, usage_chunk) -> StreamingResponse:
+    include_usage = bool(stream_options and stream_options.include_usage)
+
     async def body() -> AsyncIterator[str]:
-        head = first()
         if head is not None:
             yield _data(head)
         sent = [0] * len(job.seqs)
