@@ -1,32 +1,21 @@
 """The Python API: prompts, chat templates, defaults from the checkpoint, stop strings, user errors."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 import fastdllm
 from fastdllm.errors import InvalidRequestError
-from tests.helpers import make_tiny_checkpoint
-
-SHARED_7B = Path(__file__).resolve().parents[2] / "shared" / "fast_dllm_v2_7b"
-TOKENIZER_FILES = ["tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
+from tests.helpers import make_tiny_chat_checkpoint, make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def qwen_tok_llm(tmp_path_factory):
     """A tiny random Fast-dLLM checkpoint carrying the released Qwen2.5 tokenizer (vocab 151936)."""
-    if not SHARED_7B.exists():
-        pytest.skip("../shared/fast_dllm_v2_7b not present")
-    d = make_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "m", "fast_dllm", vocab=151936, hidden=16, layers=1,
-                             heads=2, kv_heads=1, inter=32, confident=True, max_pos=256)
+    d = make_tiny_chat_checkpoint(tmp_path_factory.mktemp("ck") / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg.pop("mask_token_id")  # as in the released config: the id comes from the tokenizer
     (d / "config.json").write_text(json.dumps(cfg))
-    for f in TOKENIZER_FILES:
-        shutil.copy(SHARED_7B / f, d / f)
     return fastdllm.load(str(d), dtype="float32")
 
 

@@ -16,9 +16,7 @@ from fastdllm.config import ModelConfig
 from fastdllm.errors import ModelLoadError, UnsupportedModelError
 from fastdllm.loading import load_checkpoint
 from fastdllm.loading.weights import expected_hf_shapes
-from tests.helpers import make_tiny_checkpoint, random_ids
-
-REAL_DIR = Path(__file__).parents[2] / "shared" / "fast_dllm_v2_7b"
+from tests.helpers import SHARED_7B as REAL_DIR, make_tiny_checkpoint, random_ids
 
 
 @pytest.fixture(scope="module")
