@@ -143,9 +143,13 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--device: {args.device!r} requested but MPS is not available")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise CLIError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
-    adapter = getattr(args, "adapter", None)
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise CLIError(f"--adapter: {adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    if getattr(args, "adapter", None) is not None:
+        from ..training.lora import check_adapter_dir
+
+        try:
+            check_adapter_dir(args.adapter)
+        except FastDLLMError as e:
+            raise CLIError(f"--adapter: {e}") from None
     if getattr(args, "mask_token_id", None) is not None and args.mask_token_id < 0:
         raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
 

@@ -58,18 +58,23 @@ def save_adapter(peft_model, out: Path, mask: MaskToken | None, bd_size: int | N
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """``adapter_dir`` as a Path if it holds an adapter written by fastdllm, else ModelLoadError."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / META_FILE).is_file():
+        raise ModelLoadError(f"{adapter_dir}: not a fastdllm adapter directory (adapter_config.json and "
+                             f"{META_FILE} expected)")
+    return adapter_dir
+
+
 def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, merge: bool = True,
                       dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Checkpoint:
     """The base checkpoint with the adapter applied: merged into the weights, or as live LoRA layers."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    adapter_dir = Path(adapter_dir)
-    meta_file = adapter_dir / META_FILE
-    if not (adapter_dir / "adapter_config.json").is_file() or not meta_file.is_file():
-        raise ModelLoadError(f"{adapter_dir}: not a fastdllm adapter directory (adapter_config.json and "
-                             f"{META_FILE} expected)")
-    meta = json.loads(meta_file.read_text())
+    adapter_dir = check_adapter_dir(adapter_dir)
+    meta = json.loads((adapter_dir / META_FILE).read_text())
     ckpt = base if isinstance(base, Checkpoint) else load_checkpoint(base, dtype="float32", device=device)
     model = ckpt.model
     if model.cfg.vocab_size != meta["base_vocab_size"]:
