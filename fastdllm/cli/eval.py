@@ -40,7 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--ar", action="store_true", help="decode autoregressively")
     d.add_argument("--threshold", type=float, default=0.9, help="confidence threshold in [0, 1] (default: 0.9)")
     d.add_argument("--block-size", type=int, metavar="N", help="block size (default: the checkpoint's bd_size)")
-    d.add_argument("--small-block-size", type=int, default=8, metavar="N", help="sub-block size (default: 8)")
+    d.add_argument("--small-block-size", type=int, metavar="N",
+                   help="sub-block size (default: the checkpoint's small_block_size, else 8)")
     d.add_argument("--use-block-cache", action="store_true", help="reuse the block's KV across its sub-blocks")
     d.add_argument("--max-gen-toks", type=int, default=256, metavar="N",
                    help="tokens to generate when the task does not say (default: 256)")
@@ -61,8 +62,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.small_block_size <= 0 or (args.block_size is not None and
-                                      (args.block_size <= 0 or args.block_size % args.small_block_size)):
+    sbs = args.small_block_size
+    if (sbs is not None and sbs <= 0) or (args.block_size is not None and
+                                          (args.block_size <= 0 or (sbs and args.block_size % sbs))):
         raise CLIError("--small-block-size must be positive and divide --block-size")
     if args.max_gen_toks <= 0:
         raise CLIError(f"--max-gen-toks must be positive, got {args.max_gen_toks}")
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     mode = "ar" if args.ar or not llm.is_block_diffusion else f"diffusion, threshold {args.threshold}"
     if summary["requests"]:
         print(f"[{common.PROG}] generation ({mode}): {summary['requests']} requests, "
-              f"{summary['generated_tokens']} tokens, {summary['nfe']} forwards, TPF {summary['tpf']:.2f}, "
+              f"{summary['generated_tokens']} tokens, NFE {summary['nfe']}, TPF {summary['tpf']:.2f}, "
               f"{summary['tokens_per_second']:.1f} tok/s", file=sys.stderr)
     if args.output:
         out = Path(args.output)

@@ -42,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.9,
                    help="confidence a masked token needs to be decoded in parallel, in [0, 1] (default: %(default)s)")
     d.add_argument("--block-size", type=int, metavar="N", help="diffusion block size (default: the checkpoint's bd_size)")
-    d.add_argument("--small-block-size", type=int, default=8, metavar="N",
-                   help="sub-block size; must divide the block size (default: %(default)s)")
+    d.add_argument("--small-block-size", type=int, metavar="N",
+                   help="sub-block size; must divide the block size (default: the checkpoint's small_block_size, "
+                        "else 8)")
     d.add_argument("--use-block-cache", action="store_true", help="reuse the block's KV cache across its sub-blocks")
     d.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)")
     d.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: %(default)s)")
@@ -75,9 +76,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.block_size is not None and args.block_size <= 0:
         raise CLIError(f"--block-size must be positive, got {args.block_size}")
-    if args.small_block_size <= 0:
+    if args.small_block_size is not None and args.small_block_size <= 0:
         raise CLIError(f"--small-block-size must be positive, got {args.small_block_size}")
-    if args.block_size is not None and args.block_size % args.small_block_size:
+    if args.block_size is not None and args.small_block_size and args.block_size % args.small_block_size:
         raise CLIError(f"--small-block-size ({args.small_block_size}) must divide --block-size ({args.block_size})")
     if not args.temperature >= 0 or math.isinf(args.temperature):
         raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
@@ -139,9 +140,10 @@ def checkpoint_block_size(model: str | None) -> int | None:
     if not model:
         return None
     try:
-        cfg_file = Path(model).expanduser() / "config.json"
-        if not cfg_file.is_file():
+        directory = common.local_model_dir(model)
+        if directory is None or not (directory / "config.json").is_file():
             return None
+        cfg_file = directory / "config.json"
         bd = json.loads(cfg_file.read_text()).get("bd_size")
         return int(bd) if bd else 32
     except (OSError, ValueError, TypeError, AttributeError):
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args)
     if args.block_size is None:
         bs = checkpoint_block_size(args.model or common.default_model())
-        if bs is not None and bs % args.small_block_size:
+        if bs is not None and args.small_block_size and bs % args.small_block_size:
             raise CLIError(f"--small-block-size ({args.small_block_size}) must divide the block size "
                            f"({bs}, the checkpoint's bd_size; set it with --block-size)")
 

@@ -39,15 +39,13 @@ def _bool(v) -> bool:
 class FastDLLMLM(LM):
     def __init__(self, pretrained: str | None = None, llm=None, dtype: str = "float32", device: str = "cpu",
                  batch_size: int | str = 8, max_gen_toks: int = 256, threshold: float = 0.9,
-                 block_size: int | None = None, small_block_size: int = 8, use_block_cache: bool = False,
+                 block_size: int | None = None, small_block_size: int | None = None, use_block_cache: bool = False,
                  mode: str | None = None, mask_token_id: int | None = None, add_bos_token: bool = False,
                  compile: bool | None = None, progress: bool = True, **unknown):
         super().__init__()
         if unknown:
             raise InvalidRequestError(f"unknown fastdllm model_args: {', '.join(sorted(unknown))}")
         if llm is None:
-            if not pretrained:
-                raise InvalidRequestError("model_args needs pretrained=<checkpoint directory, .gguf or hub id>")
             import fastdllm
 
             bs = 8 if batch_size in ("auto", None) else int(batch_size)
@@ -63,8 +61,9 @@ class FastDLLMLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = _bool(add_bos_token)
         self.progress = _bool(progress)
-        self.decode_options = {"threshold": float(threshold), "small_block_size": int(small_block_size),
-                               "use_block_cache": _bool(use_block_cache)}
+        self.decode_options = {"threshold": float(threshold), "use_block_cache": _bool(use_block_cache)}
+        if small_block_size is not None:
+            self.decode_options["small_block_size"] = int(small_block_size)
         if block_size is not None:
             self.decode_options["block_size"] = int(block_size)
         if mode is not None:

@@ -13,13 +13,21 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tok
 
 
 def resolve(model: str | os.PathLike, revision: str | None = None) -> Path:
-    """Return a local path (directory or .gguf file) for ``model``."""
+    """Return a local path (directory or .gguf file) for ``model``.
+
+    ``model``: an existing directory or .gguf file, else a model name fastdllm knows
+    (``word-problems``, ``smollm2``; see ``fastdllm.models``), else a hub id.
+    """
+    from ..models import is_name, named_model_path
+
     path = Path(model).expanduser()
     if path.exists():
         if path.is_dir() or path.suffix == ".gguf":
             return path
         raise ModelLoadError(f"{path} is neither a checkpoint directory nor a .gguf file")
     text = str(model)
+    if is_name(text):
+        return named_model_path(text)
     if text.endswith(".gguf") or text.startswith((".", "/", "~")) or not HUB_ID.match(text):
         raise ModelLoadError(f"model not found: {text} (no such file or directory, and not a hub id like org/name)")
     return download(text, revision)

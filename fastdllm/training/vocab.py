@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..api import MASK_TOKEN
+from ..config import MASK_TOKEN
 from .config import TrainConfigError
 
 
