@@ -1,0 +1,465 @@
+"""Build fastdllm's default model from nothing: word problems -> tokenizer -> AR model -> block diffusion.
+
+    python examples/word_problems/build.py --out runs/word_problems            # the full build
+    python examples/word_problems/build.py --out runs/word_problems --install  # ... and ship it
+    python examples/word_problems/build.py --out /tmp/wp --quick               # the test-suite version
+
+Stages (everything goes under ``--out``):
+
+1. ``data/``: training problems and 500 held-out problems (held-out phrasings, unseen numbers;
+   see ``problems.py``), as problem JSONL and as tokenized training records;
+2. ``tokenizer/``: byte-level BPE trained on the training problems (``tokenizer.py``);
+3. ``ar/``: a Qwen2-style model pretrained from scratch with fastdllm's trainer (``objective="ar"``);
+4. ``bd/`` and ``bd_nocomp/``: the AR model adapted to block diffusion with ``fastdllm train``'s
+   recipe (token shift, block padding, with and without the complementary mask; same data and
+   steps);
+5. evaluation on the held-out problems, one problem at a time, greedy: the AR parent decoding
+   autoregressively, the adapted models by block diffusion at thresholds 1.0 / 0.9 / 0.7 / 0.5,
+   with the sub-block cache off and on; then 16 problems at a time;
+6. ``report/``: ``results.json``, ``results.md`` (the table), ``results.png`` (accuracy and TPF
+   against the threshold) and ``trace.png`` (one decoding, forward by forward);
+7. ``release/``: what ships in the package (``fastdllm/models/word_problems``): weights and
+   tokenizer of ``bd/``, the model card, the held-out problems and the report. ``--install``
+   copies it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make ``examples.word_problems`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples.word_problems import problems as P  # noqa: E402
+from examples.word_problems import tokenizer as T  # noqa: E402
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "fastdllm" / "models" / "word_problems"
+THRESHOLDS = (1.0, 0.9, 0.7, 0.5)
+
+
+def model_config(hidden: int = 256, layers: int = 6, heads: int = 8, kv_heads: int = 4, intermediate: int = 768,
+                 vocab: int = 1024) -> dict:
+    """A small Qwen2-style model (GQA, RoPE, SwiGLU, RMSNorm, QKV bias, tied embeddings)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
+        "max_position_embeddings": 512,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "initializer_range": 0.02,
+        "torch_dtype": "float32",
+    }
+
+
+@dataclass
+class Budget:
+    n_train: int
+    n_heldout: int
+    vocab: int
+    model: dict
+    ar_steps: int
+    ar_batch: int
+    ar_lr: float
+    bd_steps: int
+    bd_batch: int
+    bd_lr: float
+    warmup: int
+    block_size: int = 32
+    small_block_size: int = 8
+    batched: int = 16          # problems at a time for the batched rows
+
+
+FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2200, ar_batch=32,
+              ar_lr=2e-3, bd_steps=700, bd_batch=32, bd_lr=1e-3, warmup=100)
+QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
+               ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8)
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+def encode(tok, problem: P.Problem) -> tuple[list[int], list[int]]:
+    """Prompt ids (chat template, generation prompt) and answer ids (solution, then EOS)."""
+    prompt = tok.apply_chat_template(problem.messages(False), add_generation_prompt=True, tokenize=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    answer = tok(problem.solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return prompt, answer
+
+
+def training_records(tok, problems: list[P.Problem], pad_to: int | None) -> list[dict]:
+    """Pre-tokenized samples, loss on the answer. ``pad_to``: EOS after the answer up to a multiple of it.
+
+    The block-diffusion trainer pads a sample to whole blocks with the mask token and puts no
+    loss there; but when decoding, the rest of the sub-block holding EOS is filled (and seen by
+    the other positions) before the sub-block is done, so the adapted model learns "after the
+    end comes EOS" from this padding.
+    """
+    out = []
+    for p in problems:
+        a, b = encode(tok, p)
+        pad = -(len(a) + len(b)) % pad_to if pad_to else 0
+        out.append({"input_ids": a + b + [tok.eos_token_id] * pad, "loss_mask": [0] * len(a) + [1] * (len(b) + pad)})
+    return out
+
+
+def batched_order(records: list[dict], batch_size: int, seed: int, bucket: int) -> list[dict]:
+    """Records in runs of ``batch_size`` of similar length (``bucket`` tokens wide), runs in seeded order.
+
+    The trainer pads a micro-batch to its longest sample, so similar lengths waste less compute;
+    train on the result with ``shuffle=False``. Leftovers that do not fill a batch are dropped.
+    """
+    rng = random.Random(seed)
+    buckets: dict[int, list[dict]] = {}
+    for r in records:
+        buckets.setdefault(-(-len(r["input_ids"]) // bucket), []).append(r)
+    batches = []
+    for rs in buckets.values():
+        rng.shuffle(rs)
+        batches += [rs[i:i + batch_size] for i in range(0, len(rs) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return [r for b in batches for r in b]
+
+
+def write_records(records: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+def run_trainer(log, **options) -> dict:
+    from fastdllm.training import TrainConfig, train
+
+    shown = {k: v for k, v in options.items() if k not in ("model_config", "progress")}
+    log("  fastdllm.training.train(TrainConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + "))")
+    t0 = time.perf_counter()
+    r = train(TrainConfig(**options))
+    return {"output_dir": str(r.output_dir), "loss": r.loss, "steps": r.steps, "tokens": r.tokens,
+            "tokens_per_s": r.tokens_per_s, "seconds": time.perf_counter() - t0}
+
+
+def common_options(b: Budget, seed: int, progress: bool) -> dict:
+    return dict(seed=seed, schedule="cosine", min_lr_ratio=0.05, adam_beta2=0.98, weight_decay=0.01,
+                warmup_steps=b.warmup, progress=progress, log_every=10, num_threads=torch.get_num_threads(),
+                shuffle=False, seq_len=256, plot=True)
+
+
+def pretrain_ar(b: Budget, data: Path, tok_dir: Path, out: Path, seed: int, progress: bool, log) -> dict:
+    return run_trainer(log, init_from_scratch=True, model_config=b.model, tokenizer=str(tok_dir), objective="ar",
+                       data=str(data), output_dir=str(out), max_steps=b.ar_steps, micro_batch_size=b.ar_batch,
+                       lr=b.ar_lr, **common_options(b, seed, progress))
+
+
+def adapt(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: int, complementary: bool,
+          progress: bool, log) -> dict:
+    return run_trainer(log, model=str(parent), tokenizer=str(tok_dir), data=str(data), output_dir=str(out),
+                       objective="diffusion", block_size=b.block_size, complementary_mask=complementary,
+                       max_steps=b.bd_steps, micro_batch_size=b.bd_batch, lr=b.bd_lr,
+                       **common_options(b, seed, progress))
+
+
+# ---- evaluation -------------------------------------------------------------------------------------
+
+def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None = None, cache: bool = False,
+             batch: int = 1, b: Budget = FULL, progress: bool = True, desc: str = "") -> dict:
+    """Exact-answer accuracy, TPF and tokens/s on ``problems``, ``batch`` problems at a time (greedy)."""
+    opts = dict(mode=mode, max_new_tokens=160, temperature=0.0)
+    if mode == "diffusion":
+        opts.update(threshold=threshold, block_size=b.block_size, small_block_size=b.small_block_size,
+                    use_block_cache=cache)
+    prompts = [p.messages(with_answer=False) for p in problems]
+    llm.generate(prompts[:batch], **opts)  # warm-up (allocations)
+    results, seconds = [], 0.0
+    bar = _bar(len(problems), desc, progress)
+    for i in range(0, len(prompts), batch):
+        t0 = time.perf_counter()
+        results += llm.generate(prompts[i:i + batch], **opts)
+        seconds += time.perf_counter() - t0
+        bar.update(min(batch, len(prompts) - i))
+    bar.close()
+    correct = [P.is_correct(p, r.text) for p, r in zip(problems, results)]
+    gen = sum(r.stats.generated_tokens for r in results)
+    nfe = sum(r.stats.nfe for r in results)
+    return {"mode": mode, "threshold": threshold, "block_cache": cache, "batch": batch, "n": len(problems),
+            "accuracy": sum(correct) / len(problems), "generated_tokens": gen, "nfe": nfe,
+            "tpf": gen / nfe if nfe else 0.0, "seconds": seconds, "tokens_per_s": gen / seconds if seconds else 0.0,
+            "answer_lines": sum(P.extract_answer(r.text) is not None for r in results) / len(problems),
+            "samples": [{"question": p.question, "expected": p.answer, "output": r.text, "correct": ok}
+                        for p, r, ok in list(zip(problems, results, correct))[:3]]}
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="problem", disable=not enabled, leave=False)
+
+
+def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> list[dict]:
+    import fastdllm
+
+    rows = []
+
+    def row(label: str, llm, **kw):
+        desc = f"{label} {kw.get('mode')} thr={kw.get('threshold')} cache={kw.get('cache', False)} batch={kw.get('batch', 1)}"
+        e = {"model": label, **evaluate(llm, problems, b=b, progress=progress, desc=desc, **kw)}
+        log(f"  {desc}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, {e['tokens_per_s']:.0f} tok/s")
+        rows.append(e)
+
+    ar = fastdllm.load(str(out / "ar"), max_batch_size=b.batched)
+    row("AR parent", ar, mode="ar")
+    bd = fastdllm.load(str(out / "bd"), max_batch_size=b.batched)
+    for thr in THRESHOLDS:
+        for cache in (False, True):
+            row("BD, compl. mask", bd, mode="diffusion", threshold=thr, cache=cache)
+    nocomp = fastdllm.load(str(out / "bd_nocomp"), max_batch_size=b.batched)
+    for thr in THRESHOLDS:
+        row("BD, no compl. mask", nocomp, mode="diffusion", threshold=thr)
+    row("AR parent", ar, mode="ar", batch=b.batched)
+    row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
+    row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
+    return rows
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+COLUMNS = ("model", "decoding", "threshold", "sub-block cache", "batch", "accuracy", "TPF", "tokens/s", "vs AR")
+
+
+def table_rows(evals: list[dict]) -> list[tuple[str, ...]]:
+    ar_speed = {e["batch"]: e["tokens_per_s"] for e in evals if e["mode"] == "ar"}
+    rows = []
+    for e in evals:
+        diff = e["mode"] == "diffusion"
+        ref = ar_speed.get(e["batch"])
+        rows.append((e["model"], e["mode"], f"{e['threshold']:.1f}" if diff else "-",
+                     ("on" if e["block_cache"] else "off") if diff else "-", str(e["batch"]),
+                     f"{100 * e['accuracy']:.1f}%", f"{e['tpf']:.2f}", f"{e['tokens_per_s']:.0f}",
+                     f"{e['tokens_per_s'] / ref:.2f}x" if ref else "-"))
+    return rows
+
+
+def markdown_table(evals: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(evals)]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(evals: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in COLUMNS:
+        t.add_column(c, justify="left" if c in ("model", "decoding") else "right", no_wrap=True)
+    for r in table_rows(evals):
+        t.add_row(*r)
+    Console(width=max(120, Console().width)).print(t)
+
+
+def plot_results(evals: list[dict], path: Path, title: str) -> Path:
+    """Accuracy and TPF against the threshold (one problem at a time), the AR parent as a reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ar = next(e for e in evals if e["mode"] == "ar" and e["batch"] == 1)
+    ax.axhline(100 * ar["accuracy"], color="black", ls="--", lw=1, label="AR parent")
+    bx.axhline(ar["tpf"], color="black", ls="--", lw=1, label="AR parent")
+    for label, cache, marker in (("BD, compl. mask", False, "o"), ("BD, compl. mask", True, "^"),
+                                 ("BD, no compl. mask", False, "s")):
+        rows = sorted((e for e in evals if e["model"] == label and e["block_cache"] == cache and e["batch"] == 1),
+                      key=lambda e: e["threshold"])
+        if not rows:
+            continue
+        name = label + (", sub-block cache" if cache else "")
+        x = [e["threshold"] for e in rows]
+        ax.plot(x, [100 * e["accuracy"] for e in rows], marker=marker, label=name)
+        bx.plot(x, [e["tpf"] for e in rows], marker=marker, label=name)
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("exact-answer accuracy (%)")
+    bx.set_xlabel("threshold")
+    bx.set_ylabel("tokens per forward")
+    for a in (ax, bx):
+        a.invert_xaxis()
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def decoding_picture(model_dir: Path, problem: P.Problem, path: Path, b: Budget) -> Path:
+    import fastdllm
+    from fastdllm.visualize import plot_trace, record
+
+    llm = fastdllm.load(str(model_dir))
+    _, trace = record(llm, problem.messages(False), max_new_tokens=160, threshold=0.9, block_size=b.block_size,
+                      small_block_size=b.small_block_size)
+    return plot_trace(trace, path, title=f"{problem.question[:90]}...")
+
+
+# ---- release ----------------------------------------------------------------------------------------
+
+def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
+    """The files that ship: the block-diffusion model, its tokenizer, the model card, the held-out set."""
+    rel = out / "release"
+    if rel.exists():
+        shutil.rmtree(rel)
+    rel.mkdir(parents=True)
+    src = out / "bd"
+    for f in sorted(src.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".jinja") or f.name.startswith("tokenizer")) \
+                and f.name not in ("train_config.json",):
+            shutil.copy2(f, rel / f.name)
+    cfg = json.loads((rel / "config.json").read_text())
+    cfg["small_block_size"] = b.small_block_size
+    (rel / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shutil.copy2(heldout_file, rel / "heldout.jsonl")
+    for f in ("results.md", "results.json", "results.png", "trace.png"):
+        shutil.copy2(out / "report" / f, rel / f)
+    from examples.word_problems.model_card import write_model_card
+
+    write_model_card(rel / "README.md", results, b)
+    return rel
+
+
+def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(rel, target)
+    return target
+
+
+# ---- the pipeline -----------------------------------------------------------------------------------
+
+def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
+        stages: tuple[str, ...] = ("data", "ar", "bd", "eval", "release")) -> dict:
+    b = dataclasses.replace(QUICK if quick else FULL)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    data_dir, tok_dir = out / "data", out / "tokenizer"
+
+    t0 = time.perf_counter()
+    if "data" in stages:
+        log(f"[1/6] data: {b.n_train} training problems, {b.n_heldout} held-out problems; tokenizer")
+        train_problems = P.make_split(b.n_train, seed, held_out=False)
+        held = P.make_split(b.n_heldout, seed, held_out=True)
+        P.write_jsonl(train_problems, data_dir / "train.jsonl")
+        P.write_jsonl(held, data_dir / "heldout.jsonl")
+        tok = T.build(train_problems, tok_dir, b.vocab)
+        write_records(batched_order(training_records(tok, train_problems, None), b.ar_batch, seed, 8),
+                      data_dir / "ar_train.jsonl")
+        write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
+                                    b.block_size), data_dir / "bd_train.jsonl")
+    timings["data"] = time.perf_counter() - t0
+    held = P.read_jsonl(data_dir / "heldout.jsonl")
+
+    ar = bd = None
+    if "ar" in stages:
+        log(f"[2/6] AR model from scratch: {b.ar_steps} steps x {b.ar_batch} problems")
+        ar = pretrain_ar(b, data_dir / "ar_train.jsonl", tok_dir, out / "ar", seed, progress, log)
+        timings["ar_pretrain"] = ar["seconds"]
+    if "bd" in stages:
+        bd = {}
+        for name, comp in (("bd", True), ("bd_nocomp", False)):
+            log(f"[3/6] block-diffusion adaptation ({name}, complementary mask {'on' if comp else 'off'}): "
+                f"{b.bd_steps} steps x {b.bd_batch} problems")
+            bd[name] = adapt(b, out / "ar", data_dir / "bd_train.jsonl", tok_dir, out / name, seed, comp, progress,
+                             log)
+            timings[f"adapt_{name}"] = bd[name]["seconds"]
+    results_file = out / "report" / "results.json"
+    if "eval" in stages:
+        log(f"[4/6] evaluation on {len(held)} held-out problems (held-out phrasings), one at a time and "
+            f"{b.batched} at a time")
+        t0 = time.perf_counter()
+        evals = evaluate_all(out, held, b, progress, log)
+        timings["eval"] = time.perf_counter() - t0
+        rep = out / "report"
+        rep.mkdir(exist_ok=True)
+        title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
+        results = {"quick": quick, "seed": seed, "budget": dataclasses.asdict(b), "threads": torch.get_num_threads(),
+                   "machine": _machine(), "ar_pretrain": ar, "adaptation": bd, "evaluations": evals,
+                   "timings_s": timings}
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+        (rep / "results.md").write_text(markdown_table(evals))
+        log("[5/6] report: table, plot, decoding picture")
+        plot_results(evals, rep / "results.png", title)
+        decoding_picture(out / "bd", held[0], rep / "trace.png", b)
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    timings["total"] = time.perf_counter() - t_start
+    if results:
+        results["timings_s"] = {**results.get("timings_s", {}), **timings}
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+    if "release" in stages:
+        log("[6/6] release files")
+        release(out, data_dir / "heldout.jsonl", results, b)
+    return results
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/word_problems"), help="output directory")
+    p.add_argument("--quick", action="store_true", help="the small test-suite version (minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--stages", default="data,ar,bd,eval,release",
+                   help="comma-separated stages to run (default: all): data, ar, bd, eval, release")
+    p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
+    res = run(a.out, quick=a.quick, seed=a.seed, stages=stages)
+    if res.get("evaluations"):
+        print_table(res["evaluations"], "word problems, held-out phrasings")
+        print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["timings_s"].items()))
+    if a.install:
+        print(f"installed {install(a.out / 'release')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
