@@ -82,6 +82,9 @@ def test_requests_that_fit_run_and_default_lengths_are_cut_to_fit(client, http, 
     assert default.usage.completion_tokens <= MAX_LEN - 95  # 16 by default, cut to the 5 that fit
     ar = client.completions.create(model=NAME, prompt=list(range(1, 96)), max_tokens=5, extra_body={"mode": "ar"})
     assert ar.usage.completion_tokens <= 5
+    fixed = client.completions.create(model=NAME, prompt=[5, 6, 7], max_tokens=40, extra_body={"ignore_eos": True})
+    ref = llm.generate([[5, 6, 7]], chat=False, max_new_tokens=40, stop_token_ids=[])[0]
+    assert fixed.usage.completion_tokens == 40 and fixed.choices[0].text == ref.text
     assert [m.model_extra["max_model_len"] for m in client.models.list().data] == [MAX_LEN]
     assert cache_shape(app) == before  # allocated once at start, never grown
 

@@ -190,6 +190,8 @@ def _options(req: _Request, max_tokens: int) -> dict:
         v = getattr(req, k)
         if v is not None:
             opts[k] = v
+    if req.ignore_eos:
+        opts["stop_token_ids"] = []
     return opts
 
 

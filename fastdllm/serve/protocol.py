@@ -4,8 +4,9 @@ Requests are validated by pydantic in strict mode, as the OpenAI API does: a fie
 type (``"max_tokens": "5"``), an out-of-range number or an unknown field is rejected, and so
 are fields fastdllm does not implement (``logprobs``, ``n > 1``, tools...), with a clear
 message rather than silently ignored. The block-diffusion knobs (``threshold``,
-``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``top_k``) are accepted
-as extra body fields, which the ``openai`` client sends with ``extra_body={...}``.
+``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``top_k``) and vLLM's
+``ignore_eos`` are accepted as extra body fields, which the ``openai`` client sends with
+``extra_body={...}``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class DiffusionOptions(BaseModel):
     use_block_cache: bool | None = None
     mode: Literal["diffusion", "ar"] | None = None
     top_k: int | None = Field(None, ge=0)
+    ignore_eos: bool = False  # as vLLM: decode max_tokens tokens whatever the model says (benchmarks)
 
 
 class StreamOptions(BaseModel):
