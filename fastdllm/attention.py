@@ -26,6 +26,7 @@ class Segment:
     write_pos: int     # absolute position of its first token (where its KV are written)
     kv_end: int        # attend to cached positions [0, kv_end)
     mask: torch.Tensor | None = None  # [length, kv_end] bool, True = may attend; None = all
+    base: int = 0      # where the sequence's position 0 lives in the slot (its span of the pool)
 
 
 class CachedAttention:
@@ -40,11 +41,12 @@ class CachedAttention:
         out = torch.empty(q.shape[1], q.shape[2] * q.shape[3], dtype=q.dtype, device=q.device)  # [N, Hq*D]
         for s in self.segments:
             a, b = s.start, s.start + s.length
-            ck[s.slot, :, s.write_pos:s.write_pos + s.length] = k[0, a:b].transpose(0, 1)
-            cv[s.slot, :, s.write_pos:s.write_pos + s.length] = v[0, a:b].transpose(0, 1)
+            w, e = s.base + s.write_pos, s.base + s.kv_end
+            ck[s.slot, :, w:w + s.length] = k[0, a:b].transpose(0, 1)
+            cv[s.slot, :, w:w + s.length] = v[0, a:b].transpose(0, 1)
             qs = q[0, a:b].transpose(0, 1).unsqueeze(0)  # [1, Hq, T, D]
             o = F.scaled_dot_product_attention(
-                qs, ck[s.slot, :, :s.kv_end].unsqueeze(0), cv[s.slot, :, :s.kv_end].unsqueeze(0),
+                qs, ck[s.slot, :, s.base:e].unsqueeze(0), cv[s.slot, :, s.base:e].unsqueeze(0),
                 attn_mask=s.mask, scale=self.scale, enable_gqa=True,
             )  # [1, Hq, T, D]
             out[a:b] = o[0].transpose(0, 1).reshape(s.length, -1)

@@ -1,8 +1,10 @@
 """Preallocated KV cache indexed by (slot, position), written in place.
 
-Layout per layer: [slots, kv_heads, max_len, head_dim]. A sequence owns one slot for its
-lifetime; keys and values are written at their absolute positions, and attention reads the
-view ``[:kv_end]`` of its slot, so nothing is ever copied or concatenated.
+Layout per layer: [slots, kv_heads, max_len, head_dim]. A sequence owns a span of positions
+of a slot for its lifetime (the engine uses one slot as a pool and gives each sequence a span
+starting at ``base``; see ``engine/kv_space.py``); keys and values are written at ``base`` plus
+their absolute positions, and attention reads the view ``[base:base + kv_end]``, so nothing is
+copied or concatenated (except when the engine compacts the pool, ``move``).
 """
 
 from __future__ import annotations
@@ -26,3 +28,8 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+    def move(self, slot: int, src: int, dst: int, length: int) -> None:
+        """Copy positions [src, src + length) of ``slot`` to [dst, dst + length) (spans may overlap)."""
+        for t in (self.k, self.v):
+            t[:, slot, :, dst:dst + length] = t[:, slot, :, src:src + length].clone()  # [layers, Hkv, length, D]

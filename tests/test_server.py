@@ -12,7 +12,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from fastapi.testclient import TestClient
 import fastdllm
 from fastdllm.serve import create_app
 from fastdllm.serve.batcher import Batcher, Job, runs_alone
+from fastdllm.serve.stream import Delta, JobStream
 from tests.helpers import make_tiny_chat_checkpoint
 
 NAME = "tiny-bd"
@@ -173,16 +173,27 @@ def _jobs(llm, loop, prompts, **opts):
     jobs = []
     for p in prompts:
         seqs, params = llm.prepare([p], **opts)
-        jobs.append(Job(seqs, params, runs_alone(opts, len(seqs)), loop))
+        for seq in seqs:
+            seq.params = params
+        jobs.append(Job(seqs, JobStream(loop), runs_alone(opts, len(seqs))))
     return jobs
 
 
-async def _drain(job: Job):
-    last = None
-    while (item := await job.queue.get()) is not None:
-        assert not isinstance(item, Exception), item
-        last = item
-    return last
+def _batcher(llm, max_batch_size=4, slot_tokens=256, **kw) -> Batcher:
+    return Batcher(llm.model, max_batch_size, max_batch_size * slot_tokens, **kw)
+
+
+async def _drain(job: Job) -> list[dict]:
+    """Every sequence's whole answer, rebuilt from the deltas."""
+    out = [{"token_ids": [], "text": "", "finish_reason": None, "deltas": 0, "nfe": 0} for _ in job.seqs]
+    async for batch in job.stream.deltas():
+        for i, d in batch:
+            assert not out[i]["finish_reason"], "a delta after the end"
+            out[i]["token_ids"] += d.token_ids
+            out[i]["text"] += d.text
+            out[i]["finish_reason"], out[i]["nfe"] = d.finish_reason, d.nfe
+            out[i]["deltas"] += 1
+    return out
 
 
 def test_waiting_jobs_are_batched_and_match_solo_runs(llm):
@@ -191,25 +202,27 @@ def test_waiting_jobs_are_batched_and_match_solo_runs(llm):
 
     async def main():
         loop = asyncio.get_running_loop()
-        b = Batcher(llm, max_batch_size=4)
+        b = _batcher(llm)
         jobs = _jobs(llm, loop, prompts, max_new_tokens=20)
-        # an AR job with another threshold and stop ids: it joins when a slot frees up
+        # an AR job with other stop ids: it joins when a place frees up
         jobs += _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar", stop_token_ids=[])
         for j in jobs:
             b.submit(j)  # all waiting before the worker starts
         b.start()
-        out = [await _drain(j) for j in jobs]
+        out = [(await _drain(j))[0] for j in jobs]
+        stats = b.stats()
         b.stop()
-        return b, out
+        return b, out, stats
 
-    b, out = asyncio.run(main())
-    assert b.batches == 1 and b.largest_batch == 4 and b.joined == 1
-    assert [p.token_ids for p in out[:4]] == [r.token_ids for r in solo]
-    assert [p.text for p in out[:4]] == [r.text for r in solo]
-    assert out[4].token_ids == llm.generate("Hi", max_new_tokens=20, mode="ar", stop_token_ids=[])[0].token_ids
+    b, out, stats = asyncio.run(main())
+    assert b.largest_batch == 4
+    assert [o["token_ids"] for o in out[:4]] == [r.token_ids for r in solo]
+    assert [o["text"] for o in out[:4]] == [r.text for r in solo]
+    assert out[4]["token_ids"] == llm.generate("Hi", max_new_tokens=20, mode="ar", stop_token_ids=[])[0].token_ids
+    assert stats["open_jobs"] == 0 and stats["waiting"] == stats["running"] == stats["kv_used"] == 0
 
 
-def test_jobs_join_a_running_batch_first_come_first_served(llm):
+def test_jobs_join_a_running_batch_and_seeded_sampling_runs_alone(llm):
     long_prompt, late = "Write a very long story about the sea.", ["Hi", "What is two plus two?"]
     opts = dict(max_new_tokens=150, stop_token_ids=[])
     solo_long = llm.generate(long_prompt, **opts)[0]
@@ -220,63 +233,83 @@ def test_jobs_join_a_running_batch_first_come_first_served(llm):
 
     async def main():
         loop = asyncio.get_running_loop()
-        b = Batcher(llm, max_batch_size=4, kv_cache_tokens=256)
+        b = _batcher(llm)
         (first,) = _jobs(llm, loop, [long_prompt], **opts)
-        gate, send = threading.Event(), first.send
-
-        def send_then_hold(x):  # the worker pauses after the first progress until the queue is filled
-            send(x)
-            if x is not None and not gate.is_set():
-                gate.wait(30)
-
-        first.send = send_then_hold
         b.submit(first)
         b.start()
-        item = await first.queue.get()  # the long job is decoding: queue more work behind it
-        early = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)  # 2 slots
-        ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")  # the last free slot
-        later = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)  # wait for slots to free up
-        seqs, params = llm.prepare(late, **sampled)  # seeded sampling over 2 prompts: a run of its own
-        alone = Job(seqs, params, runs_alone(sampled, 2), loop)
+        deltas = first.stream.deltas()
+        head = await deltas.__anext__()  # the long job is decoding: queue more work behind it
+        early = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)
+        ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")
+        later = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)
+        seqs, params = llm.prepare(late, **sampled)  # seeded sampling over 2 prompts: runs alone
+        for seq in seqs:
+            seq.params = params
+        alone = Job(seqs, JobStream(loop), runs_alone(sampled, 2))
         for j in (*early, *ar, *later, alone):
             b.submit(j)
-        gate.set()
-        rest = await _drain(first)
-        outs = [await _drain(j) for j in (*early, *ar, *later)]
-        last = alone.seqs
+        rest = [head]
+        async for batch in deltas:
+            rest.append(batch)
+        outs = [(await _drain(j))[0] for j in (*early, *ar, *later)]
         await _drain(alone)
         b.stop()
-        return b, item, rest, outs, last
+        return b, rest, outs, alone.seqs
 
-    b, item, rest, outs, alone = asyncio.run(main())
-    assert item.token_ids and not item.finished
-    assert rest.token_ids == solo_long.token_ids
-    assert b.joined == 5 and b.batches == 2 and b.largest_batch == 4
-    assert [o.token_ids for o in outs[:2]] == [r.token_ids for r in solo_late]
-    assert outs[2].token_ids == solo_ar.token_ids
-    assert [o.token_ids for o in outs[3:]] == [r.token_ids for r in solo_late]
+    b, rest, outs, alone = asyncio.run(main())
+    long_ids = [t for batch in rest for _, d in batch for t in d.token_ids]
+    assert long_ids == solo_long.token_ids and len(rest) > 1
+    assert b.largest_batch == 4
+    assert [o["token_ids"] for o in outs[:2]] == [r.token_ids for r in solo_late]
+    assert outs[2]["token_ids"] == solo_ar.token_ids
+    assert [o["token_ids"] for o in outs[3:]] == [r.token_ids for r in solo_late]
     assert [s.output for s in alone] == [r.token_ids for r in solo_sampled]
 
 
-def test_cancelled_job_leaves_the_batch_without_disturbing_others(llm):
-    prompts = ["Tell me a story", "Describe a cat"]
+def test_cancelled_jobs_leave_without_disturbing_others(llm):
+    prompts = ["Tell me a story", "Describe a cat", "A third one"]
     solo = llm.generate(prompts[1], max_new_tokens=40, stop_token_ids=[])[0]
 
     async def main():
         loop = asyncio.get_running_loop()
-        b = Batcher(llm, max_batch_size=4)
-        gone, kept = _jobs(llm, loop, prompts, max_new_tokens=40, stop_token_ids=[])
-        gone.cancelled.set()  # the client disconnected
-        b.submit(gone)
+        b = _batcher(llm)
+        waiting, kept, running = _jobs(llm, loop, prompts, max_new_tokens=40, stop_token_ids=[])
+        b.submit(waiting)
+        b.cancel(waiting)  # the client disconnected while the request was queued
         b.submit(kept)
+        b.submit(running)
         b.start()
-        g, k = await _drain(gone), await _drain(kept)
+        deltas = running.stream.deltas()
+        await deltas.__anext__()
+        b.cancel(running)  # ... and this one mid-stream
+        async for _ in deltas:
+            pass
+        w, k = await _drain(waiting), await _drain(kept)
+        stats = b.stats()
         b.stop()
-        return g, k, gone
+        return w, k, stats
 
-    g, k, gone = asyncio.run(main())
-    assert gone.seqs[0].finish_reason == "cancelled" and len(gone.seqs[0].output) < 40
-    assert k.token_ids == solo.token_ids and k.finish_reason == "length"
+    w, k, stats = asyncio.run(main())
+    assert w[0]["finish_reason"] == "cancelled" and w[0]["token_ids"] == [] and w[0]["nfe"] == 0  # no prefill
+    assert w[0]["deltas"] == 1  # just the end
+    assert k[0]["token_ids"] == solo.token_ids and k[0]["finish_reason"] == "length"
+    assert stats["open_jobs"] == 0 and stats["running"] == stats["kv_spans"] == 0
+
+
+def test_a_slow_consumer_gets_coalesced_deltas():
+    async def main():
+        stream = JobStream(asyncio.get_running_loop())
+        for i in range(100):  # the engine runs ahead of a client that is not reading
+            stream.put(0, Delta(f"{i},", [i], nfe=i))
+        stream.put(1, Delta("x", [7], True, "stop", 3))
+        stream.close()
+        assert stream.pending == 2  # one merged delta per sequence, however many steps ran
+        return [b async for b in stream.deltas()]
+
+    (batch,) = asyncio.run(main())
+    (i0, d0), (i1, d1) = batch
+    assert (i0, i1) == (0, 1) and d0.token_ids == list(range(100)) and d0.text == "".join(f"{i}," for i in range(100))
+    assert d0.nfe == 99 and not d0.finished and d1.finish_reason == "stop"
 
 
 # ---- the real command: uvicorn on a TCP port -----------------------------------------------------
@@ -290,11 +323,12 @@ def _free_port() -> int:
 def test_fastdllm_serve_end_to_end(ckpt, llm):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fastdllm", "serve", "--model", str(ckpt), "--port", str(port),
-                             "--served-model-name", NAME, "--log-level", "warning"],
+                             "--served-model-name", NAME, "--log-level", "warning", "--max-model-len", "200",
+                             "--max-batch-size", "3", "--prefill-chunk", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
+        for _ in range(3000):  # a busy machine may take minutes to start it
             try:
                 if httpx.get(base + "/health", timeout=1).status_code == 200:
                     break
@@ -310,12 +344,27 @@ def test_fastdllm_serve_end_to_end(ckpt, llm):
                           json={"model": NAME, "messages": MESSAGES, "max_tokens": 12, "stream": True}) as s:
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+        assert c.models.list().data[0].model_extra["max_model_len"] == 200
+        too_long = httpx.post(base + "/v1/completions", json={"model": NAME, "prompt": [1, 2], "max_tokens": 199})
+        assert too_long.status_code == 400 and "201 tokens" in too_long.json()["error"]["message"]
+        health = httpx.get(base + "/health").json()
+        assert health["kv_size"] == 3 * 200 and health["open_jobs"] == 0
+        assert "fastdllm_forward_passes_total" in httpx.get(base + "/metrics").text
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_serve_rejects_bad_flags():
-    r = subprocess.run([sys.executable, "-m", "fastdllm", "serve", "--port", "0", "--model", "x"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
+@pytest.mark.parametrize("flag,value", [("--port", "0"), ("--max-model-len", "0"), ("--prefill-chunk", "-1"),
+                                        ("--max-waiting", "0"), ("--kv-cache-tokens", "0")])
+def test_serve_rejects_bad_flags(flag, value):
+    args = ["--port", "8000", flag, value] if flag != "--port" else ["--port", value]
+    r = subprocess.run([sys.executable, "-m", "fastdllm", "serve", "--model", "x", *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_rejects_limits_the_model_cannot_hold(ckpt):
+    r = subprocess.run([sys.executable, "-m", "fastdllm", "serve", "--model", str(ckpt), "--max-model-len", "4096"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--max-model-len" in r.stderr and "256" in r.stderr and "Traceback" not in r.stderr

@@ -13,10 +13,12 @@ EXAMPLES = """\
 examples:
   fastdllm serve --model Efficient-Large-Model/Fast_dLLM_v2_1.5B --port 8000
   fastdllm serve --model ./my-bd-model --served-model-name my-bd --max-batch-size 16
+  fastdllm serve --model ./my-bd-model --max-batch-size 16 --kv-cache-tokens 1024 --max-model-len 4096
 
 then, with any OpenAI client:
   curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"model": "my-bd", "messages": [{"role": "user", "content": "Hi"}], "threshold": 0.9}'
+  curl http://localhost:8000/metrics     # Prometheus: requests, tokens, queue, KV cache, latencies
 """
 
 
@@ -33,12 +35,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", metavar="NAME",
                    help="the model id clients send and /v1/models lists (default: the model path's last part)")
     s.add_argument("--max-batch-size", type=int, default=8, metavar="N",
-                   help="sequences decoded together in one engine run (default: %(default)s)")
+                   help="most sequences decoded together in one forward pass (default: %(default)s)")
     s.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="KV-cache positions reserved per batch slot: requests whose prompt plus output fit "
-                        "join a running batch (default: the model's context, at most 2048)")
+                   help="KV-cache positions per batch slot: the cache holds max-batch-size x N positions, "
+                        "allocated at start and shared (a sequence reserves its prompt plus max_tokens, rounded "
+                        "up to a block) (default: --max-model-len if given, else the model's context, at most 2048)")
+    s.add_argument("--max-model-len", type=int, metavar="N",
+                   help="most prompt plus max_tokens tokens of one request; longer requests get 400 "
+                        "(default: the model's context, at most the whole KV cache)")
     s.add_argument("--default-max-tokens", type=int, default=512, metavar="N",
-                   help="max_tokens of chat requests that give none (default: %(default)s)")
+                   help="max_tokens of chat requests that give none, cut to what fits (default: %(default)s)")
+    s.add_argument("--prefill-chunk", type=int, default=512, metavar="N",
+                   help="prompt tokens prefilled per step, in the same forward as the running sequences' "
+                        "decode steps (default: %(default)s)")
+    s.add_argument("--no-interleave-prefill", action="store_true",
+                   help="prefill a new prompt whole before decoding continues (the running streams pause)")
+    s.add_argument("--max-waiting", type=int, metavar="N",
+                   help="sequences that may wait for a place in the batch; more get 503 (default: no bound)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default: %(default)s)")
     return p
@@ -53,6 +66,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--kv-cache-tokens must be positive, got {args.kv_cache_tokens}")
     if args.default_max_tokens <= 0:
         raise CLIError(f"--default-max-tokens must be positive, got {args.default_max_tokens}")
+    for flag in ("max_model_len", "max_waiting"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.prefill_chunk <= 0:
+        raise CLIError(f"--prefill-chunk must be positive, got {args.prefill_chunk}")
     common.check_model_arguments(args)
 
 
@@ -66,17 +85,26 @@ def served_name(model: str) -> str:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError:
-        raise CLIError("serving needs fastapi and uvicorn: pip install 'fastdllm[serve]'") from None
+        raise CLIError("serving needs fastapi, uvicorn and prometheus_client: pip install 'fastdllm[serve]'") from None
     from ..serve import create_app
 
     llm = common.load_model(args, max_batch_size=args.max_batch_size)
     name = args.served_model_name or served_name(args.model)
-    app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens,
-                     kv_cache_tokens=args.kv_cache_tokens)
+    try:
+        app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens,
+                         kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
+                         prefill_chunk=args.prefill_chunk, interleave_prefill=not args.no_interleave_prefill,
+                         max_waiting=args.max_waiting)
+    except ValueError as e:  # limits that contradict each other or the model
+        raise CLIError(str(e).replace("max_model_len", "--max-model-len").replace("kv_cache_tokens",
+                                                                                 "--kv-cache-tokens")) from None
     kind = "block diffusion" if llm.is_block_diffusion else "autoregressive"
-    print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1", file=sys.stderr,
-          flush=True)
+    limits = app.state.server.limits
+    print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1 "
+          f"(max model len {limits.max_model_len}, KV cache {limits.kv_tokens} positions)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

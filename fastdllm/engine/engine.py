@@ -1,27 +1,26 @@
-"""The scheduling loop: admit sequences, prefill them, step the batch, stream the states.
+"""The engine loop: one packed forward pass per step, as the scheduler decides.
 
-``Engine.run`` is a generator of ``StepEvent``s, one per forward pass; generation results,
-the CLI's live view and the server are all built on top of it. Sequences are admitted while
-KV-cache slots are free, each one prefilled on its own; then every step runs one packed
-forward for all active sequences. Finished sequences leave the batch and free their slot.
+``Engine.step(scheduler)`` runs one step: the scheduler admits and drops sequences and says
+which ones feed a prompt chunk and which ones decode; all of it goes through one packed
+forward (``ModelRunner``); each sequence's planner turns its logits into decoded positions;
+newly contiguous tokens are committed and the stop rules applied. It returns a ``StepEvent``.
+
+``Engine.run(seqs, params)`` is the library's entry point (``LLM.generate``, ``LLM.stream``, the
+CLI's live view): a private scheduler sized for ``seqs``, stepped until every one is finished.
+The server keeps one scheduler for its lifetime and steps it from its worker thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..model import Transformer
-from .autoregressive import AutoregressivePlanner
-from .diffusion import DiffusionPlanner
 from .params import DecodeParams
 from .runner import ModelRunner
+from .scheduler import Scheduler, kv_need
 from .sequence import Sequence
-
-
-Admit = Callable[[int, Callable[["Sequence"], bool]], list[Sequence]]
 
 
 @dataclass
@@ -33,14 +32,21 @@ class RowUpdate:
     block: list[int] = field(default_factory=list)  # current block (mask id where undecoded); [] in AR mode
     finished: bool = False
     finish_reason: str | None = None
+    phase: str = "decode"           # "prefill" (a prompt chunk), "decode", or "ended" (no forward)
+    sequence: Sequence | None = field(default=None, repr=False)
 
 
 @dataclass
 class StepEvent:
     step: int
-    kind: str                       # "prefill" or "decode"
-    rows: list[RowUpdate]
-    sequences: dict[int, Sequence]  # live state of every admitted sequence, by request index
+    kind: str                       # "prefill", "decode", "mixed" (both in one forward) or "idle" (no forward)
+    rows: list[RowUpdate]           # one per sequence that took part in the forward or ended
+    forward_tokens: int = 0         # query tokens of the packed forward (0: no forward ran)
+
+    @property
+    def sequences(self) -> dict[int, Sequence]:
+        """The sequences this step touched, by request index (unique within one ``Engine.run``)."""
+        return {r.index: r.sequence for r in self.rows}
 
 
 class Engine:
@@ -49,86 +55,60 @@ class Engine:
         self.runner = ModelRunner(model)
         self.max_batch_size = max_batch_size
 
-    def run(self, seqs: list[Sequence], params: DecodeParams | None = None, admit: Admit | None = None,
-            reserve: int = 0) -> Iterator[StepEvent]:
+    def run(self, seqs: list[Sequence], params: DecodeParams | None = None) -> Iterator[StepEvent]:
         """Decode ``seqs``, one ``StepEvent`` per forward pass.
 
         Each sequence decodes with its own ``seq.params`` when set, else with ``params``; sequences
         with different parameters (block diffusion and AR, thresholds, samplers, stop ids) share
-        the packed forwards. ``admit(n, fits)`` (continuous batching): called before every step
-        while slots are free; returns up to ``n`` more sequences (unique ``index``es, ``params``
-        set) for which ``fits(seq)`` holds (their KV fits the cache). With it the cache has
-        ``max_batch_size`` slots of at least ``reserve`` positions.
+        the packed forwards. At most ``max_batch_size`` run at once; the KV pool holds that many
+        of the largest.
         """
-        planners: dict[int, tuple[DecodeParams, object]] = {}
+        for seq in seqs:
+            if seq.params is None:
+                seq.params = params
+        if not seqs:
+            return
+        n = min(self.max_batch_size, len(seqs))
+        sched = Scheduler(n, n * max(kv_need(s) for s in seqs))
+        sched.add(seqs)
+        while sched.has_work():
+            yield self.step(sched)
 
-        def planner_of(seq: Sequence):
-            p = seq.params if seq.params is not None else params
-            if p is None:
-                raise ValueError(f"sequence {seq.index} has no decoding parameters")
-            entry = planners.get(id(p))
-            if entry is None:  # the params object is kept in the entry, so its id stays unique
-                entry = planners[id(p)] = (p, DiffusionPlanner(p) if p.mode == "diffusion"
-                                           else AutoregressivePlanner(p))
-            return entry[1]
-
-        slots = self.max_batch_size if admit is not None else min(self.max_batch_size, len(seqs))
-        cache = self.runner.ensure_cache(slots, max([planner_of(s).capacity(s) for s in seqs] + [reserve]))
-        free = list(range(slots - 1, -1, -1))
-        waiting = deque(seqs)
-        active: list[Sequence] = []
-        live: dict[int, Sequence] = {}
-        step = 0
-
-        def fits(seq: Sequence) -> bool:
-            return planner_of(seq).capacity(seq) <= cache.max_len
-
-        while waiting or active:
-            if admit is not None and len(free) > len(waiting):
-                waiting.extend(admit(len(free) - len(waiting), fits))
-            while waiting and free:
-                seq = waiting.popleft()
-                seq.slot = free.pop()
-                live[seq.index] = seq
-                update = self._prefill(seq, planner_of(seq))
-                step += 1
-                yield StepEvent(step, "prefill", [update], live)
-                if seq.finished:
-                    free.append(seq.slot)
-                else:
-                    active.append(seq)
-            if not active:
-                continue
-            plans = [planner_of(s).plan(s) for s in active]
-            logits = self.runner.run([(s.slot, p) for s, p in zip(active, plans)])
-            updates = []
-            for seq, plan, lg in zip(active, plans, logits):
+    def step(self, sched: Scheduler) -> StepEvent:
+        """One step: admissions, cancellations, and one packed forward of the scheduled work."""
+        todo = sched.schedule()
+        cache = self.runner.ensure_pool(sched.kv.size)
+        for src, dst, n in todo.moves:
+            cache.move(0, src, dst, n)
+        rows = [RowUpdate(s.index, [], [], finished=True, finish_reason=s.finish_reason, phase="ended", sequence=s)
+                for s in todo.ended]
+        now = time.perf_counter()
+        for seq in todo.admitted:
+            seq.started = now
+            if not seq.prefill_plans:  # a prompt shorter than a block has nothing to prefill
+                seq.planner.after_prefill(seq, None)
+        work = [(s, s.prefill_plans[0]) for s in todo.prefill] + [(s, s.planner.plan(s)) for s in todo.decode]
+        tokens = sum(len(p.tokens) for _, p in work)
+        logits = self.runner.run([(s.kv_base, p) for s, p in work]) if work else []
+        for (seq, plan), lg in zip(work, logits):
+            if plan.kind == "prefill":
+                seq.prefill_plans.pop(0)
+                if seq.prefill_plans:  # more chunks to come
+                    rows.append(RowUpdate(seq.index, [], [], phase="prefill", sequence=seq))
+                    continue
+                seq.nfe += 1  # the whole prefill counts as one forward
+                rows.append(self._emit(seq, seq.planner.after_prefill(seq, lg), "prefill"))
+            else:
                 seq.nfe += 1
-                planner = planner_of(seq)
-                positions = planner.apply(seq, plan, lg)
-                updates.append(self._emit(seq, planner, positions))
-            step += 1
-            yield StepEvent(step, "decode", updates, live)
-            for seq in [s for s in active if s.finished]:
-                free.append(seq.slot)
-            active = [s for s in active if not s.finished]
+                rows.append(self._emit(seq, seq.planner.apply(seq, plan, lg), "decode"))
+        sched.release([s for s, _ in work if s.finished])
+        kind = ("mixed" if todo.prefill and todo.decode else "prefill" if todo.prefill
+                else "decode" if todo.decode else "idle")
+        return StepEvent(todo.number, kind, rows, tokens)
 
-    def _prefill(self, seq: Sequence, planner):
-        seq.started = time.perf_counter()
-        if seq.max_new_tokens <= 0:
-            seq.finish("length")
-            return RowUpdate(seq.index, [], [], finished=True, finish_reason="length")
-        plans = planner.prefill_plans(seq)
-        logits = None
-        for plan in plans:
-            logits = self.runner.run([(seq.slot, plan)])[0]
-        if plans:
-            seq.nfe += 1
-        positions = planner.after_prefill(seq, logits)
-        return self._emit(seq, planner, positions)
-
-    def _emit(self, seq: Sequence, planner, positions: list[int]) -> RowUpdate:
+    def _emit(self, seq: Sequence, positions: list[int], phase: str) -> RowUpdate:
         """Commit newly contiguous tokens and apply the stop rules."""
+        planner = seq.planner
         kept = []
         for tok in planner.take_ready(seq):
             if seq.finished:
@@ -147,4 +127,4 @@ class Engine:
         if seq.finished and seq.detok is not None:
             seq.detok.flush()
         return RowUpdate(seq.index, positions, kept, seq.block_start, list(seq.block), seq.finished,
-                         seq.finish_reason)
+                         seq.finish_reason, phase, seq)

@@ -1,9 +1,9 @@
 """Model runner: packs the plans of several sequences into one forward pass.
 
 All query tokens of a step go through the projections and MLPs as one [1, N] batch;
-attention runs per sequence against its own KV-cache slot (see ``CachedAttention``), so
-sequences of different lengths and phases share a forward without padding. Logits are
-computed only for the rows the plans read.
+attention runs per sequence against its own span of the KV pool (see ``CachedAttention``), so
+sequences of different lengths and phases (prefill chunks, decode steps) share a forward
+without padding. Logits are computed only for the rows the plans read.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ class ModelRunner:
         self.cfg = model.cfg
         self.cache: KVCache | None = None
 
-    def ensure_cache(self, slots: int, max_len: int) -> KVCache:
+    def ensure_pool(self, positions: int) -> KVCache:
+        """A cache of at least ``positions`` positions (one slot used as a pool; reused if big enough)."""
         dev, dt = self.model.device, self.model.dtype
-        if self.cache is None or not self.cache.fits(slots, max_len, dt, dev):
+        if self.cache is None or not self.cache.fits(1, positions, dt, dev):
             self.cache = None  # free the old one first
-            self.cache = KVCache(self.cfg.num_hidden_layers, slots, self.cfg.num_key_value_heads, max_len,
+            self.cache = KVCache(self.cfg.num_hidden_layers, 1, self.cfg.num_key_value_heads, positions,
                                  self.cfg.head_dim, dt, dev)
         return self.cache
 
@@ -42,17 +43,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, work: list[tuple[int, ForwardPlan]]) -> list[torch.Tensor]:
-        """work: (slot, plan) pairs -> per plan, logits [len(plan.logit_rows), vocab]."""
+        """work: (KV base, plan) pairs -> per plan, logits [len(plan.logit_rows), vocab]."""
         assert self.cache is not None
         dev = self.model.device
         tokens, positions, rows, segments = [], [], [], []
         offset = 0
-        for slot, plan in work:
+        for base, plan in work:
             n = len(plan.tokens)
             tokens.extend(plan.tokens)
             positions.extend(range(plan.write_pos, plan.write_pos + n))
             rows.extend(offset + r for r in plan.logit_rows)
-            segments.append(Segment(slot, offset, n, plan.write_pos, plan.kv_end, self._mask(plan)))
+            segments.append(Segment(0, offset, n, plan.write_pos, plan.kv_end, self._mask(plan), base))
             offset += n
         ids = torch.tensor(tokens, dtype=torch.long, device=dev)[None]  # [1, N]
         pos = torch.tensor(positions, dtype=torch.long, device=dev)[None]  # [1, N]

@@ -20,13 +20,12 @@ class ForwardPlan:
     targets: list[int] = field(default_factory=list)  # block indices the read logits decide
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the scheduler finds sequences in its queues
 class Sequence:
     index: int                     # position of the request in the caller's list
     prompt: list[int]
     max_new_tokens: int
     limit: int                     # absolute position bound of the output (the last block may decode past it)
-    slot: int | None = None
     output: list[int] = field(default_factory=list)   # committed generated ids
     finished: bool = False
     finish_reason: str | None = None
@@ -43,6 +42,15 @@ class Sequence:
     detok: object | None = None
     # decoding parameters of this sequence (None: the ones ``Engine.run`` is given)
     params: object | None = None
+    # scheduling state (engine/scheduler.py), all cleared or dropped when the sequence ends
+    planner: object | None = None  # step planner for ``params``
+    kv_need: int = 0               # KV positions it reserves while running (the planner's capacity)
+    kv_base: int | None = None     # start of its span of the KV pool while running
+    prefill_plans: list[ForwardPlan] = field(default_factory=list)  # prompt chunks not yet fed
+    group: object | None = None    # shared by the sequences of a request that must run alone
+    overtaken: int = 0             # later sequences admitted while this one waited
+    cancel_requested: bool = False
+    owner: object | None = None    # the caller's handle (the server's job), for routing updates
 
     @property
     def prompt_len(self) -> int:

@@ -1,215 +1,265 @@
-"""The OpenAI-compatible HTTP server: ``create_app(llm)`` returns a FastAPI application.
+"""The OpenAI-compatible HTTP server: ``create_app(llm, model_name)`` returns a FastAPI application.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both
-with ``stream: true`` as server-sent events, ``stream_options.include_usage`` honoured) and
-``GET /health``. Every error is an OpenAI error body (``{"error": {"message", "type", "param",
-"code"}}``) with a 4xx status for bad requests and 500 for bugs; a request that fails
-validation never reaches the engine. Responses carry the usual ``usage`` plus a ``fastdllm``
-object with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
+with ``stream: true`` as server-sent events, ``stream_options.include_usage`` honoured),
+``GET /health`` and ``GET /metrics`` (Prometheus). A request is validated (``protocol.py``),
+tokenized in a worker thread (never on the event loop), checked against the server's limits
+(``limits.py``) and only then queued for the engine (``batcher.py``); every error is an OpenAI
+error body (``errors.py``). Responses carry the usual ``usage`` plus a ``fastdllm`` object
+with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
+import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 
-from ..errors import FastDLLMError
-from .batcher import Batcher, Job, Progress, runs_alone
-from .protocol import (ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage)
+from ..engine.scheduler import QueueFull
+from .batcher import Batcher, Job, runs_alone
+from .errors import APIError, install_error_handlers
+from .limits import Limits
+from .metrics import RequestCounter, ServerMetrics
+from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
+from .stream import JobStream
 
 FINISH = {"stop": "stop", "length": "length"}
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+@dataclass
+class ServerState:
+    llm: object
+    model_name: str
+    created: int
+    limits: Limits
+    batcher: Batcher
+    metrics: ServerMetrics
+    default_max_tokens: int
+    prefill_chunk: int
+    # Hugging Face tokenizers may not be mutated from two threads at once: one request is
+    # tokenized at a time, in a worker thread, so the event loop never waits for it
+    tokenizer_limiter: anyio.CapacityLimiter
 
 
 def create_app(llm, model_name: str, max_batch_size: int | None = None, default_max_tokens: int = 512,
-               kv_cache_tokens: int | None = None) -> FastAPI:
+               kv_cache_tokens: int | None = None, max_model_len: int | None = None, prefill_chunk: int = 512,
+               interleave_prefill: bool = True, max_waiting: int | None = None) -> FastAPI:
     """``model_name``: the id clients send as ``model`` (also listed by ``/v1/models``).
 
-    ``kv_cache_tokens``: KV-cache positions reserved per slot; requests whose prompt and output
-    fit join a running batch (default: the model's context, at most 2048).
+    The KV cache holds ``max_batch_size x kv_cache_tokens`` positions (default per slot:
+    ``max_model_len`` if given, else the model's context, at most 2048), allocated at start.
+    ``max_model_len``: prompt plus ``max_tokens`` of one request (default: the model's context,
+    at most the whole cache). ``prefill_chunk``: prompt tokens prefilled per step, interleaved
+    with the running sequences' decode steps (``interleave_prefill=False``: prefill new prompts
+    before decoding). ``max_waiting``: queued sequences before requests get 503 (None: no bound).
+    ValueError for inconsistent limits.
     """
-    if kv_cache_tokens is None:
-        kv_cache_tokens = min(llm.config.max_position_embeddings, 2048)
-    batcher = Batcher(llm, max_batch_size, kv_cache_tokens)
-    created = now()
+    batch = max_batch_size or llm.engine.max_batch_size
+    if prefill_chunk <= 0:
+        raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+    limits = Limits.from_flags(llm.config.max_position_embeddings, batch, kv_cache_tokens, max_model_len)
+    batcher = Batcher(llm.model, batch, limits.kv_tokens, prefill_chunk, interleave_prefill, max_waiting)
+    metrics = batcher.metrics = ServerMetrics(batcher.stats)
+    state = ServerState(llm, model_name, now(), limits, batcher, metrics, default_max_tokens, prefill_chunk,
+                        anyio.CapacityLimiter(1))
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        yield
-        batcher.stop()
-
-    app = FastAPI(title="fastdllm", lifespan=lifespan)
+    app = FastAPI(title="fastdllm", lifespan=_lifespan)
+    app.state.server = state
     app.state.batcher = batcher
     app.state.llm = llm
-
-    # ---- errors ---------------------------------------------------------------------------------
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError):
-        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
-
-    @app.exception_handler(FastDLLMError)
-    async def _user_error(request: Request, e: FastDLLMError):
-        return JSONResponse(error_body(str(e)), status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, e: RequestValidationError):
-        errors = e.errors()
-        first = errors[0] if errors else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        if first.get("type") == "json_invalid":
-            msg = "the request body is not valid JSON"
-        where = ".".join(loc)
-        return JSONResponse(error_body(f"{where}: {msg}" if where else msg, param=where or None), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(e.detail), type_), status_code=e.status_code)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, e: Exception):
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
-
-    # ---- routes ---------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_name, "waiting_requests": batcher.waiting,
-                "batches": batcher.batches, "largest_batch": batcher.largest_batch,
-                "joined_running_batch": batcher.joined}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "fastdllm"}]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str):
-        _check_model(name)
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "fastdllm"}
-
-    def _check_model(name: str) -> None:
-        if name != model_name:
-            raise APIError(404, f"the model '{name}' does not exist; this server serves '{model_name}'",
-                           "not_found_error", "model", "model_not_found")
-
-    def _options(req: _Request, max_tokens: int | None) -> dict:
-        opts = {"max_new_tokens": default_max_tokens if max_tokens is None else max_tokens,
-                "temperature": req.temperature or 0.0, "top_p": req.top_p if req.top_p is not None else 1.0,
-                "seed": req.seed, "stop": req.stop}
-        for k in ("threshold", "block_size", "small_block_size", "use_block_cache", "mode", "top_k"):
-            v = getattr(req, k)
-            if v is not None:
-                opts[k] = v
-        return opts
-
-    def _submit(prompts, opts: dict, chat: bool) -> Job:
-        seqs, params = llm.prepare(prompts, chat=chat, **opts)  # FastDLLMError -> 400
-        job = Job(seqs, params, runs_alone(opts, len(seqs)), asyncio.get_running_loop())
-        batcher.submit(job)
-        return job
-
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
-        _check_model(req.model)
-        prompts = req.prompts()
-        job = _submit(prompts, _options(req, req.max_tokens), chat=False)
-        echo = [llm.decode(s.prompt) if req.echo else "" for s in job.seqs]
-        env = _envelope("cmpl", model_name)
-
-        def chunk(i: int, text: str, finish: str | None) -> dict:
-            return env("text_completion",
-                       choices=[{"index": i, "text": text, "logprobs": None, "finish_reason": finish}])
-
-        if req.stream:
-            return _sse(job, chunk, None, echo, req.stream_options,
-                        lambda u: env("text_completion", choices=[], usage=u))
-        final = await _collect(job)
-        return env("text_completion",
-                   choices=[{"index": i, "text": echo[i] + p.text, "logprobs": None,
-                             "finish_reason": FINISH.get(p.finish_reason, "stop")} for i, p in enumerate(final)],
-                   usage=_usage(final), fastdllm=_stats(final))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest):
-        _check_model(req.model)
-        try:
-            messages = req.chat_messages()
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
-        job = _submit([messages], _options(req, req.token_limit()), chat=True)
-        env = _envelope("chatcmpl", model_name)
-
-        def chunk(i: int, text: str, finish: str | None) -> dict:
-            delta = {"content": text} if finish is None else {}
-            return env("chat.completion.chunk",
-                       choices=[{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-        if req.stream:
-            head = env("chat.completion.chunk", choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                          "logprobs": None, "finish_reason": None}])
-            return _sse(job, chunk, head, [""], req.stream_options,
-                        lambda u: env("chat.completion.chunk", choices=[], usage=u))
-        final = await _collect(job)
-        p = final[0]
-        return env("chat.completion",
-                   choices=[{"index": 0, "message": {"role": "assistant", "content": p.text},
-                             "logprobs": None, "finish_reason": FINISH.get(p.finish_reason, "stop")}],
-                   usage=_usage(final), fastdllm=_stats(final))
-
+    install_error_handlers(app)
+    app.add_middleware(RequestCounter, metrics=metrics)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     return app
 
 
-# ---- helpers ------------------------------------------------------------------------------------
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    batcher: Batcher = app.state.batcher
+    batcher.start()
+    yield
+    batcher.stop()
 
-async def _events(job: Job) -> AsyncIterator[Progress]:
-    """The job's progress until the worker's final ``None``; cancels the job if abandoned."""
-    done = False
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+# ---- routes ---------------------------------------------------------------------------------------
+
+async def health(request: Request):
+    s = _state(request)
+    return {"status": "ok", "model": s.model_name, **s.batcher.stats()}
+
+
+async def prometheus(request: Request):
+    s = _state(request)
+    return Response(s.metrics.render(), media_type=s.metrics.content_type)
+
+
+def _model_card(s: ServerState) -> dict:
+    return {"id": s.model_name, "object": "model", "created": s.created, "owned_by": "fastdllm",
+            "max_model_len": s.limits.max_model_len}
+
+
+async def list_models(request: Request):
+    return {"object": "list", "data": [_model_card(_state(request))]}
+
+
+async def get_model(name: str, request: Request):
+    s = _state(request)
+    _check_model(s, name)
+    return _model_card(s)
+
+
+async def completions(req: CompletionRequest, request: Request):
+    s = _state(request)
+    _check_model(s, req.model)
+    job = await _start(s, req, req.prompts(), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, chat=False)
+    echo = [s.llm.decode(q.prompt) if req.echo else "" for q in job.seqs]
+    env = _envelope("cmpl", s.model_name)
+
+    def chunk(i: int, text: str, finish: str | None) -> dict:
+        return env("text_completion", choices=[{"index": i, "text": text, "logprobs": None, "finish_reason": finish}])
+
+    if req.stream:
+        return _sse(s, job, chunk, None, echo, req.stream_options,
+                    lambda u: env("text_completion", choices=[], usage=u))
+    final = await _collect(s, job, request)
+    return env("text_completion",
+               choices=[{"index": i, "text": echo[i] + r.text, "logprobs": None,
+                         "finish_reason": FINISH.get(r.finish_reason, "stop")} for i, r in enumerate(final)],
+               usage=_usage(job, final), fastdllm=_stats(final))
+
+
+async def chat_completions(req: ChatCompletionRequest, request: Request):
+    s = _state(request)
+    _check_model(s, req.model)
     try:
-        while True:
-            item = await job.queue.get()
-            if item is None:
-                done = True
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+        messages = req.chat_messages()
+    except ValueError as e:
+        raise APIError(400, str(e), param="messages") from None
+    job = await _start(s, req, [messages], req.token_limit(), s.default_max_tokens, chat=True)
+    env = _envelope("chatcmpl", s.model_name)
+
+    def chunk(i: int, text: str, finish: str | None) -> dict:
+        delta = {"content": text} if finish is None else {}
+        return env("chat.completion.chunk",
+                   choices=[{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+    if req.stream:
+        head = env("chat.completion.chunk", choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                      "logprobs": None, "finish_reason": None}])
+        return _sse(s, job, chunk, head, [""], req.stream_options,
+                    lambda u: env("chat.completion.chunk", choices=[], usage=u))
+    final = await _collect(s, job, request)
+    r = final[0]
+    return env("chat.completion",
+               choices=[{"index": 0, "message": {"role": "assistant", "content": r.text},
+                         "logprobs": None, "finish_reason": FINISH.get(r.finish_reason, "stop")}],
+               usage=_usage(job, final), fastdllm=_stats(final))
+
+
+# ---- from a request to a queued job ---------------------------------------------------------------
+
+def _check_model(s: ServerState, name: str) -> None:
+    if name != s.model_name:
+        raise APIError(404, f"the model '{name}' does not exist; this server serves '{s.model_name}'",
+                       "not_found_error", "model", "model_not_found")
+
+
+def _options(req: _Request, max_tokens: int) -> dict:
+    opts = {"max_new_tokens": max_tokens, "temperature": req.temperature or 0.0,
+            "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": req.stop}
+    for k in ("threshold", "block_size", "small_block_size", "use_block_cache", "mode", "top_k"):
+        v = getattr(req, k)
+        if v is not None:
+            opts[k] = v
+    if req.ignore_eos:
+        opts["stop_token_ids"] = []
+    return opts
+
+
+async def _start(s: ServerState, req: _Request, prompts, requested: int | None, default: int, chat: bool) -> Job:
+    """Tokenize (worker thread), check the limits, queue. Raises APIError/FastDLLMError (400) or 503."""
+    arrived = time.perf_counter()
+    if req.block_size is not None and req.block_size > s.limits.max_model_len:
+        raise APIError(400, f"block_size {req.block_size} is larger than the maximum context length "
+                       f"{s.limits.max_model_len}", param="block_size")
+    opts = _options(req, default if requested is None else requested)
+    prepare = functools.partial(s.llm.prepare, prompts, chat=chat, **opts)
+    seqs, params = await anyio.to_thread.run_sync(prepare, limiter=s.tokenizer_limiter)
+    if params.prefill_chunk != s.prefill_chunk:
+        params = dataclasses.replace(params, prefill_chunk=s.prefill_chunk)
+    s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
+    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(opts, len(seqs)), arrived)
+    try:
+        s.batcher.submit(job)
+    except QueueFull as e:
+        raise APIError(503, f"the server is overloaded ({e}); retry later", "server_error", code="overloaded") from None
+    return job
+
+
+# ---- answers ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Result:
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    nfe: int = 0
+
+
+async def _collect(s: ServerState, job: Job, request: Request) -> list[_Result]:
+    """The whole answer; the job is cancelled if the client goes away first."""
+    results = [_Result() for _ in job.seqs]
+    watcher = asyncio.ensure_future(_disconnected(request))
+
+    def client_gone(task: asyncio.Future) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failing receive also means nobody is listening
+            s.batcher.cancel(job)
+
+    watcher.add_done_callback(client_gone)
+    try:
+        async for batch in job.stream.deltas():
+            for i, d in batch:
+                r = results[i]
+                r.text += d.text
+                r.tokens += len(d.token_ids)
+                r.finish_reason, r.nfe = d.finish_reason, d.nfe
     finally:
-        if not done:
-            job.cancelled.set()
+        watcher.cancel()
+    return results
 
 
-async def _collect(job: Job) -> list[Progress]:
-    last: dict[int, Progress] = {}
-    async for p in _events(job):
-        last[p.index] = p
-    missing = [i for i in range(len(job.seqs)) if i not in last]
-    if missing:
-        raise RuntimeError(f"the engine returned no result for sequence(s) {missing}")
-    return [last[i] for i in range(len(job.seqs))]
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-def _usage(final: list[Progress]) -> dict:
-    return usage(sum(p.prompt_tokens for p in final), sum(len(p.token_ids) for p in final))
+def _usage(job: Job, final: list[_Result]) -> dict:
+    return usage(sum(q.prompt_len for q in job.seqs), sum(r.tokens for r in final))
 
 
-def _stats(final: list[Progress]) -> dict:
-    nfe = sum(p.nfe for p in final)
-    gen = sum(len(p.token_ids) for p in final)
+def _stats(final: list[_Result]) -> dict:
+    nfe = sum(r.nfe for r in final)
+    gen = sum(r.tokens for r in final)
     return {"nfe": nfe, "tpf": gen / nfe if nfe else 0.0}
 
 
@@ -219,36 +269,40 @@ def _envelope(prefix: str, model_name: str):
     return lambda object_, **rest: {"id": rid, "object": object_, "created": created, "model": model_name, **rest}
 
 
-def _sse(job: Job, chunk, head: dict | None, prefixes: list[str], stream_options, usage_chunk) -> StreamingResponse:
+def _sse(s: ServerState, job: Job, chunk, head: dict | None, prefixes: list[str], stream_options,
+         usage_chunk) -> StreamingResponse:
     include_usage = bool(stream_options and stream_options.include_usage)
 
     async def body() -> AsyncIterator[str]:
-        if head is not None:
-            yield _data(head)
-        sent = [0] * len(job.seqs)
-        for i, prefix in enumerate(prefixes):
-            if prefix:
-                yield _data(chunk(i, prefix, None))
-        last: dict[int, Progress] = {}
-        events = _events(job)
+        complete = False
+        deltas = job.stream.deltas()
         try:
-            async for p in events:
-                last[p.index] = p
-                delta = p.text[sent[p.index]:]
-                if delta:
-                    sent[p.index] = len(p.text)
-                    yield _data(chunk(p.index, delta, None))
-                if p.finished:
-                    yield _data(chunk(p.index, "", FINISH.get(p.finish_reason, "stop")))
-        except Exception as e:  # headers are gone: report in-band, as OpenAI does
-            yield _data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
-            return
+            if head is not None:
+                yield _data(head)
+            for i, prefix in enumerate(prefixes):
+                if prefix:
+                    yield _data(chunk(i, prefix, None))
+            generated = 0
+            try:
+                async for batch in deltas:
+                    for i, d in batch:
+                        generated += len(d.token_ids)
+                        if d.text:
+                            yield _data(chunk(i, d.text, None))
+                        if d.finished:
+                            yield _data(chunk(i, "", FINISH.get(d.finish_reason, "stop")))
+            except Exception as e:  # headers are gone: report in-band, as OpenAI does
+                complete = True
+                yield _data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+                return
+            complete = True
+            if include_usage:
+                yield _data(usage_chunk(usage(sum(q.prompt_len for q in job.seqs), generated)))
+            yield "data: [DONE]\n\n"
         finally:  # a client that went away (the response is closed mid-stream) cancels its job
-            await events.aclose()
-        if include_usage:
-            final = [last[i] for i in sorted(last)]
-            yield _data(usage_chunk(_usage(final)))
-        yield "data: [DONE]\n\n"
+            if not complete:
+                s.batcher.cancel(job)
+            await deltas.aclose()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

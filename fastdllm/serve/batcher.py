@@ -1,176 +1,184 @@
-"""The server's generation worker: one thread owns the engine and batches requests.
+"""The server's generation worker: one thread steps the engine for every request.
 
-Request handlers validate and tokenize a request (``LLM.prepare``) on the event loop and hand
-the resulting sequences to ``Batcher.submit``. The worker thread decodes the jobs at the head
-of the queue together in one ``Engine.run`` (up to ``max_batch_size`` sequences), and while it
-runs, the next jobs join as slots free up (continuous batching), first come first served, as
-long as their prompt and output fit the KV cache reserved per slot (``kv_cache_tokens``).
-Every sequence keeps its own decoding parameters (block diffusion or AR, threshold, block
-sizes, sampler, stop ids), so any requests can share a batch. Greedy decoding is
-batch-invariant, so a batched request gets exactly the tokens it would get alone. A seeded
-sampling request with several prompts runs on its own, so the order in which its sequences
-draw from its generator is the one it would have alone.
+Request handlers tokenize and check a request, then ``Batcher.submit`` a ``Job`` (its
+sequences, each with its own decoding parameters). The worker thread owns an ``Engine`` (with
+its own KV cache, allocated once at start at the size the flags allow) and one ``Scheduler``
+for the server's lifetime, and calls ``Engine.step`` while there is work: sequences join and
+leave the running batch at every step (continuous batching; admission rules in
+``engine/scheduler.py``). Greedy decoding is batch-invariant, so a batched request gets exactly
+the tokens it would get alone; a seeded sampling request over several prompts runs alone, so
+its sequences draw from its generator in the order they would alone.
 
-After every forward pass the worker sends each job a ``Progress`` per changed sequence through
-the job's event loop (``call_soon_threadsafe``), then a final ``None``. A job whose client went
-away is cancelled: its sequences are finished at the next step and leave the batch.
+After every step each changed sequence's new text and token ids go to its job's ``JobStream``
+(coalesced for slow clients); the stream closes when all of the job's sequences have ended.
+``Batcher.cancel`` (a client that went away) ends a job's sequences at the next step, before
+any prefill if they are still waiting. Nothing here is kept per request once it ends: a
+sequence points to its job (``seq.owner``), the job is dropped by the batcher with its last
+sequence; ``stats`` reports the sizes of what is held.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-from collections import deque
+import time
 from dataclasses import dataclass, field
 
-from ..engine.params import DecodeParams
+from ..engine.engine import Engine, StepEvent
+from ..engine.scheduler import Scheduler
 from ..engine.sequence import Sequence
+from .stream import Delta, JobStream
 
 log = logging.getLogger("fastdllm.serve")
 
 
-@dataclass
-class Progress:
-    index: int                  # the sequence's position in its job
-    text: str                   # the text so far that can be shown (stop-string tails held back)
-    token_ids: list[int]        # generated ids so far
-    finished: bool
-    finish_reason: str | None
-    nfe: int
-    prompt_tokens: int
-
-
-@dataclass
+@dataclass(eq=False)
 class Job:
-    seqs: list[Sequence]
-    params: DecodeParams
-    alone: bool
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    seqs: list[Sequence]           # ``params`` set, ``index`` = position in the request
+    stream: JobStream
+    alone: bool = False            # must not share steps with other requests (see ``runs_alone``)
+    created: float = field(default_factory=time.perf_counter)  # the request's arrival
+    remaining: int = -1            # sequences not yet ended (set by ``submit``)
 
-    def send(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: the client is gone
-            self.cancelled.set()
+
+@dataclass(eq=False)
+class _Owner:
+    """What the worker keeps about a running sequence, on the sequence itself."""
+
+    job: Job
+    index: int
+    sent: int = 0                  # characters of text already sent
+    last_token_at: float | None = None
 
 
 def runs_alone(options: dict, n_sequences: int) -> bool:
-    """Seeded sampling over several prompts must not share a run (see the module docstring)."""
+    """Seeded sampling over several prompts must not share steps (see the module docstring)."""
     return n_sequences > 1 and (options.get("temperature") or 0.0) > 0 and options.get("seed") is not None
 
 
 class Batcher:
-    def __init__(self, llm, max_batch_size: int | None = None, kv_cache_tokens: int = 0):
-        self.llm = llm
-        self.max_batch_size = max_batch_size or llm.engine.max_batch_size
-        self.kv_cache_tokens = kv_cache_tokens
-        self._jobs: deque[Job] = deque()
-        self._cv = threading.Condition()
-        self._stopping = False
+    def __init__(self, model, max_batch_size: int, kv_tokens: int, prefill_budget: int = 512,
+                 interleave_prefill: bool = True, max_waiting: int | None = None, metrics=None):
+        self.engine = Engine(model, max_batch_size)
+        self.scheduler = Scheduler(max_batch_size, kv_tokens, prefill_budget, interleave_prefill,
+                                   max_waiting=max_waiting)
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._open_jobs = 0
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fastdllm-engine", daemon=True)
-        self.batches = 0          # engine runs so far (for /health and tests)
-        self.largest_batch = 0    # most sequences one engine run decoded
-        self.joined = 0           # jobs that joined a running batch
+        self.largest_batch = 0     # most sequences one decode step ran (for /health and tests)
 
     def start(self) -> None:
+        self.engine.runner.ensure_pool(self.scheduler.kv.size)  # the whole cache, now: fail early, never grow
         self._thread.start()
 
     def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        self._thread.join(timeout=30)
+        self._stopping.set()
+        self.scheduler.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._fail(self.scheduler.drain(), RuntimeError("the server is shutting down"))
 
     def submit(self, job: Job) -> None:
-        for seq in job.seqs:
-            seq.params = job.params
-        with self._cv:
-            self._jobs.append(job)
-            self._cv.notify()
+        """Queue ``job``; the scheduler's ``QueueFull`` propagates (nothing is kept then)."""
+        job.remaining = len(job.seqs)
+        for i, seq in enumerate(job.seqs):
+            seq.owner = _Owner(job, i)
+        with self._lock:
+            self._open_jobs += 1
+        try:
+            self.scheduler.add(job.seqs, exclusive=job.alone)
+        except Exception:
+            for seq in job.seqs:
+                seq.owner = None
+            with self._lock:
+                self._open_jobs -= 1
+            raise
 
-    @property
-    def waiting(self) -> int:
-        with self._cv:
-            return len(self._jobs)
+    def cancel(self, job: Job) -> None:
+        self.scheduler.cancel(job.seqs)
 
-    # ---- worker thread ----------------------------------------------------------------------
-    def _next_batch(self) -> list[Job] | None:
-        with self._cv:
-            while not self._jobs and not self._stopping:
-                self._cv.wait()
-            if self._stopping:
-                return None
-            first = self._jobs.popleft()
-            batch, size = [first], len(first.seqs)
-            while not first.alone and self._jobs and not self._jobs[0].alone and \
-                    size + len(self._jobs[0].seqs) <= self.max_batch_size:
-                job = self._jobs.popleft()
-                batch.append(job)
-                size += len(job.seqs)
-            return batch
+    def stats(self) -> dict[str, int]:
+        cache = self.engine.runner.cache
+        with self._lock:
+            open_jobs = self._open_jobs
+        return {**self.scheduler.stats(), "open_jobs": open_jobs, "largest_batch": self.largest_batch,
+                "kv_cache_bytes": cache.nbytes if cache is not None else 0}
 
+    # ---- worker thread ------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
+        while not self._stopping.is_set():
+            if not self.scheduler.wait(timeout=0.5):
+                continue
             try:
-                self._run(batch)
-            except Exception as e:  # a bug: report it to every waiting client, keep serving
+                event = self.engine.step(self.scheduler)
+            except Exception as e:  # a bug: fail the requests in flight, keep serving
                 log.exception("generation failed")
-                for job in batch:
-                    job.send(e)
-            finally:
-                for job in batch:
-                    job.send(None)
+                self._fail(self.scheduler.drain(), e)
+                continue
+            self._dispatch(event)
 
-    def _run(self, batch: list[Job]) -> None:
-        owners: list[tuple[Job, int]] = []
-        seqs: list[Sequence] = []
+    def _dispatch(self, event: StepEvent) -> None:
+        m, now = self.metrics, time.perf_counter()
+        decoding = sum(1 for r in event.rows if r.phase == "decode")
+        self.largest_batch = max(self.largest_batch, decoding)
+        if m is not None and event.forward_tokens:
+            m.forward_passes.inc()
+        for row in event.rows:
+            seq = row.sequence
+            owner: _Owner | None = seq.owner
+            if owner is None:
+                continue
+            text = seq.detok.stable_text(seq.finished) if seq.detok is not None else ""
+            new_text, owner.sent = text[owner.sent:], len(text)
+            if row.new_tokens or new_text or row.finished:
+                owner.job.stream.put(owner.index, Delta(new_text, list(row.new_tokens), row.finished,
+                                                        row.finish_reason, seq.nfe))
+            if m is not None:
+                self._measure(m, row, owner, now)
+            if row.finished:
+                self._end(seq, owner, now)
 
-        def register(job: Job) -> list[Sequence]:
-            for i, seq in enumerate(job.seqs):
-                seq.index = len(seqs)
-                owners.append((job, i))
-                seqs.append(seq)
-            return job.seqs
+    @staticmethod
+    def _measure(m, row, owner: _Owner, now: float) -> None:
+        if row.phase == "decode":
+            m.tokens_per_forward.observe(len(row.new_positions))
+        n = len(row.new_tokens)
+        if n:
+            m.completion_tokens.inc(n)
+            if owner.last_token_at is None:
+                m.ttft.observe(now - owner.job.created)
+            else:
+                per_token = (now - owner.last_token_at) / n
+                for _ in range(n):
+                    m.inter_token.observe(per_token)
+            owner.last_token_at = now
 
-        def admit(n: int, fits) -> list[Sequence]:
-            taken: list[Sequence] = []
-            with self._cv:
-                while self._jobs and not self._stopping:
-                    job = self._jobs[0]
-                    if batch[0].alone or job.alone or len(taken) + len(job.seqs) > n or \
-                            not all(fits(s) for s in job.seqs):
-                        break  # first come, first served: nothing overtakes the head of the queue
-                    self._jobs.popleft()
-                    batch.append(job)
-                    self.joined += 1
-                    taken += register(job)
-            return taken
+    def _end(self, seq: Sequence, owner: _Owner, now: float) -> None:
+        seq.owner = None
+        m = self.metrics
+        if m is not None:
+            m.finished.labels(seq.finish_reason or "unknown").inc()
+            if seq.nfe > 0 or seq.finish_reason in ("stop", "length"):
+                m.prompt_tokens.inc(seq.prompt_len)
+        job = owner.job
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.stream.close()
+            with self._lock:
+                self._open_jobs -= 1
+            if m is not None:
+                m.request_seconds.observe(now - job.created)
 
-        for job in batch:
-            register(job)
-        self.batches += 1
-        for event in self.llm.engine.run(list(seqs), admit=admit, reserve=self.kv_cache_tokens):
-            if event.kind == "decode":  # one row per active sequence
-                self.largest_batch = max(self.largest_batch, len(event.rows))
-            for row in event.rows:
-                job, i = owners[row.index]
-                seq = seqs[row.index]
-                if row.new_tokens or row.finished:
-                    job.send(_progress(i, seq))
-            for job in batch:
-                if job.cancelled.is_set():
-                    for seq in job.seqs:
-                        if not seq.finished:
-                            seq.max_new_tokens = 0  # not yet admitted: the engine finishes it at once
-                            seq.finish("cancelled")
-
-
-def _progress(index: int, seq: Sequence) -> Progress:
-    text = seq.detok.stable_text(seq.finished) if seq.detok is not None else ""
-    return Progress(index, text, list(seq.output), seq.finished, seq.finish_reason, seq.nfe, seq.prompt_len)
+    def _fail(self, seqs: list[Sequence], error: BaseException) -> None:
+        jobs = {}
+        for seq in seqs:
+            owner = seq.owner
+            if owner is not None:
+                seq.owner = None
+                jobs[id(owner.job)] = owner.job
+        for job in jobs.values():
+            job.stream.close(error)
+            with self._lock:
+                self._open_jobs -= 1

@@ -1,10 +1,12 @@
 """Request and response bodies of the OpenAI-compatible API (the subset fastdllm implements).
 
-Requests are validated by pydantic; fields fastdllm does not implement (``logprobs``,
-``n > 1``, tools...) are rejected with a clear message rather than silently ignored. The
-block-diffusion knobs (``threshold``, ``block_size``, ``small_block_size``,
-``use_block_cache``, ``mode``, ``top_k``) are accepted as extra body fields, which the
-``openai`` client sends with ``extra_body={...}``.
+Requests are validated by pydantic in strict mode, as the OpenAI API does: a field of the wrong
+type (``"max_tokens": "5"``), an out-of-range number or an unknown field is rejected, and so
+are fields fastdllm does not implement (``logprobs``, ``n > 1``, tools...), with a clear
+message rather than silently ignored. The block-diffusion knobs (``threshold``,
+``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``top_k``) and vLLM's
+``ignore_eos`` are accepted as extra body fields, which the ``openai`` client sends with
+``extra_body={...}``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
 
 class DiffusionOptions(BaseModel):
     """fastdllm's extensions, shared by both endpoints."""
+
+    model_config = STRICT
 
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     block_size: int | None = Field(None, gt=0)
@@ -25,14 +32,17 @@ class DiffusionOptions(BaseModel):
     use_block_cache: bool | None = None
     mode: Literal["diffusion", "ar"] | None = None
     top_k: int | None = Field(None, ge=0)
+    ignore_eos: bool = False  # as vLLM: decode max_tokens tokens whatever the model says (benchmarks)
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     include_usage: bool = False
 
 
 class _Request(DiffusionOptions):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -41,7 +51,7 @@ class _Request(DiffusionOptions):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     user: str | None = None
     # accepted for compatibility, must keep their neutral values
     frequency_penalty: float | None = 0.0
@@ -61,12 +71,14 @@ class _Request(DiffusionOptions):
             raise ValueError("logit_bias is not supported")
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValueError("stop takes at most 4 sequences")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
         return self
 
 
 class CompletionRequest(_Request):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: int | None = Field(None, ge=0)  # None: 16, as OpenAI, cut to the context
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -91,20 +103,27 @@ class CompletionRequest(_Request):
         return list(p)
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             parts = []
             for part in self.content:
-                if part.get("type") != "text":
-                    raise ValueError(f"only text content parts are supported, got {part.get('type')!r}")
-                parts.append(part.get("text", ""))
+                if part.type != "text":
+                    raise ValueError(f"only text content parts are supported, got {part.type!r}")
+                parts.append(part.text or "")
             return "".join(parts)
         return self.content or ""
 
