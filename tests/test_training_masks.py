@@ -51,3 +51,19 @@ def test_mask_structure_examples():
     assert not m[9, 12]                 # clean block 0 does not see clean block 1
     assert not m[12, 4]                 # clean never sees noisy
     assert m.diagonal().all()           # every token sees itself: no empty softmax row
+
+
+@pytest.mark.parametrize("n,block_size", [(8, 4), (12, 4), (16, 8)])
+def test_two_noisy_streams_share_one_clean_copy(n, block_size):
+    """[x_t1 ; x_t2 ; x_0]: each noisy stream sees itself and the clean copy exactly as in its own [x_t ; x_0],
+    and never the other noisy stream."""
+    m = block_diffusion_mask(n, block_size, streams=2)  # [3n, 3n]
+    one = rule(n, block_size)  # [2n, 2n]
+    noisy, clean = [slice(0, n), slice(n, 2 * n)], slice(2 * n, 3 * n)
+    for s, other in ((noisy[0], noisy[1]), (noisy[1], noisy[0])):
+        assert torch.equal(m[s, s], one[:n, :n]) and torch.equal(m[s, clean], one[:n, n:])
+        assert not m[s, other].any() and not m[clean, s].any()
+    assert torch.equal(m[clean, clean], one[n:, n:])
+    q = torch.arange(3 * n)[:, None].expand(3 * n, 3 * n)
+    k = torch.arange(3 * n)[None, :].expand(3 * n, 3 * n)
+    assert torch.equal(block_diffusion_mask_mod(n, block_size, streams=2)(0, 0, q, k), m)

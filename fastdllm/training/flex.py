@@ -23,12 +23,13 @@ def available() -> bool:
 
 
 @lru_cache(maxsize=16)
-def block_mask(n: int, block_size: int, device: str):
-    """BlockMask for [x_t ; x_0] of ``n`` tokens each (shared by every row and head)."""
+def block_mask(n: int, block_size: int, device: str, streams: int = 1):
+    """BlockMask for [x_t ; x_0] (or ``streams`` noisy copies and x_0) of ``n`` tokens each (every row and head)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(block_diffusion_mask_mod(n, block_size), None, None, 2 * n, 2 * n, device=device,
-                             _compile=device.startswith("cuda"))
+    total = (streams + 1) * n
+    return create_block_mask(block_diffusion_mask_mod(n, block_size, streams), None, None, total, total,
+                             device=device, _compile=device.startswith("cuda"))
 
 
 @lru_cache(maxsize=1)
@@ -41,8 +42,9 @@ def _compiled_flex():
 class FlexAttention:
     """``attend(layer, q, k, v)`` for the model, with the block-diffusion BlockMask."""
 
-    def __init__(self, n: int, block_size: int, device: torch.device, scale: float, compiled: bool | None = None):
-        self.mask = block_mask(n, block_size, str(device))
+    def __init__(self, n: int, block_size: int, device: torch.device, scale: float, compiled: bool | None = None,
+                 streams: int = 1):
+        self.mask = block_mask(n, block_size, str(device), streams)
         self.scale = scale
         self.compiled = device.type == "cuda" if compiled is None else compiled
 
@@ -50,6 +52,6 @@ class FlexAttention:
         from torch.nn.attention.flex_attention import flex_attention
 
         fn = _compiled_flex() if self.compiled else flex_attention
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, 2n, D]
-        o = fn(q, k, v, block_mask=self.mask, scale=self.scale, enable_gqa=True)  # [B, Hq, 2n, D]
-        return o.transpose(1, 2).flatten(2)  # [B, 2n, Hq*D]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, (S+1)n, D]
+        o = fn(q, k, v, block_mask=self.mask, scale=self.scale, enable_gqa=True)  # [B, Hq, (S+1)n, D]
+        return o.transpose(1, 2).flatten(2)  # [B, (S+1)n, Hq*D]

@@ -1,9 +1,15 @@
-"""The block-diffusion training attention mask over [x_t ; x_0] (length 2L).
+"""The block-diffusion training attention mask over [x_t ; x_0] (length 2L), or [x_t1 ; x_t2 ; x_0].
 
 Index q < L is a noisy token, q >= L a clean one; both halves count blocks from their own
 start. A noisy token in block b sees the noisy tokens of block b and the clean tokens of
 blocks < b; a clean token in block b sees the clean tokens of blocks <= b. The same rule is
 given twice: as a dense boolean matrix (SDPA) and as a flex-attention ``mask_mod``.
+
+With ``streams`` S > 1, S noisy copies of a sample (a draw and its complement) share one clean
+copy: the sequence is [x_t1 ; ... ; x_tS ; x_0] ((S + 1) L tokens) and a noisy stream never
+sees another one, so each stream's outputs are those of its own [x_t ; x_0]. The clean
+stream is computed once instead of S times (for the complementary pair, 3L tokens instead of
+4L).
 """
 
 from __future__ import annotations
@@ -13,26 +19,27 @@ from typing import Callable
 import torch
 
 
-def _allowed(q: torch.Tensor, k: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
-    q_clean, k_clean = q >= n, k >= n
-    bq = torch.where(q_clean, q - n, q) // block_size
-    bk = torch.where(k_clean, k - n, k) // block_size
-    noisy_same_block = ~q_clean & ~k_clean & (bq == bk)
+def _allowed(q: torch.Tensor, k: torch.Tensor, n: int, block_size: int, streams: int = 1) -> torch.Tensor:
+    sq, sk = q // n, k // n  # stream of each index: 0..streams-1 noisy, streams clean
+    q_clean, k_clean = sq == streams, sk == streams
+    bq, bk = (q % n) // block_size, (k % n) // block_size
+    noisy_same_block = ~q_clean & (sq == sk) & (bq == bk)
     noisy_sees_past_clean = ~q_clean & k_clean & (bk < bq)
     clean_block_causal = q_clean & k_clean & (bk <= bq)
     return noisy_same_block | noisy_sees_past_clean | clean_block_causal
 
 
-def block_diffusion_mask(n: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Dense mask for a sequence of ``n`` tokens: [2n, 2n] bool, True = may attend."""
-    idx = torch.arange(2 * n, device=device)
-    return _allowed(idx[:, None], idx[None, :], n, block_size)
+def block_diffusion_mask(n: int, block_size: int, device: torch.device | str | None = None,
+                         streams: int = 1) -> torch.Tensor:
+    """Dense mask for a sequence of ``n`` tokens: [(streams + 1) n, (streams + 1) n] bool, True = may attend."""
+    idx = torch.arange((streams + 1) * n, device=device)
+    return _allowed(idx[:, None], idx[None, :], n, block_size, streams)
 
 
-def block_diffusion_mask_mod(n: int, block_size: int) -> Callable:
+def block_diffusion_mask_mod(n: int, block_size: int, streams: int = 1) -> Callable:
     """The same rule as a flex-attention ``mask_mod(b, h, q_idx, kv_idx)``."""
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return _allowed(q_idx, kv_idx, n, block_size)
+        return _allowed(q_idx, kv_idx, n, block_size, streams)
 
     return mask_mod

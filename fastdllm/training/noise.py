@@ -54,12 +54,17 @@ def noised_rows(ids: torch.Tensor, loss_mask: torch.Tensor, masked: torch.Tensor
 
 @dataclass
 class Batch:
-    """One micro-batch. ``noisy`` is None for the AR objective (then ``clean`` is the input)."""
+    """One micro-batch. ``noisy`` is None for the AR objective (then ``clean`` is the input).
 
-    clean: torch.Tensor            # [R, L] x_0
+    ``streams``: consecutive noisy rows that come from the same sample (2 for a draw and its
+    complement), so the model can run them beside one shared clean copy (see ``masks.py``).
+    """
+
+    clean: torch.Tensor            # [R, L] x_0 (row r holds the clean sample of noisy row r)
     targets: torch.Tensor          # [R, L] bool: x_0[r, i] is predicted from position i - 1
     noisy: torch.Tensor | None     # [R, L] x_t
     tokens: int                    # real (non-padding) tokens of the samples, each counted once
+    streams: int = 1
 
     @property
     def n_targets(self) -> int:
@@ -86,7 +91,8 @@ def diffusion_batch(samples, indices: list[int], block_size: int, mask_id: int, 
             targets.append(tg)
         tokens += s.length
     L = max(len(r) for r in clean)  # a multiple of block_size
-    return Batch(_stack(clean, L, mask_id), _stack(targets, L, False), _stack(noisy, L, mask_id), tokens)
+    return Batch(_stack(clean, L, mask_id), _stack(targets, L, False), _stack(noisy, L, mask_id), tokens,
+                 2 if complementary else 1)
 
 
 def ar_batch(samples, pad_id: int) -> Batch:

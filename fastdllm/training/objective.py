@@ -1,7 +1,8 @@
 """The training losses as an ``nn.Module`` (so DDP/FSDP see one forward per micro-batch).
 
 Diffusion: the model reads [x_t ; x_0] (2L tokens, positions 0..L-1 twice) under the
-block-diffusion mask; the vocabulary projection runs only on the noisy-half rows that
+block-diffusion mask, or for a complementary pair [x_t1 ; x_t2 ; x_0] (3L tokens: the clean
+copy is shared, see ``masks.py``); the vocabulary projection runs only on the noisy rows that
 predict a target (row i - 1 for the target at i), so the [R, 2L, V] logits never exist.
 AR: the model reads x_0 under the causal mask, same gathering. Both return the *sum* of the
 cross-entropies; the trainer divides by the global target count.
@@ -22,20 +23,22 @@ from .noise import Batch
 
 
 @lru_cache(maxsize=16)
-def _dense_mask(n: int, block_size: int | None, device: str) -> torch.Tensor:
+def _dense_mask(n: int, block_size: int | None, device: str, streams: int = 1) -> torch.Tensor:
     if block_size is None:
         pos = torch.arange(n, device=device)
         return causal_mask(pos, pos)[None, None]  # [1, 1, n, n]
-    return block_diffusion_mask(n, block_size, device)[None, None]  # [1, 1, 2n, 2n]
+    return block_diffusion_mask(n, block_size, device, streams)[None, None]  # [1, 1, (S+1)n, (S+1)n]
 
 
-def prediction_rows(targets: torch.Tensor, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat rows of the [R, row_len] output that predict each target, and the targets' (r, i).
+def prediction_rows(targets: torch.Tensor, row_len: int, streams: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat rows of the [R / streams, row_len] output that predict each target, and the targets' (r, i).
 
-    targets: [R, L] bool -> (rows [N], flat target index r * L + i [N]); row = r * row_len + i - 1.
+    targets: [R, L] bool -> (rows [N], flat target index r * L + i [N]). Noisy row r is stream
+    r % streams of output row r // streams: row = (r // streams) * row_len + (r % streams) * L + i - 1.
     """
     r, i = targets.nonzero(as_tuple=True)  # [N], [N]
-    return r * row_len + i - 1, r * targets.shape[1] + i
+    L = targets.shape[1]
+    return (r // streams) * row_len + (r % streams) * L + i - 1, r * L + i
 
 
 def _ce_sum(head: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -71,32 +74,34 @@ class TrainingObjective(nn.Module):
         self.attention = attention
         self.loss_chunk_size = loss_chunk_size
 
-    def attend(self, n: int, device: torch.device):
+    def attend(self, n: int, device: torch.device, streams: int = 1):
         scale = self.model.attn_scale
         if self.objective == "ar":
             return DenseAttention(_dense_mask(n, None, str(device)), scale)
         if self.attention == "flex":
             from .flex import FlexAttention
 
-            return FlexAttention(n, self.block_size, device, scale)
-        return DenseAttention(_dense_mask(n, self.block_size, str(device)), scale)
+            return FlexAttention(n, self.block_size, device, scale, streams=streams)
+        return DenseAttention(_dense_mask(n, self.block_size, str(device), streams), scale)
 
     def hidden(self, batch: Batch) -> torch.Tensor:
-        """Final hidden states: [R, 2L, H] (diffusion) or [R, L, H] (AR)."""
+        """Final hidden states: [R / S, (S + 1) L, H] (diffusion, S = batch.streams) or [R, L, H] (AR)."""
         R, L = batch.clean.shape
         device = self.model.device
         pos = torch.arange(L, device=device)
+        S = batch.streams if batch.noisy is not None else 1
         if batch.noisy is None:
             ids, positions = batch.clean, pos
         else:
-            ids = torch.cat([batch.noisy, batch.clean], dim=1)  # [R, 2L]
-            positions = torch.cat([pos, pos])  # [2L]
+            noisy = batch.noisy.reshape(R // S, S * L)  # the S noisy copies of a sample side by side
+            ids = torch.cat([noisy, batch.clean[::S]], dim=1)  # [R / S, (S + 1) L]
+            positions = pos.repeat(S + 1)  # [(S + 1) L]
         ids = ids.to(device)
-        return self.model.hidden_states(ids, positions[None].expand(R, -1), self.attend(L, device))
+        return self.model.hidden_states(ids, positions[None].expand(ids.shape[0], -1), self.attend(L, device, S))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        h = self.hidden(batch)  # [R, T, H]
-        rows, flat = prediction_rows(batch.targets, h.shape[1])
+        h = self.hidden(batch)  # [R / S, T, H]
+        rows, flat = prediction_rows(batch.targets, h.shape[1], batch.streams if batch.noisy is not None else 1)
         labels = batch.clean.flatten()[flat].to(h.device)  # [N]
         picked = h.flatten(0, 1).index_select(0, rows.to(h.device))  # [N, H]
         return chunked_ce_sum(self.model.lm_head, picked, labels, self.loss_chunk_size)
