@@ -7,10 +7,11 @@ from collections import Counter
 
 import pytest
 
+from examples.word_problems import arithmetic
 from examples.word_problems import problems as P
 from fastdllm.models import extract_answer
 
-EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+EQUATION = re.compile(r"so (\d+) ([-+*/]) (\d+) = (\d+)")  # the result of each worked operation
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
 
 
@@ -24,12 +25,12 @@ def held():
     return P.make_split(600, seed=0, held_out=True)
 
 
-def test_kinds_and_phrasings():
+def test_kinds_and_sentence_forms():
     assert len(P.KINDS) >= 15
     assert len({k.name for k in P.KINDS}) == len(P.KINDS)
     for k in P.KINDS:
-        assert len(k.phrasings) >= 4 and len(set(k.phrasings)) == len(k.phrasings), k.name
-        assert k.solution.endswith("The answer is {answer}."), k.name
+        for forms in (*k.facts, k.questions, k.one_sentence):
+            assert len(forms) >= 3 and len(set(forms)) == len(forms), k.name  # 2+ for training, 1 held out
 
 
 def test_splits_are_deterministic_distinct_and_disjoint(train, held):
@@ -37,26 +38,29 @@ def test_splits_are_deterministic_distinct_and_disjoint(train, held):
     assert P.make_split(50, seed=1, held_out=True) != held[:50]
     assert len({p.question for p in train}) == len(train)
     assert not {p.question for p in train} & {p.question for p in held}
-    # held-out problems use only the held-out phrasing of their kind, training problems never do
-    for p in held:
-        assert p.phrasing == P.held_out_phrasing(P.KIND_BY_NAME[p.kind])
-    for p in train:
-        assert p.phrasing != P.held_out_phrasing(P.KIND_BY_NAME[p.kind])
-    # every kind shows up in both splits
+    assert all(p.held_out for p in held) and not any(p.held_out for p in train)
+    # no held-out phrasing (template) is ever a training phrasing
+    assert not {p.template for p in train} & {p.template for p in held}
+    # every kind shows up in both splits, with several phrasings
     assert set(Counter(p.kind for p in held)) == set(Counter(p.kind for p in train)) == set(P.KIND_BY_NAME)
+    assert len({p.template for p in train}) > 10 * len(P.KINDS)
 
 
-def test_held_out_phrasings_never_appear_in_training(train):
-    """The fixed words of every held-out template are absent from every training question."""
-    def skeleton(template: str) -> str:
-        return re.sub(r"\{[^}]+\}", "|", template)
+def _literal(template: str) -> str:
+    """The longest stretch of fixed words of a sentence form."""
+    return max((w.strip() for w in re.split(r"\{[^}]+\}", template)), key=len)
 
+
+def test_reserved_wordings_never_appear_in_training(train, held):
+    """Training questions never hold a reserved (held-out) wording; every held-out question holds one."""
     for kind in P.KINDS:
-        held_words = [w.strip() for w in skeleton(kind.phrasings[P.held_out_phrasing(kind)]).split("|")]
-        longest = max(held_words, key=len)  # the template's longest literal stretch
+        reserved = [_literal(forms[-1]) for forms in (*kind.facts, kind.questions, kind.one_sentence)]
         for p in train:
             if p.kind == kind.name:
-                assert longest not in p.question, (kind.name, longest, p.question)
+                assert not any(r in p.question for r in reserved), (kind.name, p.question)
+        for p in held:
+            if p.kind == kind.name:
+                assert any(r in p.question for r in reserved), (kind.name, p.question)
 
 
 def test_solutions_are_correct_arithmetic(train, held):
@@ -69,6 +73,9 @@ def test_solutions_are_correct_arithmetic(train, held):
         assert extract_answer(p.solution) == p.answer
         assert int(eqs[-1][3]) == p.answer  # the answer is the last computed number
         assert isinstance(p.answer, int) and 0 <= p.answer <= 1200
+        for line in re.findall(r"(?:^|\. )((?:\d+ [-+*/] \d+ (?:[-+] \d+ )?= \d+(?: r \d+)?, )+so [^.]*)", p.solution):
+            a, op, b, c = EQUATION.findall(line)[-1]
+            assert arithmetic.steps(int(a), op, int(b)) == line  # the worked steps of each operation
         numbers = [int(x) for x in re.findall(r"\d+", p.question)]
         assert max(numbers) <= 1000, p.question
 
@@ -97,3 +104,31 @@ def test_extract_answer():
 def test_jsonl_round_trip(tmp_path, held):
     path = P.write_jsonl(held[:20], tmp_path / "h.jsonl")
     assert P.read_jsonl(path) == held[:20]
+
+
+@pytest.mark.parametrize("a, op, b", [(245, "+", 38), (999, "+", 1), (5, "+", 7), (623, "-", 278), (1000, "-", 283),
+                                      (100, "-", 1), (7, "-", 7), (7, "*", 78), (9, "*", 0), (2, "*", 999),
+                                      (546, "/", 7), (714, "/", 7), (8, "/", 8), (1000, "/", 8)])
+def test_column_arithmetic(a, op, b):
+    text = arithmetic.steps(a, op, b)
+    want = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a // b}[op]()
+    assert text.endswith(f"so {a} {op} {b} = {want}")
+    steps = text.split(", so ")[0].split(", ")
+    if op == "+":  # one column per digit of the longer operand, each a one-digit sum plus a carry
+        assert len(steps) == max(len(str(a)), len(str(b)))
+        digits = [int(s.split(" = ")[1]) % 10 for s in steps]
+        assert int(str(int(steps[-1].split(" = ")[1])) + "".join(map(str, reversed(digits[:-1])))) == want
+    if op == "-":
+        assert all(0 <= int(s.split(" = ")[1]) <= 9 for s in steps)
+        assert int("".join(s.split(" = ")[1] for s in reversed(steps))) == want
+    if op == "/":
+        assert int("".join(s.split(" = ")[1].split(" r ")[0] for s in steps)) == want
+
+
+def test_column_arithmetic_rejects_what_it_cannot_write():
+    with pytest.raises(ValueError):
+        arithmetic.sub_steps(3, 5)
+    with pytest.raises(ValueError):
+        arithmetic.mul_steps(12, 5)
+    with pytest.raises(ValueError):
+        arithmetic.div_steps(10, 3)

@@ -84,15 +84,18 @@ class Budget:
     bd_batch: int
     bd_lr: float
     warmup: int
-    block_size: int = 32
+    block_size: int = 32       # training block size (bd_size)
     small_block_size: int = 8
     batched: int = 16          # problems at a time for the batched rows
+    n_sweep: int = 100         # held-out problems for choosing the decoding block sizes
+    max_new_tokens: int = 320
 
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2200, ar_batch=32,
               ar_lr=2e-3, bd_steps=700, bd_batch=32, bd_lr=1e-3, warmup=100)
 QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
-               ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8)
+               ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8, n_sweep=8,
+               max_new_tokens=64)
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def run_trainer(log, **options) -> dict:
 def common_options(b: Budget, seed: int, progress: bool) -> dict:
     return dict(seed=seed, schedule="cosine", min_lr_ratio=0.05, adam_beta2=0.98, weight_decay=0.01,
                 warmup_steps=b.warmup, progress=progress, log_every=10, num_threads=torch.get_num_threads(),
-                shuffle=False, seq_len=256, plot=True)
+                shuffle=False, seq_len=384, plot=True)
 
 
 def pretrain_ar(b: Budget, data: Path, tok_dir: Path, out: Path, seed: int, progress: bool, log) -> dict:
@@ -183,11 +186,15 @@ def adapt(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: i
 # ---- evaluation -------------------------------------------------------------------------------------
 
 def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None = None, cache: bool = False,
-             batch: int = 1, b: Budget = FULL, progress: bool = True, desc: str = "") -> dict:
-    """Exact-answer accuracy, TPF and tokens/s on ``problems``, ``batch`` problems at a time (greedy)."""
-    opts = dict(mode=mode, max_new_tokens=160, temperature=0.0)
+             batch: int = 1, b: Budget = FULL, progress: bool = True, desc: str = "", block_size: int | None = None,
+             small_block_size: int | None = None) -> dict:
+    """Exact-answer accuracy, TPF and tokens/s on ``problems``, ``batch`` problems at a time (greedy).
+
+    Block sizes default to the checkpoint's (``bd_size``, ``small_block_size`` in its config).
+    """
+    opts = dict(mode=mode, max_new_tokens=b.max_new_tokens, temperature=0.0)
     if mode == "diffusion":
-        opts.update(threshold=threshold, block_size=b.block_size, small_block_size=b.small_block_size,
+        opts.update(threshold=threshold, block_size=block_size, small_block_size=small_block_size,
                     use_block_cache=cache)
     prompts = [p.messages(with_answer=False) for p in problems]
     llm.generate(prompts[:batch], **opts)  # warm-up (allocations)
@@ -203,6 +210,8 @@ def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None 
     gen = sum(r.stats.generated_tokens for r in results)
     nfe = sum(r.stats.nfe for r in results)
     return {"mode": mode, "threshold": threshold, "block_cache": cache, "batch": batch, "n": len(problems),
+            "block_size": block_size or llm.config.bd_size, "small_block_size":
+                small_block_size or llm.config.small_block_size,
             "accuracy": sum(correct) / len(problems), "generated_tokens": gen, "nfe": nfe,
             "tpf": gen / nfe if nfe else 0.0, "seconds": seconds, "tokens_per_s": gen / seconds if seconds else 0.0,
             "answer_lines": sum(P.extract_answer(r.text) is not None for r in results) / len(problems),
@@ -240,6 +249,37 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
     return rows
+
+
+SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
+
+
+def choose_block_sizes(model_dir: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> tuple[dict, list]:
+    """Decode ``problems`` one at a time with each (block, sub-block) pair of ``SWEEP`` at threshold 0.9.
+
+    Returns the pair with the most tokens/s among those within a point of the best accuracy, and
+    the measurements.
+    """
+    import fastdllm
+
+    llm = fastdllm.load(str(model_dir))
+    rows = []
+    for bs, sbs in SWEEP:
+        e = evaluate(llm, problems, "diffusion", 0.9, b=b, progress=progress, block_size=bs, small_block_size=sbs,
+                     desc=f"block {bs} / sub-block {sbs}")
+        rows.append({k: e[k] for k in ("block_size", "small_block_size", "n", "accuracy", "tpf", "tokens_per_s")})
+        log(f"  block {bs}, sub-block {sbs}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, "
+            f"{e['tokens_per_s']:.0f} tok/s")
+    best = max(r["accuracy"] for r in rows)
+    chosen = max((r for r in rows if r["accuracy"] >= best - 0.01), key=lambda r: r["tokens_per_s"])
+    return {"block_size": chosen["block_size"], "small_block_size": chosen["small_block_size"]}, rows
+
+
+def write_block_sizes(model_dir: Path, chosen: dict) -> None:
+    cfg_file = model_dir / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["bd_size"], cfg["small_block_size"] = chosen["block_size"], chosen["small_block_size"]
+    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -319,8 +359,7 @@ def decoding_picture(model_dir: Path, problem: P.Problem, path: Path, b: Budget)
     from fastdllm.visualize import plot_trace, record
 
     llm = fastdllm.load(str(model_dir))
-    _, trace = record(llm, problem.messages(False), max_new_tokens=160, threshold=0.9, block_size=b.block_size,
-                      small_block_size=b.small_block_size)
+    _, trace = record(llm, problem.messages(False), max_new_tokens=b.max_new_tokens, threshold=0.9)
     return plot_trace(trace, path, title=f"{problem.question[:90]}...")
 
 
@@ -337,9 +376,6 @@ def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
         if f.is_file() and (f.suffix in (".json", ".safetensors", ".jinja") or f.name.startswith("tokenizer")) \
                 and f.name not in ("train_config.json",):
             shutil.copy2(f, rel / f.name)
-    cfg = json.loads((rel / "config.json").read_text())
-    cfg["small_block_size"] = b.small_block_size
-    (rel / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.copy2(heldout_file, rel / "heldout.jsonl")
     for f in ("results.md", "results.json", "results.png", "trace.png"):
         shutil.copy2(out / "report" / f, rel / f)
@@ -359,7 +395,7 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
-        stages: tuple[str, ...] = ("data", "ar", "bd", "eval", "release")) -> dict:
+        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release")) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +405,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
 
     t0 = time.perf_counter()
     if "data" in stages:
-        log(f"[1/6] data: {b.n_train} training problems, {b.n_heldout} held-out problems; tokenizer")
+        log(f"[1/7] data: {b.n_train} training problems, {b.n_heldout} held-out problems; tokenizer")
         train_problems = P.make_split(b.n_train, seed, held_out=False)
         held = P.make_split(b.n_heldout, seed, held_out=True)
         P.write_jsonl(train_problems, data_dir / "train.jsonl")
@@ -384,20 +420,29 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
 
     ar = bd = None
     if "ar" in stages:
-        log(f"[2/6] AR model from scratch: {b.ar_steps} steps x {b.ar_batch} problems")
+        log(f"[2/7] AR model from scratch: {b.ar_steps} steps x {b.ar_batch} problems")
         ar = pretrain_ar(b, data_dir / "ar_train.jsonl", tok_dir, out / "ar", seed, progress, log)
         timings["ar_pretrain"] = ar["seconds"]
     if "bd" in stages:
         bd = {}
         for name, comp in (("bd", True), ("bd_nocomp", False)):
-            log(f"[3/6] block-diffusion adaptation ({name}, complementary mask {'on' if comp else 'off'}): "
+            log(f"[3/7] block-diffusion adaptation ({name}, complementary mask {'on' if comp else 'off'}): "
                 f"{b.bd_steps} steps x {b.bd_batch} problems")
             bd[name] = adapt(b, out / "ar", data_dir / "bd_train.jsonl", tok_dir, out / name, seed, comp, progress,
                              log)
             timings[f"adapt_{name}"] = bd[name]["seconds"]
+    sweep = chosen = None
+    if "sweep" in stages:
+        log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} held-out problems")
+        t0 = time.perf_counter()
+        chosen, sweep = choose_block_sizes(out / "bd", held[:b.n_sweep], b, progress, log)
+        for name in ("bd", "bd_nocomp"):
+            write_block_sizes(out / name, chosen)
+        log(f"  chosen: block {chosen['block_size']}, sub-block {chosen['small_block_size']}")
+        timings["sweep"] = time.perf_counter() - t0
     results_file = out / "report" / "results.json"
     if "eval" in stages:
-        log(f"[4/6] evaluation on {len(held)} held-out problems (held-out phrasings), one at a time and "
+        log(f"[5/7] evaluation on {len(held)} held-out problems (held-out phrasings), one at a time and "
             f"{b.batched} at a time")
         t0 = time.perf_counter()
         evals = evaluate_all(out, held, b, progress, log)
@@ -406,11 +451,11 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         rep.mkdir(exist_ok=True)
         title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
         results = {"quick": quick, "seed": seed, "budget": dataclasses.asdict(b), "threads": torch.get_num_threads(),
-                   "machine": _machine(), "ar_pretrain": ar, "adaptation": bd, "evaluations": evals,
-                   "timings_s": timings}
+                   "machine": _machine(), "ar_pretrain": ar, "adaptation": bd, "block_sweep": sweep,
+                   "chosen": chosen, "evaluations": evals, "timings_s": timings}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
         (rep / "results.md").write_text(markdown_table(evals))
-        log("[5/6] report: table, plot, decoding picture")
+        log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -419,7 +464,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     if "release" in stages:
-        log("[6/6] release files")
+        log("[7/7] release files")
         release(out, data_dir / "heldout.jsonl", results, b)
     return results
 
@@ -445,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the small test-suite version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--stages", default="data,ar,bd,eval,release",
-                   help="comma-separated stages to run (default: all): data, ar, bd, eval, release")
+    p.add_argument("--stages", default="data,ar,bd,sweep,eval,release",
+                   help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, release")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:

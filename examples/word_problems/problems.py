@@ -1,19 +1,27 @@
 """Grade-school arithmetic word problems with worked solutions (GSM8K in miniature).
 
-Every problem comes from one of ``KINDS`` (adding, taking away, buying with change, sharing,
-rates, ages, distances, comparisons, two- to four-step combinations...). A kind draws its
-numbers (every intermediate result a whole number between 0 and about 1000), then renders
-the question with one of its *phrasings* and a worked solution that always ends with the
+Every problem comes from one of ``KINDS`` (adding, taking away, giving away, buying with
+change, sharing, groups of, rates, ages, distances, comparisons, two- to four-step
+combinations...). A kind draws its numbers (every intermediate result a whole number between
+0 and about 1000), then writes the question from interchangeable sentence forms: each fact of
+the story and the question has several wordings, the question may come first, or the whole
+problem may be one question-first sentence. Names, objects, verbs and tense vary, and now and
+then a distractor sentence with an irrelevant number is added. The solution restates the
+problem, works out every operation column by column (``arithmetic.py``) and ends with the
 answer line ``The answer is N.``::
 
     Q: Ava had 245 shells. She found 38 more at the beach. How many shells does Ava have now?
-    A: Ava has 245 shells and gets 38 more. 245 + 38 = 283. The answer is 283.
+    A: Ava has 245 shells and gets 38 more. 5 + 8 + 0 = 13, 4 + 3 + 1 = 8, 2 + 0 + 0 = 2,
+       so 245 + 38 = 283. The answer is 283.
 
-Names, objects, verbs, tense and (for some phrasings) the sentence order vary; now and then a
-distractor sentence with an irrelevant number is added. The last phrasing of every kind is
-*held out*: it never appears in the training split, so the held-out split measures
-generalisation to unseen wordings, not recall. Held-out problems also differ from every
-training problem in their numbers (a hash of kind and numbers decides the split).
+**Held-out phrasings.** The last wording of every sentence form (each fact, the question, the
+one-sentence form) is reserved for evaluation: training problems never use one. A held-out
+problem uses the reserved wording in at least one of its sentences (each independently with
+probability one half), or the reserved one-sentence form, so its phrasing (its template, the
+sequence of wordings) never occurs in training and it holds at least one sentence form the
+model never saw. Held-out problems also differ from every training problem in their numbers
+(a hash of kind and numbers decides the split). The evaluation thus measures generalisation,
+not recall.
 
 Pure Python and deterministic: ``make_split(n, seed, held_out)`` gives the same problems
 every time.
@@ -31,6 +39,7 @@ from typing import Callable, Iterable, Iterator
 
 from fastdllm.models import extract_answer
 
+from examples.word_problems.arithmetic import steps
 
 # ---- vocabulary of the stories ------------------------------------------------------------------
 
@@ -46,28 +55,29 @@ THINGS = [("apple", "apples"), ("marble", "marbles"), ("sticker", "stickers"), (
           ("orange", "oranges"), ("candy", "candies"), ("button", "buttons"), ("ribbon", "ribbons"),
           ("leaf", "leaves"), ("cupcake", "cupcakes"), ("comic", "comics"), ("rock", "rocks"),
           ("paper clip", "paper clips"), ("grape", "grapes"), ("puzzle piece", "puzzle pieces")]
+# things one pays for
+ITEMS = [("book", "books"), ("toy", "toys"), ("lamp", "lamps"), ("pair of shoes", "pairs of shoes"),
+         ("game", "games"), ("jacket", "jackets"), ("kite", "kites"), ("watch", "watches"), ("ticket", "tickets"),
+         ("backpack", "backpacks"), ("pen", "pens"), ("notebook", "notebooks"), ("hat", "hats"), ("plant", "plants"),
+         ("mug", "mugs"), ("scarf", "scarves"), ("puzzle", "puzzles"), ("ball", "balls")]
 CONTAINERS = [("box", "boxes"), ("bag", "bags"), ("pack", "packs"), ("basket", "baskets"), ("jar", "jars"),
               ("crate", "crates"), ("tray", "trays"), ("bucket", "buckets"), ("shelf", "shelves")]
 PLACES = ["at the park", "at school", "at the beach", "at the market", "in the garden", "at the fair",
           "on the way home", "at the library", "in the attic"]
-# verbs: (present, past) in the third person singular
+COLOURS = ["red", "blue", "green", "yellow", "white", "purple"]
+# verbs, (present, past), third person singular
 V_GET = [("buys", "bought"), ("finds", "found"), ("gets", "got"), ("collects", "collected"),
          ("receives", "received"), ("wins", "won"), ("picks up", "picked up")]
 V_LOSE = [("loses", "lost"), ("uses", "used"), ("breaks", "broke"), ("drops", "dropped"), ("sells", "sold"),
           ("throws away", "threw away")]
 V_GIVE = [("gives", "gave"), ("hands", "handed"), ("sends", "sent"), ("passes", "passed")]
-JOBS = [("earns", "earned", "dollars", "hour", "hours"), ("reads", "read", "pages", "day", "days"),
-        ("bakes", "baked", "cookies", "day", "days"), ("saves", "saved", "dollars", "week", "weeks"),
-        ("paints", "painted", "pictures", "month", "months"), ("writes", "wrote", "lines", "minute", "minutes"),
-        ("folds", "folded", "paper cranes", "hour", "hours")]
+# (verb, base form, what, per, plural of per)
+JOBS = [("earns", "earn", "dollars", "hour", "hours"), ("reads", "read", "pages", "day", "days"),
+        ("bakes", "bake", "cookies", "day", "days"), ("saves", "save", "dollars", "week", "weeks"),
+        ("paints", "paint", "pictures", "month", "months"), ("writes", "write", "lines", "minute", "minutes"),
+        ("folds", "fold", "paper cranes", "hour", "hours")]
 VEHICLES = [("train", "km"), ("car", "km"), ("bus", "km"), ("boat", "miles"), ("truck", "miles"),
             ("cyclist", "km"), ("plane", "miles")]
-# things one pays for: (singular, plural)
-ITEMS = [("book", "books"), ("toy", "toys"), ("lamp", "lamps"), ("pair of shoes", "pairs of shoes"),
-         ("game", "games"), ("jacket", "jackets"), ("kite", "kites"), ("watch", "watches"), ("ticket", "tickets"),
-         ("backpack", "backpacks"), ("pen", "pens"), ("notebook", "notebooks"), ("hat", "hats"), ("plant", "plants"),
-         ("mug", "mugs"), ("scarf", "scarves"), ("puzzle", "puzzles"), ("ball", "balls")]
-COLOURS = ["red", "blue", "green", "yellow", "white", "purple"]
 
 
 # ---- a problem ------------------------------------------------------------------------------------
@@ -75,10 +85,11 @@ COLOURS = ["red", "blue", "green", "yellow", "white", "purple"]
 @dataclass(frozen=True)
 class Problem:
     kind: str
-    phrasing: int          # index of the phrasing within the kind
+    phrasing: str          # which wording each sentence used, e.g. "f1.2 f0.0 q3" or "one-sentence 1"
     question: str
     solution: str          # worked solution, ending with "The answer is N."
     answer: int
+    held_out: bool = False
 
     @property
     def template(self) -> str:
@@ -99,93 +110,116 @@ def is_correct(problem: Problem | dict, text: str) -> bool:
     return extract_answer(text) == answer
 
 
-# ---- rendering helpers ------------------------------------------------------------------------------
+# ---- stories --------------------------------------------------------------------------------------
 
 class Story(dict):
-    """Slot values for a phrasing: ``{name}``, ``{He}``, ``{his}``, numbers, objects, verbs..."""
+    """Slot values for the sentence forms: ``{name}``, ``{He}``, ``{his}``, numbers, objects, verbs..."""
 
     def __missing__(self, key):  # pragma: no cover - a typo in a template
         raise KeyError(f"template slot {{{key}}} is not set")
 
 
-def person(rng: random.Random, avoid: Iterable[str] = ()) -> dict:
+def person(rng: random.Random, avoid: str = "") -> dict:
     girl = rng.random() < 0.5
-    name = rng.choice([n for n in (GIRLS if girl else BOYS) if n not in set(avoid)])
+    name = rng.choice([n for n in (GIRLS if girl else BOYS) if n != avoid])
     return {"name": name, "he": "she" if girl else "he", "He": "She" if girl else "He",
             "him": "her" if girl else "him", "his": "her" if girl else "his", "His": "Her" if girl else "His"}
 
 
-def story(rng: random.Random, tense: str, **numbers) -> Story:
-    """Two people, a thing, a container, verbs in ``tense`` ("present" or "past")."""
+def story(rng: random.Random, past: bool, numbers: dict) -> Story:
     p1 = person(rng)
-    p2 = person(rng, avoid=[p1["name"]])
-    thing, things = rng.choice(THINGS)
-    item, items = rng.choice(ITEMS)
-    box, boxes = rng.choice(CONTAINERS)
-    past = tense == "past"
+    p2 = person(rng, avoid=p1["name"])
+    (thing, things), (item, items), (box, boxes) = rng.choice(THINGS), rng.choice(ITEMS), rng.choice(CONTAINERS)
+    job, job_base, unit_objs, unit, units = rng.choice(JOBS)
+    vehicle, dist = rng.choice(VEHICLES)
     pick = lambda verbs: rng.choice(verbs)[1 if past else 0]  # noqa: E731
-    s = Story(**p1, **{k + "2": v for k, v in p2.items()}, obj=thing, objs=things, item=item, items=items, box=box, boxes=boxes,
-              place=rng.choice(PLACES), colour=rng.choice(COLOURS), get=pick(V_GET), lose=pick(V_LOSE),
-              give=pick(V_GIVE), has="had" if past else "has", does="did" if past else "does",
-              is_="was" if past else "is")
-    s.update({k: v for k, v in numbers.items()})
+    s = Story(**p1, **{k + "2": v for k, v in p2.items()}, obj=thing, objs=things, item=item, items=items, box=box,
+              boxes=boxes, place=rng.choice(PLACES), colour=rng.choice(COLOURS), get=pick(V_GET),
+              lose=pick(V_LOSE), give=pick(V_GIVE), has="had" if past else "has", does="did" if past else "does",
+              is_="was" if past else "is", are="were" if past else "are", job=job, job_base=job_base,
+              unit_objs=unit_objs, unit=unit, units=units, vehicle=vehicle, dist=dist)
+    s.update(numbers)
     return s
 
 
 def distractor(rng: random.Random, s: Story) -> str:
     """An irrelevant sentence with a number (never asked about)."""
     d = rng.randint(2, 60)
-    options = [
+    return rng.choice([
         f"{s['name2']} has {d} {rng.choice(THINGS)[1]} at home.",
         f"The {s['box']} is {d} centimeters tall.",
         f"It is {d} minutes past noon.",
         f"{s['His']} house has {rng.randint(2, 9)} windows.",
         f"{s['name']} lives {d} meters from {s['name2']}.",
-    ]
-    return rng.choice(options)
+    ])
 
+
+# ---- kinds ----------------------------------------------------------------------------------------
 
 Numbers = Callable[[random.Random], dict]
+Solution = Callable[[Story], str]
 
 
 @dataclass(frozen=True)
 class Kind:
-    name: str
-    numbers: Numbers            # rng -> dict of numbers, including "answer"
-    phrasings: tuple[str, ...]  # question templates; the last one is held out
-    solution: str               # worked solution template
-    tenses: tuple[str, ...] = ("present", "past")
-    things: bool = True         # the story is about countable things (distractors make sense)
+    """A kind of problem and its sentence forms; the last wording of each form is held out."""
 
-    def render(self, rng: random.Random, phrasing: int, with_distractor: bool) -> Problem:
+    name: str
+    numbers: Numbers                          # rng -> numbers, including "answer"
+    facts: tuple[tuple[str, ...], ...]        # the story's sentences, each with its wordings
+    questions: tuple[str, ...]                # the question's wordings
+    one_sentence: tuple[str, ...]             # the whole problem as one question-first sentence
+    solution: Solution
+    past: bool = False                        # the facts may be told in the past tense
+    things: bool = True                       # distractor sentences make sense
+    shuffle_facts: bool = False               # the facts can come in any order
+
+    def render(self, rng: random.Random, held_out: bool, distractor_rate: float) -> Problem:
         nums = self.numbers(rng)
-        s = story(rng, rng.choice(self.tenses), **nums)
-        question = _fill(self.phrasings[phrasing], s)
-        if with_distractor and self.things:
-            sentences = _sentences(question)
-            at = rng.randint(0, len(sentences) - 1)  # anywhere before the last sentence
-            sentences.insert(at, distractor(rng, s))
-            question = " ".join(sentences)
-        solution = _fill(self.solution, s)
+        s = story(rng, self.past and rng.random() < 0.4, nums)
+        if rng.random() < 0.2:  # the one-sentence form
+            k = len(self.one_sentence) - 1 if held_out else rng.randrange(len(self.one_sentence) - 1)
+            sentences, phrasing = [_fill(self.one_sentence[k], s)], f"one-sentence {k}"
+        else:
+            forms = [*self.facts, self.questions]
+            if held_out:  # the reserved wording in a random non-empty subset of the sentences
+                reserved = [rng.random() < 0.5 for _ in forms]
+                if not any(reserved):
+                    reserved[rng.randrange(len(forms))] = True
+                picks = [len(f) - 1 if r else rng.randrange(len(f) - 1) for f, r in zip(forms, reserved)]
+            else:
+                picks = [rng.randrange(len(f) - 1) for f in forms]
+            order = list(range(len(self.facts)))
+            if self.shuffle_facts:
+                rng.shuffle(order)
+            sentences = [_fill(self.facts[i][picks[i]], s) for i in order]
+            question = _fill(self.questions[picks[-1]], s)
+            question_first = rng.random() < 0.15
+            sentences = [question, *sentences] if question_first else [*sentences, question]
+            phrasing = " ".join([f"f{i}.{picks[i]}" for i in order] + [f"q{picks[-1]}"] + (["Q1"] if question_first
+                                                                                            else []))
+        if self.things and rng.random() < distractor_rate:
+            sentences.insert(rng.randint(0, len(sentences) - 1), distractor(rng, s))
+        solution = self.solution(s)
         assert solution.endswith(f"The answer is {nums['answer']}."), (self.name, solution)
-        return Problem(self.name, phrasing, question, solution, nums["answer"])
+        return Problem(self.name, phrasing, " ".join(sentences), solution, nums["answer"], held_out)
 
 
 def _fill(template: str, s: Story) -> str:
-    text = template.format_map(s)
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", template.format_map(s)).strip()
     return text[0].upper() + text[1:]
 
 
-def _sentences(text: str) -> list[str]:
-    return [p for p in re.split(r"(?<=[.?!])\s+", text) if p]
+def work(*computations: tuple[int, str, int]) -> str:
+    """The worked computations, one sentence each."""
+    return " ".join(_fill(steps(a, op, b), Story()) + "." for a, op, b in computations)
 
 
-# ---- number draws (every intermediate result stays a whole number in [0, ~1000]) --------------------
+def answer(n: int) -> str:
+    return f"The answer is {n}."
 
-def _n(rng, lo, hi):
-    return rng.randint(lo, hi)
 
+# ---- number draws (every intermediate result a whole number in [0, ~1000]) --------------------------
 
 def _size(rng) -> int:
     """An operand: mostly two or three digits, sometimes one."""
@@ -199,340 +233,472 @@ def num_add(rng):
 
 
 def num_sub(rng):
-    a = _n(rng, 12, 999)
-    b = _n(rng, 1, a - 1)
+    a = rng.randint(12, 999)
+    b = rng.randint(1, a - 1)
     return {"a": a, "b": b, "answer": a - b}
 
 
 def num_mul(rng):
-    n, k = _n(rng, 2, 9), _n(rng, 2, 99)
+    n, k = rng.randint(2, 9), rng.randint(2, 99)
     return {"n": n, "k": k, "answer": n * k}
 
 
 def num_div(rng):
-    n, q = _n(rng, 2, 9), _n(rng, 2, 99)
+    n, q = rng.randint(2, 9), rng.randint(2, 99)
     return {"n": n, "total": n * q, "answer": q}
 
 
 def num_change(rng):
-    price = _n(rng, 3, 400)
-    paid = rng.choice([p for p in (5, 10, 20, 50, 100, 200, 500, 1000) if p > price] or [1000])
+    price = rng.randint(3, 400)
+    paid = rng.choice([p for p in (5, 10, 20, 50, 100, 200, 500, 1000) if p > price])
     return {"price": price, "paid": paid, "answer": paid - price}
 
 
 def num_buy_many(rng):
-    n, price = _n(rng, 2, 9), _n(rng, 2, 60)
+    n, price = rng.randint(2, 9), rng.randint(2, 60)
     cost = n * price
     paid = rng.choice([p for p in (10, 20, 50, 100, 200, 500, 1000) if p > cost])
     return {"n": n, "price": price, "cost": cost, "paid": paid, "answer": paid - cost}
 
 
 def num_ages(rng):
-    a, b, c = _n(rng, 5, 60), _n(rng, 2, 30), _n(rng, 2, 20)
-    older = a + b
-    return {"a": a, "b": b, "c": c, "older": older, "answer": older + c}
+    a, b, c = rng.randint(5, 60), rng.randint(2, 30), rng.randint(2, 20)
+    return {"a": a, "b": b, "c": c, "older": a + b, "answer": a + b + c}
 
 
 def num_trip(rng):
-    total = _n(rng, 120, 990)
-    d1 = _n(rng, 10, total // 2)
-    d2 = _n(rng, 10, total - d1 - 1)
-    done = d1 + d2
-    return {"total": total, "d1": d1, "d2": d2, "done": done, "answer": total - done}
+    total = rng.randint(120, 990)
+    d1 = rng.randint(10, total // 2)
+    d2 = rng.randint(10, total - d1 - 1)
+    return {"total": total, "d1": d1, "d2": d2, "done": d1 + d2, "answer": total - d1 - d2}
 
 
 def num_fewer_together(rng):
-    a = _n(rng, 20, 480)
-    b = _n(rng, 1, a - 1)
-    other = a - b
-    return {"a": a, "b": b, "other": other, "answer": a + other}
+    a = rng.randint(20, 480)
+    b = rng.randint(1, a - 1)
+    return {"a": a, "b": b, "other": a - b, "answer": 2 * a - b}
 
 
 def num_three(rng):
-    a, b, c = _n(rng, 2, 300), _n(rng, 2, 300), _n(rng, 2, 300)
-    ab = a + b
-    return {"a": a, "b": b, "c": c, "ab": ab, "answer": ab + c}
+    a, b, c = rng.randint(2, 300), rng.randint(2, 300), rng.randint(2, 300)
+    return {"a": a, "b": b, "c": c, "ab": a + b, "answer": a + b + c}
 
 
 def num_together(rng):
-    a = _n(rng, 5, 500)
-    other = _n(rng, 5, 480)
+    a, other = rng.randint(5, 500), rng.randint(5, 480)
     return {"a": a, "total": a + other, "answer": other}
 
 
 def num_buy_give(rng):
-    a, n, k = _n(rng, 10, 400), _n(rng, 2, 9), _n(rng, 2, 50)
-    bought = n * k
-    have = a + bought
-    c = _n(rng, 1, have - 1)
-    return {"a": a, "n": n, "k": k, "bought": bought, "have": have, "c": c, "answer": have - c}
+    a, n, k = rng.randint(10, 400), rng.randint(2, 9), rng.randint(2, 50)
+    have = a + n * k
+    c = rng.randint(1, have - 1)
+    return {"a": a, "n": n, "k": k, "bought": n * k, "have": have, "c": c, "answer": have - c}
 
 
 def num_four(rng):
-    a, b = _n(rng, 10, 300), _n(rng, 2, 200)
-    ab = a + b
-    c = _n(rng, 1, ab - 1)
-    left = ab - c
-    n, k = _n(rng, 2, 9), _n(rng, 2, 40)
-    bought = n * k
-    return {"a": a, "b": b, "ab": ab, "c": c, "left": left, "n": n, "k": k, "bought": bought,
-            "answer": left + bought}
+    a, b = rng.randint(10, 300), rng.randint(2, 200)
+    c = rng.randint(1, a + b - 1)
+    n, k = rng.randint(2, 9), rng.randint(2, 40)
+    return {"a": a, "b": b, "ab": a + b, "c": c, "left": a + b - c, "n": n, "k": k, "bought": n * k,
+            "answer": a + b - c + n * k}
 
 
 def num_half(rng):
-    half = _n(rng, 3, 450)
+    half = rng.randint(3, 450)
     return {"a": 2 * half, "answer": half}
 
 
 def num_share_left(rng):
-    n, q = _n(rng, 2, 9), _n(rng, 2, 80)
-    shared = n * q
-    a = shared + _n(rng, 1, 300)
-    return {"a": a, "n": n, "q": q, "shared": shared, "answer": a - shared}
+    n, q = rng.randint(2, 9), rng.randint(2, 80)
+    a = n * q + rng.randint(1, min(300, 1000 - n * q))
+    return {"a": a, "n": n, "q": q, "shared": n * q, "answer": a - n * q}
 
 
 def num_rate_total(rng):
-    p, t = _n(rng, 2, 99), _n(rng, 2, 9)
-    made = p * t
-    extra = _n(rng, 1, 200)
-    return {"p": p, "t": t, "made": made, "extra": extra, "answer": made + extra}
-
-
-def _job_slots(rng: random.Random) -> dict:
-    job, _past, unit_objs, unit, units = rng.choice(JOBS)
-    base = {"earns": "earn", "reads": "read", "bakes": "bake", "saves": "save", "paints": "paint",
-            "writes": "write", "folds": "fold"}[job]
-    vehicle, dist = rng.choice(VEHICLES)
-    return {"job": job, "job_base": base, "unit_objs": unit_objs, "unit": unit, "units": units, "vehicle": vehicle,
-            "dist": dist}
-
-
-def _with_jobs(numbers: Numbers) -> Numbers:
-    """Numbers plus the slots of the rate and speed stories (a job or a vehicle)."""
-    return lambda rng: {**numbers(rng), **_job_slots(rng)}
+    p, t = rng.randint(2, 99), rng.randint(2, 9)
+    extra = rng.randint(1, 200)
+    return {"p": p, "t": t, "made": p * t, "extra": extra, "answer": p * t + extra}
 
 
 # ---- the kinds --------------------------------------------------------------------------------------
 
 KINDS: tuple[Kind, ...] = (
-    Kind("add", num_add, (
-        "{name} {has} {a} {objs}. {He} {get} {b} more {objs} {place}. How many {objs} {does} {name} have now?",
-        "{name} {has} {a} {objs}, and then {he} {get} {b} more. How many {objs} {does} {he} have in all?",
-        "There {is_} a pile of {a} {objs}. {name} {get} {b} more and adds them to the pile. "
-        "How many {objs} are in the pile now?",
-        "After {name} {get} {b} {objs} {place}, how many {objs} {does} {he} have if {he} started with {a}?",
-        "{name} started the day with {a} {objs} and {get} another {b}. What is the total number of {objs} "
-        "{he} has now?",
-    ), "{name} has {a} {objs} and gets {b} more. {a} + {b} = {answer}. The answer is {answer}."),
+    Kind("add", num_add,
+         facts=(("{name} {has} {a} {objs}.", "At first {name} {has} {a} {objs}.",
+                 "{name} owns {a} {objs}.", "{name} starts with {a} {objs}.",
+                 "In the morning, {name} {has} a collection of {a} {objs}."),
+                ("{He} {get} {b} more {objs} {place}.", "Then {he} {get} {b} more.",
+                 "{name2} gives {him} {b} more {objs}.", "{He} {get} another {b} {objs}.",
+                 "Later that day, {b} more {objs} are added to {his} collection.")),
+         questions=("How many {objs} {does} {name} have now?", "How many {objs} {does} {he} have in all?",
+                    "How many {objs} does {name} have altogether?", "What is the total number of {objs} now?",
+                    "Find the number of {objs} {name} ends up with."),
+         one_sentence=("How many {objs} does {name} have if {he} had {a} and {get} {b} more?",
+                       "After getting {b} more {objs}, how many does {name} have if {he} started with {a}?",
+                       "If {name} adds {b} {objs} to the {a} {he} already has, how many {objs} does {he} have?"),
+         solution=lambda s: f"{s['name']} has {s['a']} {s['objs']} and gets {s['b']} more. "
+                            f"{work((s['a'], '+', s['b']))} {answer(s['answer'])}",
+         past=True),
 
-    Kind("take_away", num_sub, (
-        "{name} {has} {a} {objs}. {He} {lose} {b} of them. How many {objs} {does} {name} have left?",
-        "There {is_} {a} {objs} in a {box}. {name} {lose} {b}. How many {objs} are left in the {box}?",
-        "{name} {has} {a} {objs} {place}, but {he} {lose} {b} of them. How many are left?",
-        "How many {objs} {does} {name} have left if {he} {has} {a} and {lose} {b}?",
-        "{name} {lose} {b} of {his} {a} {objs}. Find how many {objs} {he} still has.",
-    ), "{name} has {a} {objs} and loses {b}. {a} - {b} = {answer}. The answer is {answer}."),
+    Kind("take_away", num_sub,
+         facts=(("{name} {has} {a} {objs}.", "There {are} {a} {objs} in {name}'s {box}.",
+                 "{name} starts with {a} {objs}.", "{name} owns {a} {objs}.",
+                 "A {box} that belongs to {name} holds {a} {objs}."),
+                ("{He} {lose} {b} of them.", "Then {he} {lose} {b} {objs} {place}.",
+                 "{b} of the {objs} get lost.", "{He} {lose} {b}.",
+                 "Sadly, {b} of those {objs} are gone by the evening.")),
+         questions=("How many {objs} {does} {name} have left?", "How many {objs} are left?",
+                    "How many {objs} does {name} still have?", "How many {objs} remain?",
+                    "What number of {objs} does {name} keep in the end?"),
+         one_sentence=("How many {objs} does {name} have left if {he} had {a} and {lose} {b}?",
+                       "If {name} {lose} {b} of {his} {a} {objs}, how many are left?",
+                       "Starting with {a} {objs} and losing {b}, how many {objs} does {name} end with?"),
+         solution=lambda s: f"{s['name']} has {s['a']} {s['objs']} and loses {s['b']}. "
+                            f"{work((s['a'], '-', s['b']))} {answer(s['answer'])}",
+         past=True),
 
-    Kind("give_away", num_sub, (
-        "{name} {has} {a} {objs}. {He} {give} {b} of them to {name2}. How many {objs} {does} {name} have now?",
-        "{name} {give} {b} {objs} to {name2}. Before that, {name} {has} {a} {objs}. "
-        "How many {objs} {does} {name} have left?",
-        "{name} {has} {a} {objs} and {give} {b} to {his} friend {name2}. How many {objs} {does} {name} keep?",
-        "If {name} {has} {a} {objs} and {give} {name2} {b} of them, how many {objs} {does} {name} have left?",
-        "{name2} gets {b} {objs} from {name}, who {has} {a} {objs}. How many {objs} does {name} have after that?",
-    ), "{name} has {a} {objs} and gives {b} to {name2}. {a} - {b} = {answer}. The answer is {answer}."),
+    Kind("give_away", num_sub,
+         facts=(("{name} {has} {a} {objs}.", "{name} starts with {a} {objs}.",
+                 "{name} owns {a} {objs}.", "There {are} {a} {objs} in {name}'s {box}.",
+                 "{name} brought {a} {objs} to school."),
+                ("{He} {give} {b} of them to {name2}.", "{He} {give} {name2} {b} {objs}.",
+                 "{name2} gets {b} {objs} from {him}.", "Then {he} {give} {b} {objs} to {his} friend {name2}.",
+                 "As a present, {name2} receives {b} of those {objs}.")),
+         questions=("How many {objs} {does} {name} have now?", "How many {objs} does {name} have left?",
+                    "How many {objs} does {name} keep?", "How many {objs} does {he} have after that?",
+                    "What number of {objs} stays with {name}?"),
+         one_sentence=("If {name} has {a} {objs} and gives {name2} {b} of them, how many does {name} have left?",
+                       "How many {objs} does {name} keep after giving {b} of {his} {a} {objs} to {name2}?",
+                       "When {name} hands {b} of {his} {a} {objs} over to {name2}, what number of {objs} stays "
+                       "with {name}?"),
+         solution=lambda s: f"{s['name']} has {s['a']} {s['objs']} and gives {s['b']} to {s['name2']}. "
+                            f"{work((s['a'], '-', s['b']))} {answer(s['answer'])}",
+         past=True),
 
-    Kind("change", num_change, (
-        "{name} buys a {item} that costs ${price}. {He} pays with ${paid}. How much change does {he} get?",
-        "A {item} costs ${price}. {name} gives the shopkeeper ${paid}. How many dollars of change does "
-        "{name} get back?",
-        "{name} has ${paid}. {He} spends ${price} on a {item}. How much money does {he} have left?",
-        "How much change does {name} get if {he} pays ${paid} for a {item} that costs ${price}?",
-        "With ${paid} in {his} pocket, {name} buys a {item} for ${price}. How much money is left?",
-    ), "{name} pays ${paid} for a {item} that costs ${price}. {paid} - {price} = {answer}. "
-       "The answer is {answer}.", tenses=("present",), things=False),
+    Kind("change", num_change,
+         facts=(("{name} buys a {item} that costs ${price}.", "A {item} costs ${price}.",
+                 "{name} wants a {item} for ${price}.", "The price of a {item} is ${price}.",
+                 "At the shop, {name} picks a {item} with a price tag of ${price}."),
+                ("{name} pays with ${paid}.", "{name} gives the shopkeeper ${paid}.",
+                 "{name} hands over ${paid}.", "{name} has ${paid} in {his} pocket and pays with it.",
+                 "To pay, {name} uses a ${paid} bill.")),
+         questions=("How much change does {name} get?", "How many dollars of change does {name} get back?",
+                    "How much money does {name} get back?", "What is {name}'s change?",
+                    "How much money should the shopkeeper return?"),
+         one_sentence=("How much change does {name} get if {he} pays ${paid} for a {item} that costs ${price}?",
+                       "If a {item} costs ${price} and {name} pays ${paid}, how much change does {he} get?",
+                       "Paying ${paid} for a {item} priced at ${price}, how much money should {name} get back?"),
+         solution=lambda s: f"{s['name']} pays ${s['paid']} for a {s['item']} that costs ${s['price']}. "
+                            f"{work((s['paid'], '-', s['price']))} {answer(s['answer'])}",
+         things=False),
 
-    Kind("buy_many", num_buy_many, (
-        "{name} buys {n} {items} at ${price} each. {He} pays with ${paid}. How much change does {he} get?",
-        "Each {item} costs ${price}. {name} buys {n} of them and pays ${paid}. How much change does {he} get?",
-        "{name} has ${paid}. {He} buys {n} {items} for ${price} each. How much money does {he} have left?",
-        "How much money does {name} have left if {he} starts with ${paid} and buys {n} {items} that cost "
-        "${price} each?",
-        "At the shop, {items} cost ${price} each. {name} pays for {n} {items} with ${paid}. "
-        "What is {his} change?",
-    ), "{n} {items} cost {n} * {price} = {cost} dollars. {name} pays ${paid}. {paid} - {cost} = {answer}. "
-       "The answer is {answer}.", tenses=("present",), things=False),
+    Kind("buy_many", num_buy_many,
+         facts=(("{name} buys {n} {items}.", "{name} needs {n} {items}.", "{name} takes {n} {items} to the counter.",
+                 "{name} wants {n} {items}.", "At the store, {name} chooses {n} {items}."),
+                ("Each {item} costs ${price}.", "They cost ${price} each.", "One {item} is ${price}.",
+                 "The {items} are ${price} each.", "A single {item} has a price of ${price}."),
+                ("{He} pays with ${paid}.", "{He} gives the cashier ${paid}.", "{He} has ${paid}.",
+                 "{He} pays with a ${paid} bill.", "To pay, {he} uses ${paid}.")),
+         questions=("How much change does {he} get?", "How much money does {name} have left?",
+                    "How many dollars does {name} get back?", "What is {his} change?",
+                    "How much money should the cashier return?"),
+         one_sentence=("How much change does {name} get if {he} buys {n} {items} at ${price} each and pays ${paid}?",
+                       "If {items} cost ${price} each and {name} buys {n} with ${paid}, how much money is left?",
+                       "Paying ${paid} for {n} {items} priced at ${price} each, how much money should {name} get "
+                       "back?"),
+         solution=lambda s: f"{s['name']} buys {s['n']} {s['items']} at ${s['price']} each and pays ${s['paid']}. "
+                            f"{work((s['n'], '*', s['price']), (s['paid'], '-', s['cost']))} {answer(s['answer'])}",
+         things=False, shuffle_facts=False),
 
-    Kind("share", num_div, (
-        "{name} has {total} {objs}. {He} shares them equally among {n} friends. How many {objs} does "
-        "each friend get?",
-        "{total} {objs} are split equally into {n} {boxes}. How many {objs} are in each {box}?",
-        "{name} wants to put {total} {objs} into {n} {boxes} with the same number in each. "
-        "How many {objs} go in each {box}?",
-        "How many {objs} does each child get if {n} children share {total} {objs} equally?",
-        "There are {total} {objs} to share. {n} friends each get the same amount. How many {objs} "
-        "does each friend get?",
-    ), "{total} {objs} are shared by {n}. {total} / {n} = {answer}. The answer is {answer}.",
-        tenses=("present",)),
+    Kind("share", num_div,
+         facts=(("{name} has {total} {objs}.", "There are {total} {objs}.", "{name} brings {total} {objs}.",
+                 "{name} bakes {total} {objs}.", "A pile of {total} {objs} sits on the table."),
+                ("{He} shares them equally among {n} friends.", "{n} friends share them equally.",
+                 "{name} splits them equally between {n} friends.", "They are shared equally by {n} friends.",
+                 "Each of {n} friends gets the same number of them.")),
+         questions=("How many {objs} does each friend get?", "How many {objs} are in each share?",
+                    "How many {objs} does one friend get?", "How many {objs} does every friend get?",
+                    "What is the size of one share?"),
+         one_sentence=("How many {objs} does each friend get if {n} friends share {total} {objs} equally?",
+                       "If {total} {objs} are split equally among {n} friends, how many does each get?",
+                       "Sharing {total} {objs} fairly between {n} friends, what is the size of one share?"),
+         solution=lambda s: f"{s['total']} {s['objs']} are shared by {s['n']}. "
+                            f"{work((s['total'], '/', s['n']))} {answer(s['answer'])}"),
 
-    Kind("groups", num_mul, (
-        "{name} has {n} {boxes}. Each {box} holds {k} {objs}. How many {objs} does {name} have in total?",
-        "There are {k} {objs} in each {box}. {name} buys {n} {boxes}. How many {objs} does {he} buy?",
-        "{name} fills {n} {boxes} with {k} {objs} each. How many {objs} did {he} use?",
-        "How many {objs} are there in {n} {boxes} if every {box} has {k} {objs}?",
-        "A shop sells {objs} in {boxes} of {k}. {name} takes home {n} {boxes}. How many {objs} is that?",
-    ), "{n} {boxes} with {k} {objs} each. {n} * {k} = {answer}. The answer is {answer}.",
-        tenses=("present",)),
+    Kind("groups", num_mul,
+         facts=(("{name} has {n} {boxes}.", "{name} buys {n} {boxes}.", "There are {n} {boxes}.",
+                 "{name} fills {n} {boxes}.", "On the shelf stand {n} {boxes}."),
+                ("Each {box} holds {k} {objs}.", "There are {k} {objs} in each {box}.",
+                 "Every {box} has {k} {objs}.", "Each {box} has {k} {objs} inside.",
+                 "Inside any one of them you find {k} {objs}.")),
+         questions=("How many {objs} are there in total?", "How many {objs} does {name} have?",
+                    "How many {objs} are there altogether?", "How many {objs} are in all the {boxes}?",
+                    "What is the total count of {objs}?"),
+         one_sentence=("How many {objs} are there in {n} {boxes} if every {box} has {k} {objs}?",
+                       "If each {box} holds {k} {objs}, how many {objs} are in {n} {boxes}?",
+                       "Counting {k} {objs} in every one of {n} {boxes}, what is the total count of {objs}?"),
+         solution=lambda s: f"There are {s['n']} {s['boxes']} with {s['k']} {s['objs']} each. "
+                            f"{work((s['n'], '*', s['k']))} {answer(s['answer'])}",
+         shuffle_facts=True),
 
-    Kind("rate", _with_jobs(num_mul), (
-        "{name} {job} {k} {unit_objs} every {unit}. How many {unit_objs} does {he} {job_base} in {n} {units}?",
-        "Every {unit}, {name} {job} {k} {unit_objs}. How many {unit_objs} does {he} {job_base} after {n} {units}?",
-        "In one {unit} {name} {job} {k} {unit_objs}. How many {unit_objs} in {n} {units}?",
-        "How many {unit_objs} does {name} {job_base} in {n} {units} if {he} {job} {k} {unit_objs} each {unit}?",
-        "{name} {job} {k} {unit_objs} per {unit} for {n} {units}. What is the total?",
-    ), "{name} {job} {k} {unit_objs} each {unit} for {n} {units}. {n} * {k} = {answer}. "
-       "The answer is {answer}.", tenses=("present",), things=False),
+    Kind("rate", num_mul,
+         facts=(("{name} {job} {k} {unit_objs} every {unit}.", "Every {unit}, {name} {job} {k} {unit_objs}.",
+                 "{name} {job} {k} {unit_objs} each {unit}.", "In one {unit}, {name} {job} {k} {unit_objs}.",
+                 "{name} manages {k} {unit_objs} per {unit}."),
+                ("{He} does this for {n} {units}.", "{He} keeps going for {n} {units}.",
+                 "This goes on for {n} {units}.", "{He} works for {n} {units}.",
+                 "The same pace lasts {n} {units}.")),
+         questions=("How many {unit_objs} does {he} {job_base} in total?", "How many {unit_objs} is that in all?",
+                    "How many {unit_objs} does {name} {job_base} altogether?", "What is the total?",
+                    "What number of {unit_objs} does {name} end up with?"),
+         one_sentence=("How many {unit_objs} does {name} {job_base} in {n} {units} if {he} {job} {k} each {unit}?",
+                       "If {name} {job} {k} {unit_objs} every {unit}, how many does {he} {job_base} in {n} {units}?",
+                       "Working {n} {units} at {k} {unit_objs} per {unit}, what number of {unit_objs} does {name} "
+                       "end up with?"),
+         solution=lambda s: f"{s['name']} {s['job']} {s['k']} {s['unit_objs']} each {s['unit']} for {s['n']} "
+                            f"{s['units']}. {work((s['n'], '*', s['k']))} {answer(s['answer'])}",
+         things=False),
 
-    Kind("speed", _with_jobs(num_mul), (
-        "A {vehicle} travels {k} {dist} every hour. How far does it travel in {n} hours?",
-        "In one hour a {vehicle} goes {k} {dist}. How many {dist} does it go in {n} hours?",
-        "{name} rides in a {vehicle} for {n} hours at {k} {dist} per hour. How many {dist} does {he} travel?",
-        "How many {dist} does a {vehicle} cover in {n} hours if it moves {k} {dist} each hour?",
-        "Moving at {k} {dist} an hour, a {vehicle} drives for {n} hours. What distance does it cover?",
-    ), "The {vehicle} goes {k} {dist} each hour for {n} hours. {n} * {k} = {answer}. The answer is {answer}.",
-        tenses=("present",), things=False),
+    Kind("speed", num_mul,
+         facts=(("A {vehicle} travels {k} {dist} every hour.", "A {vehicle} goes {k} {dist} each hour.",
+                 "A {vehicle} moves at {k} {dist} per hour.", "In one hour a {vehicle} covers {k} {dist}.",
+                 "The speed of a {vehicle} is {k} {dist} an hour."),
+                ("It travels for {n} hours.", "It keeps going for {n} hours.", "The trip lasts {n} hours.",
+                 "It drives for {n} hours.", "The journey takes {n} hours in total.")),
+         questions=("How far does it travel?", "How many {dist} does it go?", "How many {dist} does it cover?",
+                    "What distance does it travel in that time?", "What is the length of the whole trip?"),
+         one_sentence=("How many {dist} does a {vehicle} travel in {n} hours if it goes {k} {dist} every hour?",
+                       "If a {vehicle} moves {k} {dist} each hour, how far does it go in {n} hours?",
+                       "Moving at {k} {dist} an hour for {n} hours, what distance does a {vehicle} cover?"),
+         solution=lambda s: f"The {s['vehicle']} goes {s['k']} {s['dist']} each hour for {s['n']} hours. "
+                            f"{work((s['n'], '*', s['k']))} {answer(s['answer'])}",
+         things=False),
 
-    Kind("ages", num_ages, (
-        "{name} is {a} years old. {name2} is {b} years older than {name}. How old will {name2} be in {c} years?",
-        "{name2} is {b} years older than {name}, who is {a}. How old will {name2} be {c} years from now?",
-        "{name} is {a}. {His} friend {name2} is {b} years older. What will {name2}'s age be in {c} years?",
-        "In {c} years, how old will {name2} be if {name2} is {b} years older than {name} and {name} is {a} "
-        "years old?",
-        "{name2} was born {b} years before {name}. {name} is {a} years old now. How old will {name2} be in "
-        "{c} years?",
-    ), "{name2} is {a} + {b} = {older} years old. In {c} years {name2} will be {older} + {c} = {answer}. "
-       "The answer is {answer}.", tenses=("present",), things=False),
+    Kind("ages", num_ages,
+         facts=(("{name} is {a} years old.", "{name} is {a}.", "{name}'s age is {a}.", "{name} just turned {a}.",
+                 "Today {name} celebrates {his} birthday number {a}."),
+                ("{name2} is {b} years older than {name}.", "{name2} is {b} years older.",
+                 "{name2} was born {b} years before {name}.", "{name2} is older than {name} by {b} years.",
+                 "The age gap between the two is {b} years, and {name2} is the elder one.")),
+         questions=("How old will {name2} be in {c} years?", "What will {name2}'s age be in {c} years?",
+                    "How old will {name2} be {c} years from now?", "In {c} years, how old will {name2} be?",
+                    "What age will {name2} reach after {c} more years?"),
+         one_sentence=("How old will {name2} be in {c} years if {name} is {a} and {name2} is {b} years older?",
+                       "If {name} is {a} years old and {name2} is {b} years older, what will {name2}'s age be in "
+                       "{c} years?",
+                       "With {name} aged {a} and {name2} the elder by {b} years, what age will {name2} reach "
+                       "after {c} more years?"),
+         solution=lambda s: f"{s['name2']} is {s['b']} years older than {s['name']}, who is {s['a']}. "
+                            f"{work((s['a'], '+', s['b']), (s['older'], '+', s['c']))} {answer(s['answer'])}",
+         things=False),
 
-    Kind("trip", num_trip, (
-        "A trip is {total} km long. {name} drives {d1} km in the morning and {d2} km in the afternoon. "
-        "How many km are left?",
-        "{name} must travel {total} km. {He} covers {d1} km on the first day and {d2} km on the second day. "
-        "How many km does {he} still have to go?",
-        "The road to the city is {total} km. A bus has gone {d1} km, then {d2} km more. How far is it from "
-        "the city now?",
-        "How many km are left on a {total} km trip after {name} drives {d1} km and then {d2} km?",
-        "{name} walks {d1} km and then {d2} km of a {total} km hike. How many km of the hike are left?",
-    ), "So far {d1} + {d2} = {done} km. {total} - {done} = {answer}. The answer is {answer}.",
-        tenses=("present",), things=False),
+    Kind("trip", num_trip,
+         facts=(("A trip is {total} km long.", "{name} must travel {total} km.", "The road to the city is {total} km.",
+                 "{name} plans a {total} km trip.", "The whole route measures {total} km from start to end."),
+                ("{name} drives {d1} km in the morning.", "{He} covers {d1} km on the first day.",
+                 "{name} drives {d1} km first.", "First {he} goes {d1} km.",
+                 "Before lunch the odometer shows {d1} km done."),
+                ("Then {he} drives {d2} km more.", "{He} covers {d2} km on the second day.",
+                 "After that {he} goes {d2} km.", "In the afternoon {he} drives {d2} km.",
+                 "By evening another {d2} km are behind {him}.")),
+         questions=("How many km are left?", "How many km does {he} still have to go?",
+                    "How far is {name} from the end now?", "How many km of the trip remain?",
+                    "What distance is still ahead of {name}?"),
+         one_sentence=("How many km are left on a {total} km trip after {name} drives {d1} km and then {d2} km?",
+                       "If {name} drives {d1} km and then {d2} km of a {total} km trip, how many km remain?",
+                       "Having done {d1} km and then {d2} km of {his} {total} km route, what distance is still "
+                       "ahead of {name}?"),
+         solution=lambda s: f"{s['name']} drives {s['d1']} km and {s['d2']} km of {s['total']} km. "
+                            f"{work((s['d1'], '+', s['d2']), (s['total'], '-', s['done']))} {answer(s['answer'])}",
+         things=False),
 
-    Kind("more_than", num_sub, (
-        "{name} has {a} {objs}. {name2} has {b} {objs}. How many more {objs} does {name} have than {name2}?",
-        "{name2} has {b} {objs} and {name} has {a}. How many more {objs} does {name} have?",
-        "{name} collected {a} {objs} and {name2} collected {b}. How many more did {name} collect?",
-        "How many more {objs} does {name} have than {name2}, if {name} has {a} and {name2} has {b}?",
-        "{name} owns {a} {objs}, while {name2} owns only {b}. By how many {objs} does {name} have more?",
-    ), "{name} has {a} and {name2} has {b}. {a} - {b} = {answer}. The answer is {answer}."),
+    Kind("more_than", num_sub,
+         facts=(("{name} has {a} {objs}.", "{name} collected {a} {objs}.", "{name} owns {a} {objs}.",
+                 "There are {a} {objs} in {name}'s {box}.", "{name} counts {a} {objs} in {his} room."),
+                ("{name2} has {b} {objs}.", "{name2} collected {b}.", "{name2} owns only {b}.",
+                 "{name2} has {b} of them.", "Meanwhile {name2} counts {b} in {his2} room.")),
+         questions=("How many more {objs} does {name} have than {name2}?", "How many more does {name} have?",
+                    "How many more {objs} did {name} collect than {name2}?",
+                    "By how many {objs} does {name} have more?",
+                    "What is the difference between the two counts?"),
+         one_sentence=("How many more {objs} does {name} have than {name2} if {name} has {a} and {name2} has {b}?",
+                       "If {name} has {a} {objs} and {name2} has {b}, how many more does {name} have?",
+                       "Comparing {name}'s {a} {objs} with {name2}'s {b}, what is the difference between the two "
+                       "counts?"),
+         solution=lambda s: f"{s['name']} has {s['a']} and {s['name2']} has {s['b']}. "
+                            f"{work((s['a'], '-', s['b']))} {answer(s['answer'])}",
+         shuffle_facts=True),
 
-    Kind("fewer_together", num_fewer_together, (
-        "{name} has {a} {objs}. {name2} has {b} fewer {objs} than {name}. How many {objs} do they have "
-        "together?",
-        "{name2} has {b} fewer {objs} than {name}. {name} has {a}. How many {objs} do they have in all?",
-        "{name} picked {a} {objs}. {name2} picked {b} fewer than {name}. How many {objs} did they pick "
-        "altogether?",
-        "How many {objs} do {name} and {name2} have together if {name} has {a} and {name2} has {b} fewer?",
-        "{name} has {a} {objs}, and {name2} has {b} less than that. What is the total for both of them?",
-    ), "{name2} has {a} - {b} = {other} {objs}. Together they have {a} + {other} = {answer}. "
-       "The answer is {answer}.", tenses=("present",)),
+    Kind("fewer_together", num_fewer_together,
+         facts=(("{name} has {a} {objs}.", "{name} picked {a} {objs}.", "{name} owns {a} {objs}.",
+                 "There are {a} {objs} in {name}'s {box}.", "{name} counts {a} {objs} in {his} room."),
+                ("{name2} has {b} fewer {objs} than {name}.", "{name2} has {b} fewer.",
+                 "{name2} picked {b} fewer {objs}.", "{name2} has {b} less than that.",
+                 "Meanwhile {name2} ends up {b} short of {name}'s count.")),
+         questions=("How many {objs} do they have together?", "How many {objs} do they have in all?",
+                    "How many {objs} do {name} and {name2} have altogether?", "What is the total for both of them?",
+                    "What number of {objs} do the two friends hold between them?"),
+         one_sentence=("How many {objs} do {name} and {name2} have together if {name} has {a} and {name2} has {b} "
+                       "fewer?",
+                       "If {name} has {a} {objs} and {name2} has {b} fewer, how many do they have in all?",
+                       "With {a} {objs} for {name} and {b} less for {name2}, what number of {objs} do the two "
+                       "friends hold between them?"),
+         solution=lambda s: f"{s['name']} has {s['a']} and {s['name2']} has {s['b']} fewer. "
+                            f"{work((s['a'], '-', s['b']), (s['a'], '+', s['other']))} {answer(s['answer'])}"),
 
-    Kind("times", num_mul, (
-        "{name} has {k} {objs}. {name2} has {n} times as many {objs}. How many {objs} does {name2} have?",
-        "{name2} has {n} times as many {objs} as {name}. {name} has {k}. How many {objs} does {name2} have?",
-        "{name} made {k} {objs}. {name2} made {n} times as many. How many {objs} did {name2} make?",
-        "How many {objs} does {name2} have if {name2} has {n} times the {k} {objs} that {name} has?",
-        "{name} has {k} {objs}, and {name2} has {n} times that number. Find how many {objs} {name2} has.",
-    ), "{name2} has {n} times {k}. {n} * {k} = {answer}. The answer is {answer}.", tenses=("present",)),
+    Kind("times", num_mul,
+         facts=(("{name} has {k} {objs}.", "{name} made {k} {objs}.", "{name} owns {k} {objs}.",
+                 "There are {k} {objs} in {name}'s {box}.", "{name} counts {k} {objs} in {his} room."),
+                ("{name2} has {n} times as many {objs}.", "{name2} has {n} times as many.",
+                 "{name2} made {n} times as many.", "{name2} has {n} times that number.",
+                 "Meanwhile {name2} holds a number {n} times bigger.")),
+         questions=("How many {objs} does {name2} have?", "How many {objs} did {name2} make?",
+                    "How many does {name2} have?", "Find how many {objs} {name2} has.",
+                    "What number of {objs} belongs to {name2}?"),
+         one_sentence=("How many {objs} does {name2} have if {name2} has {n} times the {k} {objs} that {name} has?",
+                       "If {name} has {k} {objs} and {name2} has {n} times as many, how many does {name2} have?",
+                       "With {name2} holding {n} times {name}'s {k} {objs}, what number of {objs} belongs to "
+                       "{name2}?"),
+         solution=lambda s: f"{s['name2']} has {s['n']} times {s['k']}. {work((s['n'], '*', s['k']))} "
+                            f"{answer(s['answer'])}"),
 
-    Kind("three_colours", num_three, (
-        "{name} has {a} red {objs}, {b} blue {objs} and {c} green {objs}. How many {objs} does {he} have?",
-        "In a {box} there are {a} red {objs}, {b} blue ones and {c} yellow ones. How many {objs} are in the "
-        "{box}?",
-        "{name} counts {a} {objs} on Monday, {b} on Tuesday and {c} on Wednesday. How many {objs} did {he} "
-        "count in all?",
-        "How many {objs} are there altogether if there are {a} white {objs}, {b} purple {objs} and {c} "
-        "red {objs}?",
-        "{name} sorted {his} {objs}: {a} are green, {b} are red and {c} are blue. What is the total number "
-        "of {objs}?",
-    ), "{a} + {b} = {ab}. {ab} + {c} = {answer}. The answer is {answer}.", tenses=("present",)),
+    Kind("three_colours", num_three,
+         facts=(("{name} has {a} red {objs}.", "There are {a} red {objs}.", "{name} counts {a} green {objs}.",
+                 "{a} of {name}'s {objs} are white.", "First come {a} blue {objs}."),
+                ("{He} also has {b} blue {objs}.", "There are {b} blue ones.", "{He} counts {b} yellow ones.",
+                 "{b} more are purple.", "Next come {b} red {objs}."),
+                ("And {he} has {c} green {objs}.", "There are {c} yellow ones too.", "{He} counts {c} blue ones.",
+                 "The last {c} are red.", "Finally come {c} green {objs}.")),
+         questions=("How many {objs} does {name} have?", "How many {objs} are there in all?",
+                    "How many {objs} are there altogether?", "What is the total number of {objs}?",
+                    "What number of {objs} is that once they are all put together?"),
+         one_sentence=("How many {objs} are there altogether if there are {a} red, {b} blue and {c} green ones?",
+                       "If {name} has {a} white {objs}, {b} purple {objs} and {c} red {objs}, how many {objs} "
+                       "does {he} have?",
+                       "Putting {a} green, {b} red and {c} blue {objs} together, what number of {objs} is that?"),
+         solution=lambda s: f"There are {s['a']}, {s['b']} and {s['c']} {s['objs']}. "
+                            f"{work((s['a'], '+', s['b']), (s['ab'], '+', s['c']))} {answer(s['answer'])}"),
 
-    Kind("together", num_together, (
-        "{name} and {name2} have {total} {objs} together. {name} has {a}. How many {objs} does {name2} have?",
-        "Together, {name} and {name2} own {total} {objs}. If {name} owns {a}, how many does {name2} own?",
-        "{name} has {a} {objs}. {name} and {name2} have {total} {objs} in all. How many {objs} does "
-        "{name2} have?",
-        "How many {objs} does {name2} have if {name2} and {name} have {total} in total and {name} has {a}?",
-        "There are {total} {objs} shared between {name} and {name2}. {a} belong to {name}. How many belong "
-        "to {name2}?",
-    ), "{name2} has {total} - {a} = {answer}. The answer is {answer}.", tenses=("present",)),
+    Kind("together", num_together,
+         facts=(("{name} and {name2} have {total} {objs} together.", "Together, {name} and {name2} own {total} {objs}.",
+                 "{name} and {name2} have {total} {objs} in all.", "There are {total} {objs} shared by {name} and "
+                 "{name2}.", "Between them, the two friends keep {total} {objs}."),
+                ("{name} has {a}.", "{name} owns {a} of them.", "{a} belong to {name}.", "{name} has {a} {objs}.",
+                 "Out of these, {name} holds {a}.")),
+         questions=("How many {objs} does {name2} have?", "How many does {name2} own?",
+                    "How many belong to {name2}?", "How many {objs} are {name2}'s?",
+                    "What number of {objs} does {name2} hold?"),
+         one_sentence=("How many {objs} does {name2} have if {name2} and {name} have {total} in total and {name} has "
+                       "{a}?",
+                       "If {name} and {name2} have {total} {objs} together and {name} has {a}, how many does "
+                       "{name2} have?",
+                       "Out of {total} {objs} that the two friends keep, {name} holds {a}; what number of {objs} "
+                       "does {name2} hold?"),
+         solution=lambda s: f"Together they have {s['total']} and {s['name']} has {s['a']}. "
+                            f"{work((s['total'], '-', s['a']))} {answer(s['answer'])}",
+         shuffle_facts=True),
 
-    Kind("buy_give", num_buy_give, (
-        "{name} has {a} {objs}. {He} buys {n} {boxes} with {k} {objs} in each. Then {he} gives {c} {objs} to "
-        "{name2}. How many {objs} does {name} have now?",
-        "{name} starts with {a} {objs}. {He} gets {n} {boxes} of {k} {objs}, and then {he} gives away {c}. "
-        "How many {objs} does {he} have now?",
-        "{name} had {a} {objs}. {He} bought {n} more {boxes}, each with {k} {objs}, and gave {c} to {name2}. "
-        "How many {objs} does {name} have left?",
-        "How many {objs} does {name} have if {he} had {a}, bought {n} {boxes} of {k} and gave {c} away?",
-        "{name} adds {n} {boxes} of {k} {objs} to the {a} {objs} {he} has. Later {he} gives {c} {objs} to "
-        "{name2}. How many {objs} are left?",
-    ), "{n} {boxes} of {k} is {n} * {k} = {bought}. {name} then has {a} + {bought} = {have}. "
-       "{He} gives away {c}, so {have} - {c} = {answer}. The answer is {answer}.", tenses=("present",)),
+    Kind("buy_give", num_buy_give,
+         facts=(("{name} has {a} {objs}.", "{name} starts with {a} {objs}.", "{name} owns {a} {objs}.",
+                 "There are {a} {objs} in {name}'s room.", "{name} keeps {a} {objs} in a drawer."),
+                ("{He} buys {n} {boxes} with {k} {objs} in each.", "{He} gets {n} {boxes} of {k} {objs}.",
+                 "Then {he} buys {n} more {boxes}, each with {k} {objs}.", "{He} adds {n} {boxes} of {k} {objs}.",
+                 "A delivery brings {n} {boxes}, and every one of them holds {k} {objs}."),
+                ("Then {he} gives {c} {objs} to {name2}.", "{He} gives away {c}.", "Later {he} gives {c} to {name2}.",
+                 "After that {name2} gets {c} {objs} from {him}.", "In the end {c} of the {objs} go to {name2}.")),
+         questions=("How many {objs} does {name} have now?", "How many {objs} does {he} have now?",
+                    "How many {objs} are left?", "How many {objs} does {name} have left?",
+                    "What number of {objs} stays with {name}?"),
+         one_sentence=("How many {objs} does {name} have if {he} had {a}, bought {n} {boxes} of {k} and gave {c} "
+                       "away?",
+                       "If {name} has {a} {objs}, buys {n} {boxes} of {k} and gives {c} to {name2}, how many "
+                       "{objs} are left?",
+                       "Keeping {a} {objs}, adding {n} {boxes} that hold {k} each and then handing {c} over to "
+                       "{name2}, what number of {objs} stays with {name}?"),
+         solution=lambda s: f"{s['name']} has {s['a']} {s['objs']}, buys {s['n']} {s['boxes']} of {s['k']} and gives "
+                            f"away {s['c']}. "
+                            f"{work((s['n'], '*', s['k']), (s['a'], '+', s['bought']), (s['have'], '-', s['c']))} "
+                            f"{answer(s['answer'])}"),
 
-    Kind("four_steps", num_four, (
-        "{name} has {a} {objs}. {He} finds {b} more. {He} loses {c}. Then {he} buys {n} {boxes} with {k} {objs} "
-        "each. How many {objs} does {he} have now?",
-        "{name} starts with {a} {objs} and gets {b} more. {He} then loses {c} {objs}. After that {he} buys "
-        "{n} {boxes} of {k}. How many {objs} does {he} have?",
-        "{name} had {a} {objs}. {He} found {b} {objs}, lost {c}, and then bought {n} {boxes} of {k} {objs}. "
-        "How many {objs} does {name} have in the end?",
-        "How many {objs} does {name} end with if {he} begins with {a}, gets {b}, loses {c}, and buys {n} "
-        "{boxes} of {k}?",
-        "First {name} has {a} {objs}. Next {he} picks up {b} more, then drops {c}. Last, {he} gets {n} "
-        "{boxes} holding {k} {objs} each. How many {objs} does {he} have now?",
-    ), "{a} + {b} = {ab}. {ab} - {c} = {left}. {n} {boxes} of {k} is {n} * {k} = {bought}. "
-       "{left} + {bought} = {answer}. The answer is {answer}.", tenses=("present",)),
+    Kind("four_steps", num_four,
+         facts=(("{name} has {a} {objs}.", "{name} starts with {a} {objs}.", "{name} owns {a} {objs}.",
+                 "First {name} has {a} {objs}.", "{name} keeps {a} {objs} in a drawer."),
+                ("{He} finds {b} more.", "{He} gets {b} more {objs}.", "Then {he} picks up {b} more.",
+                 "{He} collects another {b}.", "A friend adds {b} {objs} to the drawer."),
+                ("{He} loses {c}.", "Then {he} drops {c} {objs}.", "{He} loses {c} of them.", "Next {he} uses {c}.",
+                 "Sadly, {c} of those {objs} are gone by the evening."),
+                ("Then {he} buys {n} {boxes} with {k} {objs} each.", "{He} buys {n} {boxes} of {k}.",
+                 "Last, {he} gets {n} {boxes} holding {k} {objs} each.", "After that {he} buys {n} {boxes} of {k} "
+                 "{objs}.", "A delivery brings {n} {boxes}, and every one of them holds {k} {objs}.")),
+         questions=("How many {objs} does {he} have now?", "How many {objs} does {name} have in the end?",
+                    "How many {objs} does {name} have?", "How many {objs} does {he} end with?",
+                    "What number of {objs} stays with {name}?"),
+         one_sentence=("How many {objs} does {name} end with if {he} begins with {a}, gets {b}, loses {c}, and buys "
+                       "{n} {boxes} of {k}?",
+                       "If {name} has {a} {objs}, finds {b}, loses {c} and then buys {n} {boxes} of {k}, how many "
+                       "{objs} does {he} have?",
+                       "Keeping {a} {objs}, adding {b}, losing {c} and receiving {n} {boxes} that hold {k} each, "
+                       "what number of {objs} stays with {name}?"),
+         solution=lambda s: f"{s['name']} has {s['a']}, gets {s['b']}, loses {s['c']} and buys {s['n']} {s['boxes']} "
+                            f"of {s['k']}. "
+                            f"{work((s['a'], '+', s['b']), (s['ab'], '-', s['c']), (s['n'], '*', s['k']), (s['left'], '+', s['bought']))} "
+                            f"{answer(s['answer'])}"),
 
-    Kind("half", num_half, (
-        "{name} has {a} {objs}. {He} gives half of them to {name2}. How many {objs} does {name} have left?",
-        "{name} {has} {a} {objs} and {give} half of them away. How many {objs} {does} {he} keep?",
-        "Half of {name}'s {a} {objs} are {colour}. How many {colour} {objs} does {name} have?",
-        "How many {objs} are left if {name} has {a} {objs} and uses half of them?",
-        "{name} splits {a} {objs} into two equal piles. How many {objs} are in each pile?",
-    ), "Half of {a} is {a} / 2 = {answer}. The answer is {answer}."),
+    Kind("half", num_half,
+         facts=(("{name} {has} {a} {objs}.", "{name} starts with {a} {objs}.", "{name} owns {a} {objs}.",
+                 "There {are} {a} {objs} in {name}'s {box}.", "{name} keeps {a} {objs} in a drawer."),
+                ("{He} {give} half of them to {name2}.", "{He} {give} half of them away.",
+                 "Half of them go to {name2}.", "{He} {give} {name2} half of the {objs}.",
+                 "Exactly one of every two {objs} ends up with {name2}.")),
+         questions=("How many {objs} {does} {name} have left?", "How many {objs} {does} {he} keep?",
+                    "How many {objs} are left?", "How many {objs} does {name} still have?",
+                    "What number of {objs} stays with {name}?"),
+         one_sentence=("How many {objs} are left if {name} has {a} {objs} and gives half of them away?",
+                       "If {name} splits {a} {objs} into two equal piles, how many {objs} are in each pile?",
+                       "Keeping one of every two of {his} {a} {objs}, what number of {objs} stays with {name}?"),
+         solution=lambda s: f"Half of {s['a']} {s['objs']} is {s['a']} / 2. {work((s['a'], '/', 2))} "
+                            f"{answer(s['answer'])}",
+         past=True),
 
-    Kind("share_left", num_share_left, (
-        "{name} has {a} {objs}. {He} gives {q} {objs} to each of {n} friends. How many {objs} does {he} have "
-        "left?",
-        "{name} has {a} {objs} and {n} friends. Each friend gets {q} {objs}. How many {objs} are left for "
-        "{name}?",
-        "There are {a} {objs}. {n} children each take {q}. How many {objs} are left?",
-        "How many {objs} are left if {name} starts with {a} and gives {q} to each of {his} {n} cousins?",
-        "{n} students each take {q} {objs} from a {box} of {a} {objs}. How many {objs} are still in the {box}?",
-    ), "{n} friends get {q} each: {n} * {q} = {shared}. {a} - {shared} = {answer}. The answer is {answer}.",
-        tenses=("present",)),
+    Kind("share_left", num_share_left,
+         facts=(("{name} has {a} {objs}.", "There are {a} {objs}.", "{name} starts with {a} {objs}.",
+                 "{name} owns {a} {objs}.", "{name} keeps {a} {objs} in a drawer."),
+                ("{He} gives {q} {objs} to each of {n} friends.", "{n} friends each get {q} {objs}.",
+                 "{n} children each take {q}.", "{He} gives each of {his} {n} cousins {q} {objs}.",
+                 "Every one of {n} classmates receives {q} of them.")),
+         questions=("How many {objs} does {he} have left?", "How many {objs} are left?",
+                    "How many {objs} are left for {name}?", "How many {objs} does {name} still have?",
+                    "What number of {objs} stays with {name}?"),
+         one_sentence=("How many {objs} are left if {name} starts with {a} and gives {q} to each of {n} friends?",
+                       "If {n} children each take {q} of {name}'s {a} {objs}, how many {objs} are left?",
+                       "Keeping {a} {objs} and handing {q} to every one of {n} classmates, what number of {objs} "
+                       "stays with {name}?"),
+         solution=lambda s: f"{s['name']} has {s['a']} {s['objs']} and gives {s['q']} to each of {s['n']}. "
+                            f"{work((s['n'], '*', s['q']), (s['a'], '-', s['shared']))} {answer(s['answer'])}"),
 
-    Kind("rate_total", _with_jobs(num_rate_total), (
-        "{name} {job} {p} {unit_objs} each {unit} for {t} {units}. Then {he} {job} {extra} more. How many "
-        "{unit_objs} does {he} {job_base} in all?",
-        "For {t} {units}, {name} {job} {p} {unit_objs} every {unit}. After that {he} {job} {extra} more. What "
-        "is the total?",
-        "Every {unit} {name} {job} {p} {unit_objs}. {He} does this for {t} {units} and then {job} {extra} extra. "
-        "How many {unit_objs} is that?",
-        "How many {unit_objs} does {name} {job_base} if {he} {job} {p} per {unit} for {t} {units} plus {extra} "
-        "more?",
-        "{name} {job} {extra} {unit_objs} on the first day. Then {he} {job} {p} {unit_objs} each {unit} for "
-        "{t} {units}. How many {unit_objs} in total?",
-    ), "{t} {units} of {p} is {t} * {p} = {made}. {made} + {extra} = {answer}. The answer is {answer}.",
-        tenses=("present",), things=False),
+    Kind("rate_total", num_rate_total,
+         facts=(("{name} {job} {p} {unit_objs} each {unit} for {t} {units}.",
+                 "For {t} {units}, {name} {job} {p} {unit_objs} every {unit}.",
+                 "Every {unit} {name} {job} {p} {unit_objs}, for {t} {units}.",
+                 "{name} {job} {p} {unit_objs} per {unit}, {t} {units} in a row.",
+                 "{name} manages {p} {unit_objs} per {unit}, and the same pace lasts {t} {units}."),
+                ("Then {he} {job} {extra} more.", "After that {he} {job} {extra} extra.",
+                 "On top of that {he} {job} {extra} more {unit_objs}.", "Later {he} {job} another {extra}.",
+                 "A bonus effort adds {extra} {unit_objs} at the end.")),
+         questions=("How many {unit_objs} does {he} {job_base} in all?", "What is the total?",
+                    "How many {unit_objs} is that?", "How many {unit_objs} does {name} {job_base} altogether?",
+                    "What number of {unit_objs} does {name} end up with?"),
+         one_sentence=("How many {unit_objs} does {name} {job_base} if {he} {job} {p} per {unit} for {t} {units} "
+                       "plus {extra} more?",
+                       "If {name} {job} {p} {unit_objs} every {unit} for {t} {units} and then {extra} more, what "
+                       "is the total?",
+                       "Working {t} {units} at {p} {unit_objs} per {unit} and adding {extra}, what number of "
+                       "{unit_objs} does {name} end up with?"),
+         solution=lambda s: f"{s['name']} {s['job']} {s['p']} {s['unit_objs']} each {s['unit']} for {s['t']} "
+                            f"{s['units']} and {s['extra']} more. "
+                            f"{work((s['t'], '*', s['p']), (s['made'], '+', s['extra']))} {answer(s['answer'])}",
+         things=False),
 )
 
 KIND_BY_NAME = {k.name: k for k in KINDS}
@@ -543,12 +709,8 @@ KIND_BY_NAME = {k.name: k for k in KINDS}
 HELD_OUT_NUMBERS_MODULUS = 8   # held-out problems: (kind, numbers) hash == 0 mod this
 
 
-def held_out_phrasing(kind: Kind) -> int:
-    return len(kind.phrasings) - 1
-
-
 def _numbers_held_out(problem: Problem) -> bool:
-    key = problem.kind + ":" + ",".join(re.findall(r"\d+", problem.question))
+    key = problem.kind + ":" + ",".join(re.findall(r"\d+", problem.solution.split(". ", 1)[0]))
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") % HELD_OUT_NUMBERS_MODULUS == 0
 
@@ -556,31 +718,21 @@ def _numbers_held_out(problem: Problem) -> bool:
 def _stream(seed: int, held_out: bool, distractor_rate: float) -> Iterator[Problem]:
     rng = random.Random(seed)
     while True:
-        kind = rng.choice(KINDS)
-        if held_out:
-            phrasing = held_out_phrasing(kind)
-        else:
-            phrasing = rng.randrange(len(kind.phrasings) - 1)
-        p = kind.render(rng, phrasing, rng.random() < distractor_rate)
+        p = rng.choice(KINDS).render(rng, held_out, distractor_rate)
         if _numbers_held_out(p) == held_out:
             yield p
 
 
 def make_split(n: int, seed: int = 0, held_out: bool = False, distractor_rate: float = 0.2) -> list[Problem]:
-    """``n`` distinct problems of the training (``held_out=False``) or held-out split.
-
-    Training problems use every phrasing but the last of each kind; held-out problems use only
-    the last one, and numbers no training problem can have.
-    """
+    """``n`` distinct problems of the training (``held_out=False``) or held-out split."""
     seen: set[str] = set()
     out = []
     for p in _stream(seed * 2 + int(held_out), held_out, distractor_rate):
-        if p.question in seen:
-            continue
-        seen.add(p.question)
-        out.append(p)
-        if len(out) == n:
-            return out
+        if p.question not in seen:
+            seen.add(p.question)
+            out.append(p)
+            if len(out) == n:
+                return out
     raise AssertionError("unreachable")
 
 
