@@ -46,7 +46,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "fastdllm" / "models" / "wor
 THRESHOLDS = (1.0, 0.9, 0.7, 0.5)
 
 
-def model_config(hidden: int = 256, layers: int = 6, heads: int = 8, kv_heads: int = 4, intermediate: int = 768,
+def model_config(hidden: int = 128, layers: int = 6, heads: int = 4, kv_heads: int = 2, intermediate: int = 384,
                  vocab: int = 1024) -> dict:
     """A small Qwen2-style model (GQA, RoPE, SwiGLU, RMSNorm, QKV bias, tied embeddings)."""
     return {
@@ -91,8 +91,8 @@ class Budget:
     max_new_tokens: int = 320
 
 
-FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2200, ar_batch=32,
-              ar_lr=2e-3, bd_steps=700, bd_batch=32, bd_lr=1e-3, warmup=100)
+FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2000, ar_batch=32,
+              ar_lr=3e-3, bd_steps=300, bd_batch=32, bd_lr=1e-3, warmup=100)
 QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8, n_sweep=8,
                max_new_tokens=64)
@@ -164,7 +164,7 @@ def run_trainer(log, **options) -> dict:
 
 
 def common_options(b: Budget, seed: int, progress: bool) -> dict:
-    return dict(seed=seed, schedule="cosine", min_lr_ratio=0.05, adam_beta2=0.98, weight_decay=0.01,
+    return dict(seed=seed, schedule="cosine", min_lr_ratio=0.05, adam_beta2=0.98, weight_decay=0.0,
                 warmup_steps=b.warmup, progress=progress, log_every=10, num_threads=torch.get_num_threads(),
                 shuffle=False, seq_len=384, plot=True)
 

