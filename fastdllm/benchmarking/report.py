@@ -26,7 +26,7 @@ def title(results: dict) -> str:
     s, p = results["settings"], results["prompts"]
     return (f"fastdllm bench: {Path(str(s['model'])).name}, {p['count']} prompts ({p['source']}), "
             f"max {s['max_new_tokens']} new tokens, {s['dtype']}, {s['device']}, "
-            f"{results['machine']['threads']} threads, greedy")
+            f"torch threads {results['machine']['threads']}, greedy")
 
 
 def print_table(results: dict, console=None) -> None:
