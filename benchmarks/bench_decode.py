@@ -20,17 +20,10 @@ from pathlib import Path
 import torch
 
 import fastdllm
+from fastdllm.benchmarking.machine import cpu_name  # noqa: F401  (bench_reference imports it from here)
+from fastdllm.benchmarking.prompts import GENERAL_PROMPTS
 
-DEFAULT_PROMPTS = [
-    "What is the capital of France? Answer in one sentence.",
-    "Write a haiku about the sea.",
-    "Explain in three sentences why the sky is blue.",
-    "List five prime numbers and explain what a prime number is.",
-    "Write a Python function that reverses a string.",
-    "Give me three tips for learning a new language.",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-    "What is 17 times 23? Show your working.",
-]
+DEFAULT_PROMPTS = GENERAL_PROMPTS  # 8 general chat prompts
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -42,16 +35,6 @@ def read_prompts(path: str | None) -> list[str]:
             item = json.loads(line)
             prompts.append(item["prompt"] if isinstance(item, dict) else item)
     return prompts
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_mode(llm, prompts, batch_size: int, **kw) -> dict:

@@ -26,34 +26,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 import fastdllm
+from fastdllm.benchmarking import reference
 from bench_decode import cpu_name, read_prompts  # noqa: E402  (run as a script from benchmarks/)
 
 
 def run_reference(args, prompts_ids: list[list[int]], mask_id: int, stop: int, cache: bool) -> dict:
-    spec = {"prompts": prompts_ids, "max_new_tokens": args.max_new_tokens, "threshold": args.threshold,
-            "block_size": args.block_size, "small_block_size": args.small_block_size, "mask_id": mask_id,
-            "stop_token": stop, "use_block_cache": cache, "threads": torch.get_num_threads(), "dtype": args.dtype,
-            "fix_block_cache": args.fix_block_cache}
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(spec))
-        cmd = [args.reference_python, str(Path(__file__).with_name("reference_worker.py")),
-               "--reference-code", str(args.reference_code or args.model), "--model", str(args.model),
-               "--spec", str(spec_path), "--out", str(out_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"bench_reference: the reference run failed (exit {proc.returncode}):\n"
-                             f"{proc.stderr.strip()[-3000:]}")
-        return json.loads(out_path.read_text())
+    try:
+        return reference.run_reference(
+            prompts_ids, model_dir=args.model, code_dir=args.reference_code or args.model,
+            python=args.reference_python, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+            block_size=args.block_size, small_block_size=args.small_block_size, mask_id=mask_id, stop_token=stop,
+            use_block_cache=cache, threads=torch.get_num_threads(), dtype=args.dtype,
+            fix_block_cache=args.fix_block_cache)
+    except reference.ReferenceRunError as e:
+        raise SystemExit(f"bench_reference: {e}\n{e.stderr.strip()[-3000:]}") from None
 
 
 def run_fastdllm(llm, prompts_ids, ref_rows, args, stop: int, cache: bool) -> list[dict]:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from fastdllm.benchmarking import reference_worker as w
 
 
 def test_fix_block_cache_inserts_the_reset_inside_the_block_loop():
-    w = _load("reference_worker")
     src = ("def generate(self):\n    x = 1\n    for block_idx in range(num_blocks):\n"
            "        if done:\n            break\n    return x\n")
     out = w.fix_block_cache(src)
@@ -31,3 +23,12 @@ def test_fix_block_cache_inserts_the_reset_inside_the_block_loop():
         w.fix_block_cache("def generate(self):\n    pass\n")
     with pytest.raises(SystemExit, match="found 2"):
         w.fix_block_cache(src + src)
+
+
+def test_the_worker_imports_nothing_from_fastdllm():
+    """It runs under the released code's transformers (4.53), where fastdllm may not import."""
+    tree = ast.parse(Path(w.__file__).read_text())
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += ["." * n.level + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert "torch" in modules and "__future__" in modules
+    assert not [m for m in modules if m.startswith((".", "fastdllm"))]

@@ -88,7 +88,8 @@ def local_model_dir(model: str) -> Path | None:
 
 # ---- shared flags ---------------------------------------------------------------------------
 
-def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True) -> argparse._ArgumentGroup:
+def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True,
+                        adapter: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL",
                        help=f"checkpoint directory, .gguf file, Hugging Face hub id, or a named model: "
@@ -101,8 +102,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
                            help="mask token id for block-diffusion decoding (default: the checkpoint's)")
-    group.add_argument("--adapter", metavar="DIR",
-                       help="a LoRA adapter directory written by 'fastdllm train --lora', merged into --model")
+    if adapter:
+        group.add_argument("--adapter", metavar="DIR",
+                           help="a LoRA adapter directory written by 'fastdllm train --lora', merged into --model")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compiled CPU decode path: faster steps after a few seconds of compilation "
                             "(default: $FASTDLLM_COMPILE, else off)")

@@ -19,7 +19,7 @@ from typing import Sequence
 from .. import __version__
 from . import common
 
-SUBCOMMANDS: tuple[str, ...] = ("generate", "train", "serve", "eval")
+SUBCOMMANDS: tuple[str, ...] = ("generate", "train", "serve", "eval", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,18 +1,19 @@
 """Times the released Fast-dLLM v2 ``generate`` (its own ``modeling.py``) on token-id prompts.
 
-Run by ``bench_reference.py`` in a separate interpreter, because the released code needs the
-transformers it was written for (4.53; it fails to build its rotary embedding on 5.x) while
-fastdllm needs a newer one. It imports nothing from fastdllm.
+Run as a script by ``fastdllm.benchmarking.reference`` (for ``fastdllm bench --reference-code``
+and ``benchmarks/bench_reference.py``) in a separate interpreter, because the released code
+needs the transformers it was written for (4.53; it fails to build its rotary embedding on 5.x)
+while fastdllm needs a newer one. It imports nothing from fastdllm.
 
-    python benchmarks/reference_worker.py --reference-code DIR --model CKPT --spec spec.json --out out.json
+    python fastdllm/benchmarking/reference_worker.py --reference-code DIR --model CKPT --spec spec.json --out out.json
 
 ``DIR`` holds the released ``modeling.py`` and ``configuration.py`` (a released checkpoint
 directory has both). They are imported as a throw-away package from a temporary directory, so
 their relative import works and nothing is written next to the checkpoint. ``spec.json``:
 ``{"prompts": [[ids...], ...], "max_new_tokens", "threshold", "block_size", "small_block_size",
-"mask_id", "stop_token", "use_block_cache", "threads", "dtype", "fix_block_cache"}``. The output holds, per prompt,
-the generated ids (after the prompt, cut after the first stop token as the reference does), the
-wall time of the ``generate`` call and its forward-pass count.
+"mask_id", "stop_token", "use_block_cache", "threads", "dtype", "fix_block_cache", "device"}``.
+The output holds, per prompt, the generated ids (after the prompt, cut after the first stop
+token as the reference does), the wall time of the ``generate`` call and its forward-pass count.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __name__ == "__main__":
+    # run as a script, this file's folder (fastdllm's own modules) comes first on sys.path: drop it so
+    # that none of those names can shadow a module that torch or transformers imports
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 BLOCK_LOOP = "for block_idx in range(num_blocks):"
@@ -79,16 +85,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(spec["threads"])
     modeling = import_reference(args.reference_code, spec.get("fix_block_cache", False))
     dtype = getattr(torch, spec.get("dtype", "float32"))
-    model = modeling.Fast_dLLM_QwenForCausalLM.from_pretrained(args.model, torch_dtype=dtype).eval()
+    device = torch.device(spec.get("device", "cpu"))
+    model = modeling.Fast_dLLM_QwenForCausalLM.from_pretrained(args.model, torch_dtype=dtype).to(device).eval()
 
     opts = dict(max_new_tokens=spec["max_new_tokens"], mask_id=spec["mask_id"], threshold=spec["threshold"],
                 small_block_size=spec["small_block_size"], block_size=spec["block_size"],
                 stop_token=spec["stop_token"], use_block_cache=spec["use_block_cache"], temperature=0)
 
     def run(ids: list[int], **overrides):
-        x = torch.tensor([ids], dtype=torch.long)
+        x = torch.tensor([ids], dtype=torch.long, device=device)
         t0 = time.perf_counter()
         out, _, _, history = model.generate(x, **{**opts, **overrides})
+        if device.type == "cuda":  # the timing must cover the queued GPU work
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         # forwards: one per logits_history entry, plus the prompt prefill when the prompt spans a block
         nfe = len(history) + (1 if len(ids) > spec["block_size"] else 0)
