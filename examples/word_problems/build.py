@@ -378,7 +378,8 @@ def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
             shutil.copy2(f, rel / f.name)
     shutil.copy2(heldout_file, rel / "heldout.jsonl")
     for f in ("results.md", "results.json", "results.png", "trace.png"):
-        shutil.copy2(out / "report" / f, rel / f)
+        if (out / "report" / f).is_file():  # absent when the eval stage did not run
+            shutil.copy2(out / "report" / f, rel / f)
     from examples.word_problems.model_card import write_model_card
 
     write_model_card(rel / "README.md", results, b)
