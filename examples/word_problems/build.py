@@ -371,11 +371,8 @@ def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
     if rel.exists():
         shutil.rmtree(rel)
     rel.mkdir(parents=True)
-    src = out / "bd"
-    for f in sorted(src.iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".safetensors", ".jinja") or f.name.startswith("tokenizer")) \
-                and f.name not in ("train_config.json",):
-            shutil.copy2(f, rel / f.name)
+    _copy_model(out / "bd", rel)
+    _copy_model(out / "ar", rel / "ar_parent")  # the AR parent, for fastdllm bench and comparisons
     shutil.copy2(heldout_file, rel / "heldout.jsonl")
     for f in ("results.md", "results.json", "results.png", "trace.png"):
         if (out / "report" / f).is_file():  # absent when the eval stage did not run
@@ -384,6 +381,14 @@ def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
 
     write_model_card(rel / "README.md", results, b)
     return rel
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """A checkpoint's weights, config and tokenizer (not its training logs)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja") and f.name != "train_config.json":
+            shutil.copy2(f, dst / f.name)
 
 
 def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
