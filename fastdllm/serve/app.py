@@ -8,8 +8,8 @@ tokenized in a worker thread (never on the event loop), checked against the serv
 error body (``errors.py``). Responses carry the usual ``usage`` plus a ``fastdllm`` object
 with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
 
-The denoising event stream (``POST /v1/denoise``, ``denoise.py``) goes through the same
-validation, limits and batcher.
+The denoising page (``GET /``, ``page.py``) and its event stream (``POST /v1/denoise``,
+``denoise.py``) go through the same validation, limits and batcher.
 """
 
 from __future__ import annotations
@@ -89,8 +89,10 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     from .denoise import install_denoise  # imports this module's helpers
+    from .page import install_page
 
     install_denoise(app)
+    install_page(app)
     return app
 
 
