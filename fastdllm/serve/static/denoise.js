@@ -233,6 +233,8 @@
     $("answer").textContent = "";
     $("blocks").replaceChildren();
     $("blocks-hint").textContent = "";
+    $("tpf-chart").replaceChildren();
+    $("tpf-hint").textContent = "";
     for (const id of ["s-tokens", "s-nfe", "s-tpf", "s-tps"]) $(id).textContent = "–";
     $("s-status-k").textContent = "status";
   }
@@ -262,6 +264,27 @@
           + (m.use_block_cache ? " · sub-block cache" : "");
     }
     drawBlocks(r, Math.max(nfe, 1));
+    drawChart(r, nfe);
+  }
+
+  // how many cells each forward decoded (from every block's cells: exact even if frames were merged)
+  function drawChart(r, nfe) {
+    const counts = new Array(nfe).fill(0);
+    for (const b of r.rows.values()) {
+      b.decoded_at.forEach((f, i) => { if (f !== null && i >= b.prompt && f <= nfe) counts[f - 1] += 1; });
+    }
+    const top = Math.max(1, ...counts);
+    const bars = counts.map((n, k) => {
+      const bar = document.createElement("span");
+      bar.className = "bar" + (n ? "" : " zero");
+      bar.style.height = `${(100 * n) / top}%`;
+      bar.style.background = ramp(nfe > 1 ? k / (nfe - 1) : 0);
+      bar.title = `forward ${k + 1}: ${n} token${n === 1 ? "" : "s"}`;
+      return bar;
+    });
+    $("tpf-chart").replaceChildren(...bars);
+    const most = counts.length ? Math.max(...counts) : 0;
+    $("tpf-hint").textContent = nfe ? `${nfe} forwards · at most ${most} in one` : "";
   }
 
   function fmtRate(x) {
