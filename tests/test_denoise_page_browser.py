@@ -9,6 +9,8 @@ from anywhere but the server. Skipped when Chromium, its driver or selenium are 
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -39,8 +41,10 @@ def count(driver, selector: str) -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     llm = fastdllm.load(str(make_tiny_word_checkpoint(tmp_path_factory.mktemp("page") / "m")))
-    with browser.serve(create_app(llm, NAME)) as base:
-        yield base
+    app = create_app(llm, NAME)
+    with browser.serve(app) as base:
+        app.state.base = base
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def chromium():
 
 
 def test_the_page_shows_the_denoising_and_the_api_answer(served, chromium):
-    base, driver = served, chromium
+    base, driver = served.state.base, chromium
     driver.get(base + "/")
     browser.wait_for(driver, "document.body.dataset.state === 'idle'")
     assert driver.find_element("id", "model").text == NAME
@@ -89,10 +93,32 @@ def test_the_page_shows_the_denoising_and_the_api_answer(served, chromium):
 
 def test_bad_input_shows_the_servers_error(served, chromium):
     driver = chromium
-    driver.get(served + "/")
+    driver.get(served.state.base + "/")
     browser.wait_for(driver, "document.body.dataset.state === 'idle'")
     set_control(driver, "prompt", QUESTION * 30)  # longer than the model's context
     driver.find_element("id", "run").click()
     browser.wait_for(driver, "document.body.dataset.state === 'error'", timeout=120)
     message = driver.find_element("id", "error").text
     assert "context holds 512" in message and not driver.find_element("id", "stop").is_enabled()
+
+
+def test_stop_ends_the_stream_and_the_server_lets_go(served, chromium):
+    driver = chromium
+    driver.get(served.state.base + "/")
+    browser.wait_for(driver, "document.body.dataset.state === 'idle'")
+    set_control(driver, "prompt", QUESTION)
+    set_control(driver, "threshold", 1.0)  # one cell per forward: a long decoding
+    set_control(driver, "max-tokens", 400)
+    set_control(driver, "pace", 300)
+    driver.find_element("id", "run").click()
+    browser.wait_for(driver, f"document.querySelectorAll('{LIVE_BLOCK} .cell.masked').length > 0", timeout=300)
+    driver.find_element("id", "stop").click()
+    assert driver.execute_script("return document.body.dataset.state") == "stopped"
+    shown = driver.find_element("id", "s-nfe").text
+    time.sleep(1.0)
+    assert driver.find_element("id", "s-nfe").text == shown  # nothing more is played
+    assert not driver.find_element("id", "stop").is_enabled() and driver.find_element("id", "run").is_enabled()
+    deadline = time.monotonic() + 60  # the job was cancelled, or had ended: nothing is held
+    while served.state.batcher.stats()["open_jobs"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.state.batcher.stats()["open_jobs"] == 0

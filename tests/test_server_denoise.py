@@ -28,7 +28,7 @@ from fastdllm.serve.frames import Frame
 from fastdllm.serve.page import STATIC_DIR
 from fastdllm.serve.stream import Delta, JobStream
 from fastdllm.visualize import record
-from tests.helpers import make_tiny_word_checkpoint
+from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 
 NAME = "tiny-word"
 QUESTION = "Lily has 12 apples and buys 30 more. How many apples does she have?"
@@ -238,3 +238,15 @@ def test_a_client_going_away_cancels_its_job(llm):
     finished = {s.labels["reason"]: s.value for f in text_string_to_metric_families(metrics) for s in f.samples
                 if s.name == "fastdllm_sequences_finished_total"}
     assert finished == {"cancelled": 1.0}
+
+
+def test_a_checkpoint_without_tokenizer_streams_token_ids(tmp_path):
+    llm = fastdllm.load(str(make_tiny_checkpoint(tmp_path / "ids", "fast_dllm", confident=True)))
+    ref = llm.generate([[5, 6, 7]], max_new_tokens=12, stop_token_ids=[])[0]
+    with TestClient(create_app(llm, NAME)) as http:
+        cfg = http.get("/v1/denoise/config").json()
+        evs = denoise(http, prompt=[5, 6, 7], max_tokens=12, ignore_eos=True)
+    assert not cfg["tokenizer"] and not cfg["chat"] and cfg["examples"] == []
+    block = [e for e in evs if e["type"] == "step"][-1]["block"]
+    assert block["pieces"][:3 + 12] == [str(t) for t in [5, 6, 7, *ref.token_ids]]  # cells show the ids
+    assert evs[-1]["fastdllm"]["nfe"] == ref.nfe
