@@ -140,7 +140,8 @@ def step_event(f: Frame, piece, block_size: int, text: str = "") -> dict:
 
 def done_event(job: Job, finish_reason: str | None, tokens: int, nfe: int, seconds: float) -> dict:
     return {"type": "done", "finish_reason": api.FINISH.get(finish_reason, finish_reason or "stop"),
-            "usage": usage(job.seqs[0].prompt_len, tokens), "fastdllm": {"nfe": nfe, "tpf": tokens / nfe if nfe else 0.0},
+            "usage": usage(job.seqs[0].prompt_len, tokens),
+            "fastdllm": {"nfe": nfe, "tpf": tokens / nfe if nfe else 0.0},
             "seconds": round(seconds, 4), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
 
 
