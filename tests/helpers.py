@@ -215,3 +215,32 @@ def make_tiny_chat_checkpoint(directory: str | Path) -> Path:
     for f in TOKENIZER_FILES:
         shutil.copy(SHARED_7B / f, d / f)
     return d
+
+
+def make_tiny_word_checkpoint(directory: str | Path, problems: int = 300, seed: int = 0) -> Path:
+    """A tiny random, confident block-diffusion checkpoint with a real tokenizer and chat template.
+
+    The tokenizer is the default model's byte-level BPE (``examples/word_problems/tokenizer.py``),
+    trained here in a second on a few hundred word problems; the model's vocabulary is the
+    tokenizer's, its mask and EOS ids the tokenizer's ``|<MASK>|`` and ``<|im_end|>``. Five
+    held-out problems go to ``heldout.jsonl``, as in the shipped default model. Needs nothing
+    outside the repository (unlike ``make_tiny_chat_checkpoint``).
+    """
+    from examples.word_problems import problems as wp
+    from examples.word_problems import tokenizer as wt
+
+    directory = Path(directory)
+    tok = wt.train_tokenizer(wt.corpus_texts(wp.make_split(problems, seed=seed, held_out=False)), vocab_size=400)
+    vocab = len(tok)
+    make_tiny_checkpoint(directory, "fast_dllm", vocab=vocab, hidden=32, layers=2, heads=2, kv_heads=1, inter=64,
+                         confident=True, max_pos=512, seed=seed)
+    cfg_file = directory / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["mask_token_id"] = tok.convert_tokens_to_ids(wt.MASK)
+    cfg["eos_token_id"] = tok.convert_tokens_to_ids(wt.EOS)
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok.save_pretrained(directory)
+    with (directory / "heldout.jsonl").open("w") as f:
+        for p in wp.make_split(5, seed=seed, held_out=True):
+            f.write(json.dumps({"question": p.question, "kind": p.kind}) + "\n")
+    return directory

@@ -1,4 +1,5 @@
-"""``fastdllm serve``: an OpenAI-compatible HTTP server (``/v1/completions``, ``/v1/chat/completions``)."""
+"""``fastdllm serve``: an OpenAI-compatible HTTP server (``/v1/completions``, ``/v1/chat/completions``)
+and the live denoising page (``/``)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ then, with any OpenAI client:
   curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"model": "my-bd", "messages": [{"role": "user", "content": "Hi"}], "threshold": 0.9}'
   curl http://localhost:8000/metrics     # Prometheus: requests, tokens, queue, KV cache, latencies
+  open http://localhost:8000/            # the denoising page: watch the blocks being decoded
 """
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
-        description="Serve a model over an OpenAI-compatible HTTP API. Block-diffusion options (threshold, "
-                    "block_size, small_block_size, use_block_cache, mode, top_k) are accepted as extra body fields.",
+        description="Serve a model over an OpenAI-compatible HTTP API, with a live denoising page at /. "
+                    "Block-diffusion options (threshold, block_size, small_block_size, use_block_cache, mode, "
+                    "top_k) are accepted as extra body fields.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(p)
     s = p.add_argument_group("server")
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     kind = "block diffusion" if llm.is_block_diffusion else "autoregressive"
     limits = app.state.server.limits
     print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1 "
-          f"(max model len {limits.max_model_len}, KV cache {limits.kv_tokens} positions)", file=sys.stderr, flush=True)
+          f"(max model len {limits.max_model_len}, KV cache {limits.kv_tokens} positions); "
+          f"the denoising page: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -7,6 +7,9 @@ tokenized in a worker thread (never on the event loop), checked against the serv
 (``limits.py``) and only then queued for the engine (``batcher.py``); every error is an OpenAI
 error body (``errors.py``). Responses carry the usual ``usage`` plus a ``fastdllm`` object
 with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
+
+The denoising page (``GET /``, ``page.py``) and its event stream (``POST /v1/denoise``,
+``denoise.py``) go through the same validation, limits and batcher.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
     app.add_api_route("/v1/completions", completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    from .denoise import install_denoise  # imports this module's helpers
+    from .page import install_page
+
+    install_denoise(app)
+    install_page(app)
     return app
 
 
@@ -195,8 +203,12 @@ def _options(req: _Request, max_tokens: int) -> dict:
     return opts
 
 
-async def _start(s: ServerState, req: _Request, prompts, requested: int | None, default: int, chat: bool) -> Job:
-    """Tokenize (worker thread), check the limits, queue. Raises APIError/FastDLLMError (400) or 503."""
+async def _start(s: ServerState, req: _Request, prompts, requested: int | None, default: int, chat: bool,
+                 frames: bool = False) -> Job:
+    """Tokenize (worker thread), check the limits, queue. Raises APIError/FastDLLMError (400) or 503.
+
+    ``frames``: the job also gets its sequences' block states (the denoising view).
+    """
     arrived = time.perf_counter()
     if req.block_size is not None and req.block_size > s.limits.max_model_len:
         raise APIError(400, f"block_size {req.block_size} is larger than the maximum context length "
@@ -207,7 +219,7 @@ async def _start(s: ServerState, req: _Request, prompts, requested: int | None, 
     if params.prefill_chunk != s.prefill_chunk:
         params = dataclasses.replace(params, prefill_chunk=s.prefill_chunk)
     s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
-    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(opts, len(seqs)), arrived)
+    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(opts, len(seqs)), arrived, frames=frames)
     try:
         s.batcher.submit(job)
     except QueueFull as e:

@@ -11,6 +11,8 @@ its sequences draw from its generator in the order they would alone.
 
 After every step each changed sequence's new text and token ids go to its job's ``JobStream``
 (coalesced for slow clients); the stream closes when all of the job's sequences have ended.
+A job with ``frames`` set (the denoising page's ``POST /v1/denoise``) also gets a ``Frame`` of
+each sequence's current block after every forward (``frames.py``).
 ``Batcher.cancel`` (a client that went away) ends a job's sequences at the next step, before
 any prefill if they are still waiting. Nothing here is kept per request once it ends: a
 sequence points to its job (``seq.owner``), the job is dropped by the batcher with its last
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from ..engine.engine import Engine, StepEvent
 from ..engine.scheduler import Scheduler
 from ..engine.sequence import Sequence
+from .frames import FrameTracker
 from .stream import Delta, JobStream
 
 log = logging.getLogger("fastdllm.serve")
@@ -39,6 +42,7 @@ class Job:
     alone: bool = False            # must not share steps with other requests (see ``runs_alone``)
     created: float = field(default_factory=time.perf_counter)  # the request's arrival
     remaining: int = -1            # sequences not yet ended (set by ``submit``)
+    frames: bool = False           # send each sequence's block after every forward (the denoising view)
 
 
 @dataclass(eq=False)
@@ -49,6 +53,7 @@ class _Owner:
     index: int
     sent: int = 0                  # characters of text already sent
     last_token_at: float | None = None
+    tracker: FrameTracker | None = None  # for jobs with ``frames``
 
 
 def runs_alone(options: dict, n_sequences: int) -> bool:
@@ -84,7 +89,7 @@ class Batcher:
         """Queue ``job``; the scheduler's ``QueueFull`` propagates (nothing is kept then)."""
         job.remaining = len(job.seqs)
         for i, seq in enumerate(job.seqs):
-            seq.owner = _Owner(job, i)
+            seq.owner = _Owner(job, i, tracker=FrameTracker() if job.frames else None)
         with self._lock:
             self._open_jobs += 1
         try:
@@ -132,9 +137,10 @@ class Batcher:
                 continue
             text = seq.detok.stable_text(seq.finished) if seq.detok is not None else ""
             new_text, owner.sent = text[owner.sent:], len(text)
-            if row.new_tokens or new_text or row.finished:
+            frame = owner.tracker.update(row, seq) if owner.tracker is not None else None
+            if row.new_tokens or new_text or row.finished or frame is not None:
                 owner.job.stream.put(owner.index, Delta(new_text, list(row.new_tokens), row.finished,
-                                                        row.finish_reason, seq.nfe))
+                                                        row.finish_reason, seq.nfe, [frame] if frame else []))
             if m is not None:
                 self._measure(m, row, owner, now)
             if row.finished:

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from .frames import Frame, coalesce
+
 
 @dataclass
 class Delta:
@@ -22,10 +24,13 @@ class Delta:
     finished: bool = False
     finish_reason: str | None = None
     nfe: int = 0                    # forward passes so far
+    frames: list[Frame] = field(default_factory=list)  # block states, for jobs that asked (the denoising view)
 
     def merge(self, later: Delta) -> None:
         self.text += later.text
         self.token_ids += later.token_ids
+        if later.frames:
+            self.frames = coalesce(self.frames, later.frames)
         self.finished, self.finish_reason, self.nfe = later.finished, later.finish_reason, later.nfe
 
 
