@@ -91,7 +91,7 @@ class Budget:
     max_new_tokens: int = 320
 
 
-FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2000, ar_batch=32,
+FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
               ar_lr=3e-3, bd_steps=300, bd_batch=32, bd_lr=1e-3, warmup=100)
 QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8, n_sweep=8,

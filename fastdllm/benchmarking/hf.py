@@ -47,15 +47,22 @@ def load_transformers_model(path: str | Path, dtype: torch.dtype, device: torch.
 
 
 class TransformersEngine:
-    """Greedy ``model.generate``: same ids, ``max_new_tokens`` and stop ids as fastdllm, no other rule."""
+    """Greedy ``model.generate``: same ids, ``max_new_tokens`` and stop ids as fastdllm.
 
-    def __init__(self, model, tokenizer, stop_ids: list[int], pad_id: int | None = None):
+    fastdllm never generates the mask token (it is not text); ``mask_id`` gets the same rule here
+    through ``suppress_tokens``, else a random model that ranks it first would diverge for that alone.
+    """
+
+    def __init__(self, model, tokenizer, stop_ids: list[int], pad_id: int | None = None,
+                 mask_id: int | None = None):
         from transformers import GenerationConfig
 
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = list(stop_ids)
         self.pad_id = pad_id if pad_id is not None else (self.stop_ids[0] if self.stop_ids else 0)
         self.device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.suppress = [mask_id] if mask_id is not None and mask_id < vocab else None
         # the checkpoint's generation_config.json may ask for sampling or a repetition penalty:
         # start from transformers' neutral defaults so that only greedy decoding and the stop ids apply
         model.generation_config = GenerationConfig()
@@ -72,7 +79,8 @@ class TransformersEngine:
             warnings.simplefilter("ignore")
             out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id)
+                                      eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id,
+                                      suppress_tokens=self.suppress)
         samples = []
         for row in out[:, width:].tolist():
             tokens = cut_at_stop(row, self.stop_ids)

@@ -150,7 +150,7 @@ def _transformers_engine(ar_llm, s: BenchSettings, notes: list[str], log):
         return None
     log(f"loading {path} with transformers")
     model = load_transformers_model(path, parse_dtype(s.dtype), parse_device(s.device))
-    return TransformersEngine(model, ar_llm.tokenizer, ar_llm.eos_token_ids)
+    return TransformersEngine(model, ar_llm.tokenizer, ar_llm.eos_token_ids, mask_id=ar_llm.mask_token_id)
 
 
 def _reference(llm, ids: list[list[int]], threshold: float, s: BenchSettings) -> tuple[list[Sample], float, dict]:
