@@ -15,11 +15,15 @@ Both implementations decode every prompt (chat template applied by fastdllm's to
 same ids handed to both) one at a time, greedily, after one warm-up call. The reference decodes
 whole blocks, so fastdllm is asked for exactly as many tokens as the reference produced for that
 prompt. Reported: tokens, forward passes, seconds, tokens/s, the speed-up, and how many prompts
-came out token-for-token identical and how many leading tokens agree. Known difference: with the sub-block cache on, the released
-single-prompt ``generate`` reuses the previous block's sub-block cache when a new block starts
-(see ``../shared/conformance/README.md``); fastdllm does not, so outputs longer than the first
-block may differ in that mode; ``--fix-block-cache`` inserts the one-line reset into (a temporary
-copy of) the released code, after which the outputs must match in both modes.
+came out token-for-token identical and how many leading tokens agree.
+
+The release's ``generate`` starts every block with a fresh sub-block cache (``block_past_key_values =
+None`` at the top of its block loop), as fastdllm does. Some copies of ``modeling.py`` in circulation
+dropped that line and carry the previous block's sub-block cache over (see
+``../shared/conformance/README.md``): they are forks, and with the sub-block cache on their outputs
+drift from the second block on. The JSON records which kind ``DIR`` holds
+(``reference_resets_block_cache``, and the table's title says it); ``--restore-block-reset`` puts
+the line back into a temporary copy of such a fork, which then decodes as the release does.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def run_reference(args, prompts_ids: list[list[int]], mask_id: int, stop: int, c
             python=args.reference_python, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
             block_size=args.block_size, small_block_size=args.small_block_size, mask_id=mask_id, stop_token=stop,
             use_block_cache=cache, threads=torch.get_num_threads(), dtype=args.dtype,
-            fix_block_cache=args.fix_block_cache)
+            restore_block_reset=args.restore_block_reset)
     except reference.ReferenceRunError as e:
         raise SystemExit(f"bench_reference: {e}\n{e.stderr.strip()[-3000:]}") from None
 
@@ -94,9 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--small-block-size", type=int, default=8)
     ap.add_argument("--block-cache", choices=["off", "on", "both"], default="both")
-    ap.add_argument("--fix-block-cache", action="store_true",
-                    help="run the reference with its sub-block cache reset at every block (a one-line correction "
-                         "of the released single-prompt generate; see the module docstring)")
+    ap.add_argument("--restore-block-reset", action="store_true",
+                    help="for a fork's modeling.py that carries the sub-block cache across blocks: put the "
+                         "release's per-block reset back (in a temporary copy; see the module docstring)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -124,6 +128,7 @@ def main(argv=None) -> int:
             "reference": summary(ref["rows"]), "fastdllm": summary(ours),
             "identical_outputs": sum(same), "prompts": len(same),
             "reference_env": {k: ref[k] for k in ("transformers", "torch", "threads")},
+            "reference_resets_block_cache": ref.get("code_resets_block_cache"),
             "agreeing_prefix_tokens": sum(agree),
             "per_prompt": [{"prompt_tokens": a["prompt_tokens"], "identical": s, "agreeing_prefix": g,
                             "reference": {k: a[k] for k in ("seconds", "nfe")} | {"n": len(a["tokens"])},
@@ -134,9 +139,13 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    resets = [r["reference_resets_block_cache"] for r in results.values()]
+    kind = ("the release (sub-block cache reset every block)" if all(resets) else
+            "a fork that carries the sub-block cache across blocks" + (", reset restored" if args.restore_block_reset
+                                                                       else ""))
     table = Table(title=f"{Path(args.model).name}: {len(prompts)} prompts one at a time, reference max_new_tokens "
                         f"{args.max_new_tokens}, threshold {args.threshold}, {args.dtype}, "
-                        f"{torch.get_num_threads()} threads")
+                        f"{torch.get_num_threads()} threads; reference code: {kind}")
     for col in ("cache", "implementation", "tokens", "NFE", "TPF", "seconds", "tokens/s", "speed-up", "identical",
                 "agreeing prefix"):
         table.add_column(col, justify="left" if col in ("cache", "implementation") else "right")

@@ -1,4 +1,4 @@
-"""The reference benchmark's helpers: the opt-in one-line correction of the released generate."""
+"""The reference benchmark's helpers: telling the release from a fork that carries the sub-block cache over."""
 
 from __future__ import annotations
 
@@ -10,19 +10,29 @@ import pytest
 from fastdllm.benchmarking import reference_worker as w
 
 
-def test_fix_block_cache_inserts_the_reset_inside_the_block_loop():
-    src = ("def generate(self):\n    x = 1\n    for block_idx in range(num_blocks):\n"
-           "        if done:\n            break\n    return x\n")
-    out = w.fix_block_cache(src)
-    lines = out.splitlines()
-    assert lines[3] == "        block_past_key_values = None"
-    assert out.replace("        block_past_key_values = None\n", "") == src
-    ns: dict = {}
-    exec(compile(out, "patched", "exec"), ns)  # still valid Python
+FORK = ("def generate(self):\n    x = 1\n    for block_idx in range(num_blocks):\n"
+        "        if done:\n            break\n        while True:\n            step()\n    return x\n")
+RELEASE = FORK.replace("range(num_blocks):\n", "range(num_blocks):\n        block_past_key_values = None\n")
+
+
+def test_the_release_is_told_from_a_fork_that_carries_the_cache_over():
+    assert w.resets_block_cache(RELEASE)
+    assert not w.resets_block_cache(FORK)
+    # a reset inside the step loop, or after the block loop, is not the release's per-block reset
+    assert not w.resets_block_cache(FORK.replace("            step()\n",
+                                                 "            step()\n            block_past_key_values = None\n"))
+    assert not w.resets_block_cache(FORK + "block_past_key_values = None\n")
+
+
+def test_restore_block_reset_puts_the_line_back_inside_the_block_loop():
+    out = w.restore_block_reset(FORK)
+    assert out == RELEASE and w.resets_block_cache(out)
+    assert w.restore_block_reset(RELEASE) == RELEASE  # the release is left as it is
+    exec(compile(out, "patched", "exec"), {})  # still valid Python
     with pytest.raises(SystemExit, match="found 0"):
-        w.fix_block_cache("def generate(self):\n    pass\n")
+        w.restore_block_reset("def generate(self):\n    pass\n")
     with pytest.raises(SystemExit, match="found 2"):
-        w.fix_block_cache(src + src)
+        w.restore_block_reset(FORK + FORK)
 
 
 def test_the_worker_imports_nothing_from_fastdllm():

@@ -50,16 +50,16 @@ def check_python(python: str) -> str:
 def run_reference(prompts: list[list[int]], *, model_dir: str | Path, code_dir: str | Path, python: str,
                   max_new_tokens: int, threshold: float, block_size: int, small_block_size: int, mask_id: int,
                   stop_token: int, threads: int, use_block_cache: bool = False, dtype: str = "float32",
-                  device: str = "cpu", fix_block_cache: bool = False) -> dict:
+                  device: str = "cpu", restore_block_reset: bool = False) -> dict:
     """Decode ``prompts`` one at a time with the released ``generate`` (after one warm-up call).
 
-    Returns the worker's output: ``{"transformers", "torch", "threads", "rows": [{"prompt_tokens",
-    "tokens", "seconds", "nfe"}, ...]}``.
+    Returns the worker's output: ``{"transformers", "torch", "threads", "code_resets_block_cache",
+    "rows": [{"prompt_tokens", "tokens", "seconds", "nfe"}, ...]}``.
     """
     spec = {"prompts": prompts, "max_new_tokens": max_new_tokens, "threshold": threshold, "block_size": block_size,
             "small_block_size": small_block_size, "mask_id": mask_id, "stop_token": stop_token,
             "use_block_cache": use_block_cache, "threads": threads, "dtype": dtype, "device": str(device),
-            "fix_block_cache": fix_block_cache}
+            "restore_block_reset": restore_block_reset}
     with tempfile.TemporaryDirectory(prefix="fastdllm_ref_") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))

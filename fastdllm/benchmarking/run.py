@@ -167,7 +167,9 @@ def _reference(llm, ids: list[list[int]], threshold: float, s: BenchSettings) ->
                         dtype=s.dtype, device=s.device)
     samples = [Sample(r["tokens"], r["nfe"], decode_text(llm.tokenizer, r["tokens"])) for r in out["rows"]]
     extra = {"reference_env": {k: out.get(k) for k in ("transformers", "torch", "threads")},
-             "reference_max_new_tokens": ref_max}
+             "reference_max_new_tokens": ref_max,
+             # False for a fork that carries the sub-block cache across blocks (not the release)
+             "reference_resets_block_cache": out.get("code_resets_block_cache")}
     return samples, sum(r["seconds"] for r in out["rows"]), extra
 
 
