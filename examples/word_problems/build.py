@@ -440,7 +440,8 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
-        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release"), parallel: bool = True) -> dict:
+        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release"), parallel: bool = True,
+        eval_problems: int | None = None) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -461,7 +462,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
                                     b.block_size), data_dir / "bd_train.jsonl")
     timings["data"] = time.perf_counter() - t0
-    held = P.read_jsonl(data_dir / "heldout.jsonl")
+    held = P.read_jsonl(data_dir / "heldout.jsonl")[:eval_problems or None]
 
     ar = bd = None
     if "ar" in stages:
@@ -537,12 +538,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, release")
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                    help="run the two adaptations side by side, sharing the threads (default: on)")
+    p.add_argument("--eval-problems", type=int, default=None, metavar="N",
+                   help="evaluate on the first N held-out problems only (default: all of them)")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
-    res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel)
+    res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel,
+              eval_problems=a.eval_problems)
     if res.get("evaluations"):
         print_table(res["evaluations"], "word problems, held-out phrasings")
         print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["timings_s"].items()))
