@@ -253,13 +253,13 @@ def load(model: str | None = None, dtype: str | torch.dtype = "float32", device:
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
-    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels``): a few
+    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
     seconds of compilation once per process, then faster decode steps.
     """
     if compile is not None:
-        from . import kernels
+        from . import cpu_kernels
 
-        kernels.set_compile(compile)
+        cpu_kernels.set_compile(compile)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type

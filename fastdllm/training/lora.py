@@ -93,9 +93,9 @@ def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, me
         model = peft_model.merge_and_unload()
     else:
         model = peft_model.get_base_model()
-        from .. import kernels
+        from .. import cpu_kernels
 
-        if kernels.enabled():
+        if cpu_kernels.enabled():
             warnings.warn("unmerged LoRA layers are bypassed by the compiled decode path; load with merge=True",
                           stacklevel=2)
     model = model.to(parse_dtype(dtype)).eval()
