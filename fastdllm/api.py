@@ -269,7 +269,7 @@ def load(model: str | None = None, dtype: str | torch.dtype = "float32", device:
         model = DEFAULT_MODEL
     t0 = time.perf_counter()
     if adapter is not None:
-        from .training.lora import load_with_adapter
+        from .loading.adapter import load_with_adapter
 
         base = load_checkpoint(model, dtype="float32", device=device, revision=revision)
         ckpt = load_with_adapter(base, adapter, merge=True, dtype=dtype, device=device)

@@ -133,7 +133,7 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise CLIError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
     if getattr(args, "adapter", None) is not None:
-        from ..training.lora import check_adapter_dir
+        from ..loading.adapter import check_adapter_dir
 
         try:
             check_adapter_dir(args.adapter)
