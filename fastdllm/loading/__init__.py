@@ -13,6 +13,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
+from ..precision import auto_dtype
 from .hub import resolve
 from .weights import build_model, read_safetensors, safetensors_files
 
@@ -31,7 +32,8 @@ class Checkpoint:
     generation_config: dict = field(default_factory=dict)
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
+    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.precision``)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -39,8 +41,10 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
             raise ModelLoadError(f"unsupported dtype {dtype}")
         return dtype
     key = str(dtype).replace("torch.", "")
+    if key == "auto":
+        return auto_dtype(device or "cpu")
     if key not in DTYPES:
-        raise ModelLoadError(f"unsupported dtype {dtype!r}: use float32, bfloat16, float16 or float64")
+        raise ModelLoadError(f"unsupported dtype {dtype!r}: use auto, float32, bfloat16, float16 or float64")
     return DTYPES[key]
 
 
@@ -56,7 +60,9 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float32",
                     device: str | torch.device | None = "cpu", revision: str | None = None) -> Checkpoint:
-    dt, dev = parse_dtype(dtype), parse_device(device)
+    """Load ``source`` in exactly ``dtype`` (no hardware policy here; see ``fastdllm.load``)."""
+    dev = parse_device(device)
+    dt = parse_dtype(dtype, dev)
     path = resolve(source, revision)
     if path.suffix == ".gguf":
         from .gguf import read_gguf
