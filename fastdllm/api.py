@@ -243,7 +243,7 @@ def _options(kwargs: dict) -> GenerateOptions:
 
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
-         compile: bool | None = None, adapter: str | None = None) -> LLM:
+         compile: bool | None = None, adapter: str | None = None, quantize: str | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
@@ -256,6 +256,10 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
     says what was chosen.
 
+    ``quantize``: ``"int8"`` (per output channel) or ``"int4"`` (groups of 32, asymmetric)
+    weight-only quantisation of the linear layers (``fastdllm.quant``); a GGUF file's Q4_0/Q4_1
+    tensors are kept as they are under ``"int4"``.
+
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
@@ -264,9 +268,10 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     """
     from .loading import parse_device, parse_dtype
     from .precision import resolve_dtype
+    from .quant import parse_quantize
 
     dev = parse_device(device)
-    dt = resolve_dtype(parse_dtype(dtype, dev), dev)
+    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), parse_quantize(quantize)
     if compile is not None:
         from . import cpu_kernels
 
@@ -283,9 +288,9 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
         from .loading.adapter import load_with_adapter
 
         base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dt, device=dev)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dt, device=dev, quantize=mode)
     else:
-        ckpt = load_checkpoint(model, dtype=dt, device=dev, revision=revision)
+        ckpt = load_checkpoint(model, dtype=dt, device=dev, revision=revision, quantize=mode)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
     llm.load_seconds = time.perf_counter() - t0
     return llm

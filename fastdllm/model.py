@@ -101,6 +101,7 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.quantization: str | None = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
 
     @property
     def attn_scale(self) -> float:
@@ -118,7 +119,7 @@ class Transformer(nn.Module):
         """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
-        if cpu_kernels.applies(x):
+        if self.quantization is None and cpu_kernels.applies(x):
             return self.norm(self._decode_layers(x, cos, sin, attend))
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:

@@ -58,6 +58,9 @@ def test_lora_adapter_roundtrip(tmp_path):
     torch.testing.assert_close(logits(fastdllm.load(str(out / "merged")).model, ids), a, rtol=1e-5, atol=1e-5)
     direct = llm.generate([[1, 2, 3]], max_new_tokens=5, small_block_size=4, stop_token_ids=[])[0]
     assert len(direct.token_ids) == 5
+    quantised = fastdllm.load(str(base), adapter=str(out), quantize="int8")  # quantised after the merge
+    assert quantised.model.quantization == "int8" and quantised.mask_token_id == 200
+    assert (logits(quantised.model, ids) - a).norm() / a.norm() < 0.05
 
     # the command line merges the same adapter
     import subprocess

@@ -5,7 +5,7 @@
   become one line on stderr and exit status 2, never a traceback.
 - ``default_model``: which model to use when ``--model`` is omitted.
 - ``add_model_arguments`` / ``check_model_arguments`` / ``load_model``: the ``--model``,
-  ``--dtype``, ``--device``, ``--mask-token-id``, ``--adapter`` and ``--compile``
+  ``--dtype``, ``--quantize``, ``--device``, ``--mask-token-id``, ``--adapter`` and ``--compile``
   flags, validated before anything is loaded.
 """
 
@@ -102,6 +102,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
                        help="weight/compute dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, "
                             "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
                             "(default: %(default)s)")
+    group.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+                       help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of 32 "
+                            "(a GGUF file's Q4_0/Q4_1 blocks are kept as they are) (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
@@ -182,7 +185,7 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     quiet_libraries()
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
                 max_batch_size=max_batch_size, compile=getattr(args, "compile", None),
-                adapter=getattr(args, "adapter", None))
+                adapter=getattr(args, "adapter", None), quantize=getattr(args, "quantize", None))
 
 
 # ---- output ---------------------------------------------------------------------------------

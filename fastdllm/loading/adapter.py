@@ -34,8 +34,11 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
 
 
 def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, merge: bool = True,
-                      dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Checkpoint:
-    """The base checkpoint with the adapter applied: merged into the weights, or as live LoRA layers."""
+                      dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+                      quantize: str | None = None) -> Checkpoint:
+    """The base checkpoint with the adapter applied: merged into the weights, or as live LoRA layers.
+
+    ``quantize`` ("int8" / "int4", merged adapters only): quantise the merged float32 weights."""
     try:
         from peft import PeftModel
     except ImportError as e:
@@ -67,7 +70,14 @@ def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, me
         if cpu_kernels.enabled():
             warnings.warn("unmerged LoRA layers are bypassed by the compiled decode path; load with merge=True",
                           stacklevel=2)
-    model = model.to(parse_dtype(dtype)).eval()
+    if quantize is not None:
+        if not merge:
+            raise ModelLoadError("a quantised model needs the adapter merged (merge=True)")
+        from ..quant import quantize_model
+
+        model = quantize_model(model, quantize, parse_dtype(dtype, device)).eval()
+    else:
+        model = model.to(parse_dtype(dtype, device)).eval()
     model.rotary.inv_freq = inv_frequencies(model.cfg).to(model.device)  # .to(dtype) cast the float32 buffer
     for p in model.parameters():
         p.requires_grad_(False)
