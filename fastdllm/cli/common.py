@@ -91,7 +91,7 @@ def local_model_dir(model: str) -> Path | None:
 # ---- shared flags ---------------------------------------------------------------------------
 
 def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True,
-                        adapter: bool = True) -> argparse._ArgumentGroup:
+                        adapter: bool = True, quantize: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL",
                        help=f"checkpoint directory, .gguf file, Hugging Face hub id, or a named model: "
@@ -102,9 +102,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
                        help="weight/compute dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, "
                             "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
                             "(default: %(default)s)")
-    group.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
-                       help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of 32 "
-                            "(a GGUF file's Q4_0/Q4_1 blocks are kept as they are) (default: %(default)s)")
+    if quantize:
+        group.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+                           help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of "
+                                "32 (a GGUF file's Q4_0/Q4_1 blocks are kept as they are) (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
@@ -148,6 +149,17 @@ def check_model_arguments(args: argparse.Namespace) -> None:
             raise CLIError(f"--adapter: {e}") from None
     if getattr(args, "mask_token_id", None) is not None and args.mask_token_id < 0:
         raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
+
+
+def resolved_dtype(args: argparse.Namespace) -> str:
+    """The dtype ``--dtype`` runs in on ``--device`` ("auto" and the CPU bfloat16 fallback resolved),
+    as a name, for commands that hand it to more than ``fastdllm.load`` (e.g. transformers)."""
+    from ..loading import parse_device, parse_dtype
+    from ..precision import resolve_dtype
+
+    quiet_libraries()  # the fallback's warning becomes a 'fastdllm: warning:' line
+    dev = parse_device(args.device)
+    return str(resolve_dtype(parse_dtype(args.dtype, dev), dev)).replace("torch.", "")
 
 
 class _StderrHandler(logging.Handler):

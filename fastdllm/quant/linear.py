@@ -126,7 +126,8 @@ class Int4Linear(QuantLinear):
         else:  # two codes per byte: low nibble even k, high nibble odd k
             q = weight.q.to(torch.uint8)
             self.register_buffer("qweight", (q[:, 0::2] | (q[:, 1::2] << 4)).to(device))  # [N, K/2]
-            self.register_buffer("scale_zero", torch.stack([weight.scale, weight.zero], -1).to(device, kd))  # [N, K/G, 2]
+            scale_zero = torch.stack([weight.scale, weight.zero], dim=-1)  # [N, K/G, 2]
+            self.register_buffer("scale_zero", scale_zero.to(device, kd))
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
