@@ -74,8 +74,10 @@ def import_tree(tree: Path, name: str = "fastdllm_baseline"):
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[name] = pkg
     spec.loader.exec_module(pkg)
-    for sub in ("api", "config", "loading", "model", "engine.engine", "kernels"):
+    for sub in ("api", "config", "loading", "model", "engine.engine"):
         importlib.import_module(f"{name}.{sub}")
+    kernels = "cpu_kernels" if (init.parent / "cpu_kernels.py").is_file() else "kernels"  # renamed since
+    importlib.import_module(f"{name}.{kernels}")
     return pkg
 
 
@@ -309,7 +311,7 @@ def main() -> int:
     p.add_argument("--lm-scale", type=float, default=40.0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.kernels)")
+    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.cpu_kernels)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")
     p.add_argument("--label", default=None, help="a name for this run in the JSON (default: the git commit)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_overhead.json"))
@@ -330,7 +332,7 @@ def main() -> int:
         packages = {"before": base, "after": fastdllm}
         versions = {"before": same_model_in(base, llm), "after": llm}
     for label, pkg in packages.items():
-        pkg.kernels.set_compile(args.compile)
+        (getattr(pkg, "cpu_kernels", None) or pkg.kernels).set_compile(args.compile)
         versions[label].engine.max_batch_size = max(args.batch)
     params = sum(t.numel() for t in {id(t): t for t in llm.model.parameters()}.values())
 
