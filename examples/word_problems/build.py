@@ -84,6 +84,7 @@ class Budget:
     bd_batch: int
     bd_lr: float
     warmup: int
+    bd_warmup: int | None = None  # the adaptation's warm-up steps (default: warmup)
     block_size: int = 32       # training block size (bd_size)
     small_block_size: int = 8
     batched: int = 16          # problems at a time for the batched rows
@@ -92,7 +93,7 @@ class Budget:
 
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
-              ar_lr=3e-3, bd_steps=300, bd_batch=32, bd_lr=1e-3, warmup=100)
+              ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50)
 QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8, n_sweep=8,
                max_new_tokens=64)
@@ -177,10 +178,48 @@ def pretrain_ar(b: Budget, data: Path, tok_dir: Path, out: Path, seed: int, prog
 
 def adapt(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: int, complementary: bool,
           progress: bool, log) -> dict:
+    opts = common_options(b, seed, progress)
+    if b.bd_warmup is not None:
+        opts["warmup_steps"] = b.bd_warmup
     return run_trainer(log, model=str(parent), tokenizer=str(tok_dir), data=str(data), output_dir=str(out),
                        objective="diffusion", block_size=b.block_size, complementary_mask=complementary,
-                       max_steps=b.bd_steps, micro_batch_size=b.bd_batch, lr=b.bd_lr,
-                       **common_options(b, seed, progress))
+                       max_steps=b.bd_steps, micro_batch_size=b.bd_batch, lr=b.bd_lr, **opts)
+
+
+def _adapt_job(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: int, complementary: bool,
+               progress: bool, threads: int) -> dict:
+    """One adaptation in a worker process with ``threads`` torch threads (see ``adapt_both``)."""
+    torch.set_num_threads(threads)
+    return adapt(b, parent, data, tok_dir, out, seed, complementary, progress, print)
+
+
+def adapt_both(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progress: bool, log,
+               parallel: bool) -> dict:
+    """``bd`` (complementary mask) and ``bd_nocomp`` (without): same parent, data, steps and seed.
+
+    With ``parallel`` and at least two torch threads, the two run at once in two processes that
+    share the threads (small matrices scale poorly across threads, so this finishes sooner than
+    one after the other); only the first draws a progress bar.
+    """
+    jobs = (("bd", True), ("bd_nocomp", False))
+    threads = torch.get_num_threads()
+    if not parallel or threads < 2:
+        res = {}
+        for name, comp in jobs:
+            log(f"[3/7] block-diffusion adaptation ({name}, complementary mask {'on' if comp else 'off'}): "
+                f"{b.bd_steps} steps x {b.bd_batch} problems")
+            res[name] = adapt(b, out / "ar", data, tok_dir, out / name, seed, comp, progress, log)
+        return res
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    log(f"[3/7] block-diffusion adaptation, bd (complementary mask) and bd_nocomp (without) side by side, "
+        f"{threads // 2} thread(s) each: {b.bd_steps} steps x {b.bd_batch} problems")
+    with cf.ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_adapt_job, b, out / "ar", data, tok_dir, out / name, seed, comp,
+                                     progress and i == 0, max(1, threads // 2))
+                   for i, (name, comp) in enumerate(jobs)}
+        return {name: f.result() for name, f in futures.items()}
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -401,7 +440,7 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
-        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release")) -> dict:
+        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release"), parallel: bool = True) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -430,13 +469,11 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         ar = pretrain_ar(b, data_dir / "ar_train.jsonl", tok_dir, out / "ar", seed, progress, log)
         timings["ar_pretrain"] = ar["seconds"]
     if "bd" in stages:
-        bd = {}
-        for name, comp in (("bd", True), ("bd_nocomp", False)):
-            log(f"[3/7] block-diffusion adaptation ({name}, complementary mask {'on' if comp else 'off'}): "
-                f"{b.bd_steps} steps x {b.bd_batch} problems")
-            bd[name] = adapt(b, out / "ar", data_dir / "bd_train.jsonl", tok_dir, out / name, seed, comp, progress,
-                             log)
+        t0 = time.perf_counter()
+        bd = adapt_both(b, out, data_dir / "bd_train.jsonl", tok_dir, seed, progress, log, parallel)
+        for name in bd:
             timings[f"adapt_{name}"] = bd[name]["seconds"]
+        timings["adapt"] = time.perf_counter() - t0
     sweep = chosen = None
     if "sweep" in stages:
         log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} held-out problems")
@@ -499,12 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--stages", default="data,ar,bd,sweep,eval,release",
                    help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, release")
+    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the two adaptations side by side, sharing the threads (default: on)")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
-    res = run(a.out, quick=a.quick, seed=a.seed, stages=stages)
+    res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel)
     if res.get("evaluations"):
         print_table(res["evaluations"], "word problems, held-out phrasings")
         print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["timings_s"].items()))
