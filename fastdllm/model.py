@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from . import kernels
-from .kernels import Linear
+from . import cpu_kernels
+from .cpu_kernels import Linear
 from .rope import RotaryEmbedding, apply_rope
 
 AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,6 +101,7 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.quantization: str | None = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
 
     @property
     def attn_scale(self) -> float:
@@ -118,7 +119,7 @@ class Transformer(nn.Module):
         """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
-        if kernels.applies(x):
+        if self.quantization is None and cpu_kernels.applies(x):
             return self.norm(self._decode_layers(x, cos, sin, attend))
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
@@ -133,17 +134,17 @@ class Transformer(nn.Module):
         n_q, n_kv = self.cfg.num_attention_heads, self.cfg.num_key_value_heads
         rows = x.reshape(B * T, H)
         cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
-        q, k, v = kernels.pre_attention(rows, *self.layers[0].pre_weights(), cos, sin, n_q, n_kv)
+        q, k, v = cpu_kernels.pre_attention(rows, *self.layers[0].pre_weights(), cos, sin, n_q, n_kv)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
             out = out.reshape(B * T, -1)
             if i < last:
                 nxt = self.layers[i + 1].pre_weights()
-                rows, q, k, v = kernels.between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3],
+                rows, q, k, v = cpu_kernels.between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3],
                                                        cos, sin, n_q, n_kv)
             else:
-                rows = kernels.post_attention(rows, out, *layer.post_weights())
+                rows = cpu_kernels.post_attention(rows, out, *layer.post_weights())
         return rows.view(B, T, H)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,

@@ -25,6 +25,16 @@ def ar_llm(tmp_path_factory):
     return fastdllm.load(str(d))
 
 
+def test_inference_imports_neither_training_nor_peft(ar_llm):
+    import subprocess
+    import sys
+
+    probe = ("import sys, fastdllm; fastdllm.load(sys.argv[1]).generate([[1, 2]], max_new_tokens=2); "
+             "print(sorted(m for m in sys.modules if m.startswith(('fastdllm.training', 'peft'))))")
+    r = subprocess.run([sys.executable, "-c", probe, str(ar_llm.checkpoint.path)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
 def test_defaults_come_from_the_checkpoint(qwen_tok_llm):
     assert qwen_tok_llm.is_block_diffusion
     assert qwen_tok_llm.mask_token_id == 151665  # "|<MASK>|" in the tokenizer

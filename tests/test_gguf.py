@@ -1,6 +1,6 @@
 """GGUF loading: tiny random Llama/Qwen2 models written to GGUF here and read back (float64,
 against transformers), quantized tensor types, the real SmolLM2 Q4_1 file against
-transformers' own GGUF loader, and error handling."""
+transformers' own GGUF loader, Q4 blocks kept as int4 (--quantize), and error handling."""
 
 from __future__ import annotations
 
@@ -173,8 +173,18 @@ def smollm_path() -> Path:
     return path
 
 
-def test_smollm2_q4_1_matches_transformers_gguf_loading(smollm_path, monkeypatch):
-    ck = load_checkpoint(smollm_path)
+@pytest.fixture(scope="module")
+def smollm_f32(smollm_path):
+    return load_checkpoint(smollm_path)
+
+
+def smollm_chat_ids(tok) -> torch.Tensor:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    return torch.tensor(tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)).input_ids)
+
+
+def test_smollm2_q4_1_matches_transformers_gguf_loading(smollm_path, smollm_f32, monkeypatch):
+    ck = smollm_f32
     cfg = ck.config
     assert cfg.model_type == "llama" and cfg.tie_word_embeddings and cfg.vocab_size == 49152
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
@@ -184,7 +194,7 @@ def test_smollm2_q4_1_matches_transformers_gguf_loading(smollm_path, monkeypatch
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
-    ids = torch.tensor(tok(text).input_ids)
+    ids = smollm_chat_ids(tok)
     ours = logits(ck.model, ids)
 
     # The reference: transformers' own GGUF reading (dequantization, q/k un-permutation), with the
@@ -202,6 +212,78 @@ def test_smollm2_q4_1_matches_transformers_gguf_loading(smollm_path, monkeypatch
         ref = ref_model(ids[None]).logits[0]
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))  # the greedy next token at every position
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=1e-3)
+
+
+# ---- loaded quantised (--quantize int4 keeps Q4_0 / Q4_1 blocks as they are) ------------------
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_q4_blocks_are_the_files_values(tmp_path, arch, qtype):
+    """keep_q4: the 4-bit codes, scales and zero points reproduce gguf's own dequantisation
+    bit for bit (Llama q/k rows un-permuted like the float path)."""
+    from fastdllm.quant import Int4Weight
+
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_hf_model(arch), arch, qtype, tokenizer=False)
+    _, floats, _ = read_gguf(path)
+    _, kept, _ = read_gguf(path, keep_q4=True)
+    assert set(kept) == set(floats)
+    n = 0
+    for name, w in kept.items():
+        if floats[name].ndim == 2:
+            assert isinstance(w, Int4Weight) and w.group_size == 32, name
+            assert torch.equal(w.dequantize(), floats[name]), name
+            n += 1
+        else:
+            assert torch.equal(w, floats[name]), name  # norms and biases stay float32
+    assert n == 2 * 7 + 1 + (arch == "llama")  # per layer q k v o gate up down, the embedding, llama's output
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_loaded_quantised_close_to_dequantised_float32(tmp_path, arch, mode):
+    from fastdllm.quant import Int4Linear, Int8Linear
+
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_hf_model(arch), arch, Q.Q4_1, tokenizer=False)
+    ref_model = load_checkpoint(path).model
+    model = load_checkpoint(path, quantize=mode).model
+    kind = Int4Linear if mode == "int4" else Int8Linear
+    assert isinstance(model.layers[0].self_attn.qkv_proj, kind) and isinstance(model.lm_head, Int8Linear)
+    if mode == "int4":  # the file's codes: only the scales' bfloat16 rounding separates the weights
+        w, ref_w = model.layers[1].mlp.down_proj.dequantize(), ref_model.layers[1].mlp.down_proj.weight
+        torch.testing.assert_close(w, ref_w, rtol=1e-2, atol=1e-2)
+    ids = torch.randint(0, model.cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(1))
+    ref, got = logits(ref_model, ids), logits(model, ids)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel < 0.03, rel
+
+
+def test_smollm2_q4_1_blocks_exact(smollm_path):
+    """On the real file: the kept Q4_1 blocks are exactly gguf's dequantised values (a few tensors)."""
+    from gguf.quants import dequantize
+
+    from fastdllm.loading.gguf import q4_blocks
+
+    reader = gguf.GGUFReader(smollm_path)
+    picked = [t for t in reader.tensors if t.name in ("blk.0.attn_q.weight", "blk.7.ffn_down.weight",
+                                                      "blk.29.ffn_gate.weight")]
+    assert len(picked) == 3 and all(t.tensor_type == Q.Q4_1 for t in picked)
+    for t in picked:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        ref = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        assert torch.equal(q4_blocks(np.asarray(t.data), True, shape, t.name, smollm_path).dequantize(),
+                           torch.from_numpy(ref)), t.name
+
+
+def test_smollm2_int4_close_to_float32(smollm_path, smollm_f32):
+    """SmolLM2's Q4_1 layers loaded as int4 (its Q8_0 tied embedding gives an int8 vocabulary
+    projection) against the file dequantised to float32, on a chat prompt."""
+    ids = smollm_chat_ids(smollm_f32.tokenizer)
+    ref = logits(smollm_f32.model, ids)
+    got = logits(load_checkpoint(smollm_path, quantize="int4").model, ids)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel < 0.05, rel
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
+    assert got[-1].argmax() == ref[-1].argmax()  # the answer's first token
 
 
 def test_corrupt_and_truncated_files_raise_model_load_error(tmp_path):

@@ -9,7 +9,8 @@ import torch
 import fastdllm
 from fastdllm.attention import DenseAttention, block_causal_mask
 from fastdllm.loading import load_checkpoint
-from fastdllm.training import TrainConfig, load_with_adapter, train
+from fastdllm.loading.adapter import load_with_adapter
+from fastdllm.training import TrainConfig, train
 from tests.helpers import make_tiny_checkpoint
 from tests.training_helpers import write_ids_data
 
@@ -57,6 +58,9 @@ def test_lora_adapter_roundtrip(tmp_path):
     torch.testing.assert_close(logits(fastdllm.load(str(out / "merged")).model, ids), a, rtol=1e-5, atol=1e-5)
     direct = llm.generate([[1, 2, 3]], max_new_tokens=5, small_block_size=4, stop_token_ids=[])[0]
     assert len(direct.token_ids) == 5
+    quantised = fastdllm.load(str(base), adapter=str(out), quantize="int8")  # quantised after the merge
+    assert quantised.model.quantization == "int8" and quantised.mask_token_id == 200
+    assert (logits(quantised.model, ids) - a).norm() / a.norm() < 0.05
 
     # the command line merges the same adapter
     import subprocess
@@ -70,6 +74,12 @@ def test_lora_adapter_roundtrip(tmp_path):
     assert json.loads(r.stdout)["token_ids"] == ref.token_ids
     bad = subprocess.run(cmd[:7] + [str(tmp_path)] + cmd[8:], capture_output=True, text=True)
     assert bad.returncode == 2 and "--adapter" in bad.stderr
+
+    # inference with an adapter needs peft, never the training package
+    probe = ("import sys, fastdllm; fastdllm.load(sys.argv[1], adapter=sys.argv[2]); "
+             "print(sorted(m for m in sys.modules if m.startswith('fastdllm.training')))")
+    r = subprocess.run([sys.executable, "-c", probe, str(base), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 
 
 def test_lora_keeps_base_weights_frozen(tmp_path):

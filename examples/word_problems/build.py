@@ -461,7 +461,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
                       data_dir / "ar_train.jsonl")
         write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
                                     b.block_size), data_dir / "bd_train.jsonl")
-    timings["data"] = time.perf_counter() - t0
+        timings["data"] = time.perf_counter() - t0
     held = P.read_jsonl(data_dir / "heldout.jsonl")[:eval_problems or None]
 
     ar = bd = None
@@ -503,7 +503,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    timings["total"] = time.perf_counter() - t_start
+    if {"data", "ar", "bd", "sweep", "eval"} <= set(stages):  # a partial rerun keeps the full run's total
+        timings["total"] = time.perf_counter() - t_start
     if results:
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
         results_file.write_text(json.dumps(results, indent=2) + "\n")

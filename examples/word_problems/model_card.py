@@ -69,9 +69,11 @@ Everything below is one command, `python examples/word_problems/build.py --out D
 1. **Data** ({_minutes(t.get('data'))}, with the tokenizer): {b.n_train:,} generated problems of
    {len(problems.KINDS)} kinds ({kinds}), several phrasings each, varied names, objects, verbs,
    tenses and sentence orders, numbers up to about 1000, whole-number answers, a distractor
-   sentence in about one problem in five. The last phrasing of every kind is **held out**: it never
-   occurs in training. The {b.n_heldout} evaluation problems (`heldout.jsonl`) use only held-out
-   phrasings, and numbers no training problem has.
+   sentence in about one problem in five. Every sentence form (each fact of a story, the
+   question, the one-sentence form of the whole problem) has several wordings, and the last one of
+   each is **held out**: no training problem uses it. Each of the {b.n_heldout} evaluation problems
+   (`heldout.jsonl`) uses a held-out wording in at least one of its sentences, so its phrasing never
+   occurs in training, and has numbers no training problem has.
 2. **Tokenizer**: byte-level BPE trained on the training problems with the `tokenizers` library,
    {b.vocab} tokens, one token per digit, ChatML template, EOS `<|im_end|>`, mask token `|<MASK>|`.
 3. **AR parent** ({_minutes(t.get('ar_pretrain'))}): hidden size {m['hidden_size']}, {m['num_hidden_layers']}

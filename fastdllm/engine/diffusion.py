@@ -6,11 +6,13 @@ fresh block KV, only the current sub-block), reads the logits of position i from
 (token shift), and fills every masked position of the sub-block whose confidence exceeds the
 threshold, and always the most confident one. A full block is fed once more to commit its KV,
 and that forward's last output gives the first token of the next block.
+
+The planner only plans and keeps the books: the engine samples and applies the accept rule for
+all sequences of a step at once (``decision.py``) and hands each planner its picks, one per
+read row (the token, or -1 where the row was not accepted).
 """
 
 from __future__ import annotations
-
-import torch
 
 from .params import DecodeParams
 from .sequence import ForwardPlan, Sequence
@@ -42,15 +44,15 @@ class DiffusionPlanner:
             seq.gen_from = seq.emitted = L - end
         return plans
 
-    def after_prefill(self, seq: Sequence, logits: torch.Tensor | None) -> list[int]:
-        if logits is None or logits.shape[0] == 0:
+    def after_prefill(self, seq: Sequence, picks: list[int] | None) -> list[int]:
+        if not picks:
             return []
-        return self._open_block(seq, seq.prompt_len, logits)
+        return self._open_block(seq, seq.prompt_len, picks[0])
 
-    def _open_block(self, seq: Sequence, start: int, logits: torch.Tensor) -> list[int]:
-        token, _ = self.p.sampler(logits)  # the first token of a block is autoregressive
+    def _open_block(self, seq: Sequence, start: int, token: int) -> list[int]:
+        # the first token of a block is autoregressive: a one-row pick, always accepted
         seq.block_start = start
-        seq.block = [int(token[0])] + [self.mask] * (self.p.block_size - 1)
+        seq.block = [token] + [self.mask] * (self.p.block_size - 1)
         seq.gen_from, seq.emitted, seq.block_cache_fresh = 0, 0, False
         return [start]
 
@@ -69,19 +71,17 @@ class DiffusionPlanner:
             plan = ForwardPlan(list(block), seq.block_start, kv_end, [i - 1 for i in targets])
             seq.block_cache_fresh = True
         plan.targets = targets
+        plan.threshold = self.p.threshold
         return plan
 
-    def apply(self, seq: Sequence, plan: ForwardPlan, logits: torch.Tensor) -> list[int]:
-        """Update the block from a forward's logits; return the absolute positions decoded."""
+    def apply(self, seq: Sequence, plan: ForwardPlan, picks: list[int]) -> list[int]:
+        """Update the block from a forward's picks (token or -1 per read row); return the positions decoded."""
         if plan.kind == "commit":
-            return self._open_block(seq, seq.block_start + self.p.block_size, logits)
-        tokens, conf = self.p.sampler(logits)  # [n], [n]
-        tokens, conf = tokens.tolist(), conf.tolist()
-        best = conf.index(max(conf))  # first maximum, as torch.argmax
+            return self._open_block(seq, seq.block_start + self.p.block_size, picks[0])
         decoded = []
-        for j, pos in enumerate(plan.targets):
-            if conf[j] > self.p.threshold or j == best:
-                seq.block[pos] = tokens[j]
+        for pos, token in zip(plan.targets, picks):
+            if token >= 0:
+                seq.block[pos] = token
                 decoded.append(seq.block_start + pos)
         return decoded
 

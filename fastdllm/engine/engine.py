@@ -2,8 +2,11 @@
 
 ``Engine.step(scheduler)`` runs one step: the scheduler admits and drops sequences and says
 which ones feed a prompt chunk and which ones decode; all of it goes through one packed
-forward (``ModelRunner``); each sequence's planner turns its logits into decoded positions;
-newly contiguous tokens are committed and the stop rules applied. It returns a ``StepEvent``.
+forward (``ModelRunner``); the logits of every read row are sampled and the accept rule applied
+for all sequences at once on the device (``StepDecision``), and read back in one copy, the
+step's only device-to-host synchronisation; each sequence's planner turns its picks into decoded
+positions; newly contiguous tokens are committed and the stop rules applied. It returns a
+``StepEvent``.
 
 ``Engine.run(seqs, params)`` is the library's entry point (``LLM.generate``, ``LLM.stream``, the
 CLI's live view): a private scheduler sized for ``seqs``, stepped until every one is finished.
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..model import Transformer
+from .decision import StepDecision
 from .params import DecodeParams
 from .runner import ModelRunner
 from .scheduler import Scheduler, kv_need
@@ -89,18 +93,22 @@ class Engine:
                 seq.planner.after_prefill(seq, None)
         work = [(s, s.prefill_plans[0]) for s in todo.prefill] + [(s, s.planner.plan(s)) for s in todo.decode]
         tokens = sum(len(p.tokens) for _, p in work)
-        logits = self.runner.run([(s.kv_base, p) for s, p in work]) if work else []
-        for (seq, plan), lg in zip(work, logits):
+        picks = []
+        if work:
+            decision = StepDecision([(s.planner.p.sampler, len(p.logit_rows), p.threshold) for s, p in work],
+                                    self.model.device)
+            picks = decision.resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
+        for (seq, plan), picked in zip(work, picks):
             if plan.kind == "prefill":
                 seq.prefill_plans.pop(0)
                 if seq.prefill_plans:  # more chunks to come
                     rows.append(RowUpdate(seq.index, [], [], phase="prefill", sequence=seq))
                     continue
                 seq.nfe += 1  # the whole prefill counts as one forward
-                rows.append(self._emit(seq, seq.planner.after_prefill(seq, lg), "prefill"))
+                rows.append(self._emit(seq, seq.planner.after_prefill(seq, picked), "prefill"))
             else:
                 seq.nfe += 1
-                rows.append(self._emit(seq, seq.planner.apply(seq, plan, lg), "decode"))
+                rows.append(self._emit(seq, seq.planner.apply(seq, plan, picked), "decode"))
         sched.release([s for s, _ in work if s.finished])
         kind = ("mixed" if todo.prefill and todo.decode else "prefill" if todo.prefill
                 else "decode" if todo.decode else "idle")

@@ -1,9 +1,11 @@
 """Model runner: packs the plans of several sequences into one forward pass.
 
-All query tokens of a step go through the projections and MLPs as one [1, N] batch;
-attention runs per sequence against its own span of the KV pool (see ``CachedAttention``), so
-sequences of different lengths and phases (prefill chunks, decode steps) share a forward
-without padding. Logits are computed only for the rows the plans read.
+All query tokens of a step go through the projections and MLPs as one [1, N] batch; attention
+runs for all sequences at once, each against its own span of the KV pool (``PackedAttention``;
+``packed=False`` runs it one sequence at a time, ``CachedAttention``), so sequences of
+different lengths and phases (prefill chunks, decode steps) share a forward without padding the
+matrix work. Logits are computed only for the rows the plans read. Everything the forward needs
+from the host goes up before it starts; nothing is read back here.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import torch
 
 from ..attention import CachedAttention, Segment, block_causal_mask, causal_mask
+from ..device import upload
 from ..kv_cache import KVCache
 from ..model import Transformer
+from ..packed_attention import PackedAttention
 from .sequence import ForwardPlan
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, packed: bool = True):
         self.model = model
         self.cfg = model.cfg
         self.cache: KVCache | None = None
+        self.packed = packed
 
     def ensure_pool(self, positions: int) -> KVCache:
         """A cache of at least ``positions`` positions (one slot used as a pool; reused if big enough)."""
@@ -42,8 +47,8 @@ class ModelRunner:
         return block_causal_mask(q, k, plan.block_size)
 
     @torch.inference_mode()
-    def run(self, work: list[tuple[int, ForwardPlan]]) -> list[torch.Tensor]:
-        """work: (KV base, plan) pairs -> per plan, logits [len(plan.logit_rows), vocab]."""
+    def run(self, work: list[tuple[int, ForwardPlan]]) -> torch.Tensor:
+        """work: (KV base, plan) pairs -> logits [sum of len(plan.logit_rows), vocab], plan after plan."""
         assert self.cache is not None
         dev = self.model.device
         tokens, positions, rows, segments = [], [], [], []
@@ -53,10 +58,14 @@ class ModelRunner:
             tokens.extend(plan.tokens)
             positions.extend(range(plan.write_pos, plan.write_pos + n))
             rows.extend(offset + r for r in plan.logit_rows)
-            segments.append(Segment(0, offset, n, plan.write_pos, plan.kv_end, self._mask(plan), base))
+            mask = None if self.packed else self._mask(plan)
+            segments.append(Segment(0, offset, n, plan.write_pos, plan.kv_end, mask, base, plan.mask, plan.block_size))
             offset += n
-        ids = torch.tensor(tokens, dtype=torch.long, device=dev)[None]  # [1, N]
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)[None]  # [1, N]
-        attend = CachedAttention(self.cache, segments, self.model.attn_scale)
-        logits = self.model(ids, pos, attend, torch.tensor(rows, dtype=torch.long, device=dev))  # [R, V]
-        return list(logits.split([len(p.logit_rows) for _, p in work]))
+        n = len(tokens)
+        meta = upload(tokens + positions + rows, torch.long, dev)  # one upload: ids, positions, read rows
+        ids, pos, read = meta[:n][None], meta[n:2 * n][None], meta[2 * n:]  # [1, N], [1, N], [R]
+        if self.packed:
+            attend = PackedAttention(self.cache, segments, self.model.attn_scale)
+        else:
+            attend = CachedAttention(self.cache, segments, self.model.attn_scale)
+        return self.model(ids, pos, attend, read)  # [R, V]

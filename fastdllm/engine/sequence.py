@@ -17,6 +17,7 @@ class ForwardPlan:
     mask: str = "full"             # "full", "causal" or "block_causal"
     kind: str = "decode"           # "prefill", "decode" or "commit"
     block_size: int = 0            # for the block-causal mask
+    threshold: float = 1.0         # read rows more confident than this are accepted; the most confident one always is
     targets: list[int] = field(default_factory=list)  # block indices the read logits decide
 
 

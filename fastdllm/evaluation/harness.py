@@ -41,7 +41,7 @@ class FastDLLMLM(LM):
                  batch_size: int | str = 8, max_gen_toks: int = 256, threshold: float = 0.9,
                  block_size: int | None = None, small_block_size: int | None = None, use_block_cache: bool = False,
                  mode: str | None = None, mask_token_id: int | None = None, add_bos_token: bool = False,
-                 compile: bool | None = None, progress: bool = True, **unknown):
+                 compile: bool | None = None, progress: bool = True, quantize: str | None = None, **unknown):
         super().__init__()
         if unknown:
             raise InvalidRequestError(f"unknown fastdllm model_args: {', '.join(sorted(unknown))}")
@@ -51,7 +51,7 @@ class FastDLLMLM(LM):
             bs = 8 if batch_size in ("auto", None) else int(batch_size)
             llm = fastdllm.load(pretrained, dtype=dtype, device=device, max_batch_size=bs,
                                 mask_token_id=None if mask_token_id is None else int(mask_token_id),
-                                compile=None if compile is None else _bool(compile))
+                                compile=None if compile is None else _bool(compile), quantize=quantize)
         if llm.tokenizer is None:
             raise InvalidRequestError("lm-eval needs a checkpoint with a tokenizer")
         self.llm = llm

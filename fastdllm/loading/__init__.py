@@ -13,6 +13,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
+from ..precision import auto_dtype
+from ..quant import parse_quantize
 from .hub import resolve
 from .weights import build_model, read_safetensors, safetensors_files
 
@@ -31,7 +33,8 @@ class Checkpoint:
     generation_config: dict = field(default_factory=dict)
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
+    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.precision``)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -39,8 +42,10 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
             raise ModelLoadError(f"unsupported dtype {dtype}")
         return dtype
     key = str(dtype).replace("torch.", "")
+    if key == "auto":
+        return auto_dtype(device or "cpu")
     if key not in DTYPES:
-        raise ModelLoadError(f"unsupported dtype {dtype!r}: use float32, bfloat16, float16 or float64")
+        raise ModelLoadError(f"unsupported dtype {dtype!r}: use auto, float32, bfloat16, float16 or float64")
     return DTYPES[key]
 
 
@@ -55,15 +60,22 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float32",
-                    device: str | torch.device | None = "cpu", revision: str | None = None) -> Checkpoint:
-    dt, dev = parse_dtype(dtype), parse_device(device)
+                    device: str | torch.device | None = "cpu", revision: str | None = None,
+                    quantize: str | None = None) -> Checkpoint:
+    """Load ``source`` in exactly ``dtype`` (no hardware policy here; see ``fastdllm.load``).
+
+    ``quantize``: None, "int8" or "int4" (``fastdllm.quant``). A GGUF file's Q4_0/Q4_1 tensors
+    are kept as their 4-bit codes under "int4"; everything else is dequantised first.
+    """
+    dev = parse_device(device)
+    dt, mode = parse_dtype(dtype, dev), parse_quantize(quantize)
     path = resolve(source, revision)
     if path.suffix == ".gguf":
         from .gguf import read_gguf
 
-        raw_config, tensors, tokenizer = read_gguf(path)
+        raw_config, tensors, tokenizer = read_gguf(path, keep_q4=mode == "int4")
         cfg = ModelConfig.from_dict(raw_config)
-        model = build_model(cfg, tensors, dt, dev, str(path))
+        model = build_model(cfg, tensors, dt, dev, str(path), mode)
         gen = {"eos_token_id": cfg.eos_token_id}
         return Checkpoint(model, cfg, tokenizer, path, gen)
     config_file = path / "config.json"
@@ -71,7 +83,7 @@ def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float
         raise ModelLoadError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     cfg = ModelConfig.from_file(config_file)
     tensors = read_safetensors(safetensors_files(path))
-    model = build_model(cfg, tensors, dt, dev, str(path))
+    model = build_model(cfg, tensors, dt, dev, str(path), mode)
     del tensors
     gen_file = path / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}

@@ -3,7 +3,11 @@
 GGUF keeps a model in llama.cpp's layout: its own tensor names, dimensions listed innermost
 first, quantized blocks, and (Llama only) q/k rows permuted for llama.cpp's rotary kernel.
 ``read_gguf`` undoes all of that, so the strict safetensors path (``weights.build_model``)
-loads the result unchanged. Weights come back dequantized to float32.
+loads the result unchanged. Weights come back dequantized to float32, except with
+``keep_q4=True``: then Q4_0 / Q4_1 matrices come back as their own 4-bit codes with per-block
+scales and zero points (``fastdllm.quant.Int4Weight``, group size 32), which torch's int4
+kernels multiply directly. The codes, scales (``d``) and minima (``m``) are the file's; only the
+zero point ``m + 8 d`` of Q4_1 is computed (in float32).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError, UnsupportedModelError
+from ..quant.formats import Int4Weight
 
 ARCHITECTURES = ("llama", "qwen2")
 GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -30,12 +35,12 @@ LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _MISSING = object()
 
 
-def read_gguf(path: Path) -> tuple[dict, dict[str, torch.Tensor], object]:
+def read_gguf(path: Path, keep_q4: bool = False) -> tuple[dict, dict[str, torch.Tensor], object]:
     """Returns (hf_config_dict, hf_named_tensors_float32, transformers_tokenizer_or_None)."""
     path = Path(path)
     reader = _open(path)
     config = hf_config(reader, path)
-    tensors = hf_tensors(reader, config, path)
+    tensors = hf_tensors(reader, config, path, keep_q4)
     return config, tensors, load_tokenizer(reader, path)
 
 
@@ -126,18 +131,27 @@ def hf_config(reader, path: Path) -> dict:
     return cfg
 
 
-def hf_tensors(reader, cfg: dict, path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor dequantized to float32, under its Hugging Face name and in its HF shape.
+def hf_tensors(reader, cfg: dict, path: Path, keep_q4: bool = False) -> dict[str, torch.Tensor | Int4Weight]:
+    """Every tensor dequantized to float32 (Q4_0/Q4_1 matrices kept as ``Int4Weight`` with
+    ``keep_q4``), under its Hugging Face name and in its HF shape.
 
     Names this module does not know are kept as they are, so the strict shape check that
     follows reports them rather than this module dropping them silently.
     """
+    from gguf import GGMLQuantizationType as Q
     from gguf.quants import dequantize
 
     heads = {"q": cfg["num_attention_heads"], "k": cfg["num_key_value_heads"]}
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | Int4Weight] = {}
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        name = _hf_name(t.name)
+        m = LAYER_NAME.fullmatch(t.name)
+        llama_qk = cfg["model_type"] == "llama" and m is not None and m.group(2) in ("attn_q", "attn_k")
+        if keep_q4 and t.tensor_type in (Q.Q4_0, Q.Q4_1) and len(shape) == 2:
+            q4 = q4_blocks(np.asarray(t.data), t.tensor_type == Q.Q4_1, shape, t.name, path)
+            out[name] = q4.map_rows(lambda r: unpermute(r, heads[m.group(2)[-1]])) if llama_qk else q4
+            continue
         try:
             w = dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
@@ -152,12 +166,34 @@ def hf_tensors(reader, cfg: dict, path: Path) -> dict[str, torch.Tensor]:
             w = torch.from_numpy(w.reshape(shape))
         except ValueError as e:
             raise ModelLoadError(f"{path}: tensor {t.name} has {w.size} values, not the {shape} it declares") from e
-        name = _hf_name(t.name)
-        m = LAYER_NAME.fullmatch(t.name)
-        if cfg["model_type"] == "llama" and m and m.group(2) in ("attn_q", "attn_k"):
+        if llama_qk:
             w = unpermute(w, heads[m.group(2)[-1]])
         out[name] = w
     return out
+
+
+def q4_blocks(data: np.ndarray, with_min: bool, shape: tuple[int, int], name: str, path: Path) -> Int4Weight:
+    """A Q4_0 / Q4_1 matrix as its codes, scales and zero points (no rounding of the file's values).
+
+    A block holds 32 weights: ``d`` (float16), for Q4_1 also ``m`` (float16), then 16 bytes of
+    codes, weight j in the low nibble of byte j and weight j + 16 in its high nibble.
+    Q4_0: ``w = d (q - 8)``; Q4_1: ``w = d q + m = d (q - 8) + (m + 8 d)``.
+    """
+    N, K = shape
+    head = 4 if with_min else 2
+    try:
+        blocks = data.reshape(N, K // 32, head + 16)  # [N, G, bytes]
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: tensor {name} has {data.size} bytes, not the {shape} it declares") from e
+    d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)  # [N, G]
+    qs = blocks[..., head:]  # [N, G, 16]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(N, K)  # [N, K] codes 0..15
+    if with_min:
+        m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)  # [N, G]
+        zero = m + np.float32(8) * d
+    else:
+        zero = np.zeros_like(d)
+    return Int4Weight(torch.from_numpy(q.astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(zero))
 
 
 def _hf_name(name: str) -> str:

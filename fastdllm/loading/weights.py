@@ -16,6 +16,7 @@ from safetensors import safe_open
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
+from ..quant import GROUP_SIZE, as_float, cat_rows, layer_mode, linear_names, quantized_linear
 from ..rope import inv_frequencies
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -74,7 +75,9 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 def hf_to_fused(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map HF names to the model's own state-dict names (fusing q/k/v and gate/up)."""
+    """Map HF names to the model's own state-dict names (fusing q/k/v and gate/up).
+
+    Values may also be quantised weights (``fastdllm.quant.formats``), fused in their format."""
     out = {
         "embed_tokens.weight": t["model.embed_tokens.weight"],
         "norm.weight": t["model.norm.weight"],
@@ -85,17 +88,17 @@ def hf_to_fused(cfg: ModelConfig, t: dict[str, torch.Tensor]) -> dict[str, torch
         out[q + "input_layernorm.weight"] = t[p + "input_layernorm.weight"]
         out[q + "post_attention_layernorm.weight"] = t[p + "post_attention_layernorm.weight"]
         a = p + "self_attn."
-        out[q + "self_attn.qkv_proj.weight"] = torch.cat([t[a + f"{n}_proj.weight"] for n in "qkv"])
+        out[q + "self_attn.qkv_proj.weight"] = cat_rows([t[a + f"{n}_proj.weight"] for n in "qkv"])
         if cfg.attention_bias:
-            out[q + "self_attn.qkv_proj.bias"] = torch.cat([t[a + f"{n}_proj.bias"] for n in "qkv"])
+            out[q + "self_attn.qkv_proj.bias"] = cat_rows([t[a + f"{n}_proj.bias"] for n in "qkv"])
         out[q + "self_attn.o_proj.weight"] = t[a + "o_proj.weight"]
         if a + "o_proj.bias" in t:
             out[q + "self_attn.o_proj.bias"] = t[a + "o_proj.bias"]
         m = p + "mlp."
-        out[q + "mlp.gate_up_proj.weight"] = torch.cat([t[m + "gate_proj.weight"], t[m + "up_proj.weight"]])
+        out[q + "mlp.gate_up_proj.weight"] = cat_rows([t[m + "gate_proj.weight"], t[m + "up_proj.weight"]])
         out[q + "mlp.down_proj.weight"] = t[m + "down_proj.weight"]
         if cfg.mlp_bias:
-            out[q + "mlp.gate_up_proj.bias"] = torch.cat([t[m + "gate_proj.bias"], t[m + "up_proj.bias"]])
+            out[q + "mlp.gate_up_proj.bias"] = cat_rows([t[m + "gate_proj.bias"], t[m + "up_proj.bias"]])
             out[q + "mlp.down_proj.bias"] = t[m + "down_proj.bias"]
     return out
 
@@ -156,14 +159,28 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def build_model(cfg: ModelConfig, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                device: torch.device | str, source: str) -> Transformer:
-    """Strictly check ``hf_tensors`` against ``cfg`` and return an eval-mode model."""
+                device: torch.device | str, source: str, quantize: str | None = None) -> Transformer:
+    """Strictly check ``hf_tensors`` against ``cfg`` and return an eval-mode model.
+
+    ``quantize`` ("int8" / "int4"): the linear layers are quantised from the checkpoint's own
+    values (or kept in the quantised format they arrive in, see ``fastdllm.quant``).
+    """
     check_tensors(cfg, {k: tuple(v.shape) for k, v in hf_tensors.items()}, source)
     with torch.device("meta"):
         model = Transformer(cfg)
-    fused = {k: v.to(device=device, dtype=dtype) for k, v in hf_to_fused(cfg, hf_tensors).items()}
-    model.load_state_dict(fused, strict=True, assign=True)
-    if cfg.tie_word_embeddings:
+    fused = hf_to_fused(cfg, hf_tensors)
+    state: dict[str, torch.Tensor] = {}
+    if quantize:
+        for name in linear_names(cfg.num_hidden_layers):
+            bias = fused.pop(f"{name}.bias", None)
+            layer = quantized_linear(fused.pop(f"{name}.weight"), None if bias is None else as_float(bias),
+                                     layer_mode(name, quantize), dtype, device, GROUP_SIZE)
+            model.set_submodule(name, layer)
+            state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
+    state.update({k: as_float(v).to(device=device, dtype=dtype) for k, v in fused.items()})
+    model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_word_embeddings and not quantize:
         model.lm_head.weight = model.embed_tokens.weight
+    model.quantization = quantize
     model.rotary.inv_freq = inv_frequencies(cfg).to(device)  # buffers were built on meta
     return model.eval()

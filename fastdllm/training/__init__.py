@@ -10,15 +10,9 @@ pairs, targets), ``masks`` / ``flex`` (the attention mask), ``objective`` (the l
 ``distributed``, ``checkpoint``, ``metrics``, ``export``, ``trainer`` (the loop).
 """
 
+from ..loading.adapter import load_with_adapter
 from .config import TrainConfig, TrainConfigError
 from .trainer import TrainResult, train
-
-
-def load_with_adapter(base, adapter_dir, merge: bool = True, dtype="float32", device="cpu"):
-    """A ``Checkpoint`` of ``base`` with the LoRA adapter in ``adapter_dir`` (see ``training.lora``)."""
-    from .lora import load_with_adapter as _load
-
-    return _load(base, adapter_dir, merge=merge, dtype=dtype, device=device)
 
 
 __all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "train", "load_with_adapter"]

@@ -1,28 +1,20 @@
-"""LoRA with peft on fastdllm's fused modules (qkv_proj, o_proj, gate_up_proj, down_proj).
+"""LoRA training with peft on fastdllm's fused modules (qkv_proj, o_proj, gate_up_proj, down_proj).
 
-An adapter directory holds peft's own files (``adapter_config.json``,
-``adapter_model.safetensors``), ``fastdllm_adapter.json`` (block size, mask token, the base
-and new vocabulary sizes) and, when the mask token was new, ``mask_token_rows.safetensors``
-(its embedding / lm_head rows, and any rows the vocabulary grew by). The mask rows keep
+``apply_lora`` wraps the model for training, ``save_adapter`` writes the adapter directory
+(layout in ``fastdllm.loading.adapter``, which loads it for inference). The mask rows keep
 their mean initialisation during LoRA training (only the adapters train).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
-from ..loading import Checkpoint, load_checkpoint, load_tokenizer, parse_dtype
-from ..rope import inv_frequencies
-from .vocab import MaskToken, init_rows
-
-META_FILE = "fastdllm_adapter.json"
-ROWS_FILE = "mask_token_rows.safetensors"
+from ..loading.adapter import META_FILE, ROWS_FILE
+from .vocab import MaskToken
 
 
 def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: list[str]):
@@ -56,57 +48,3 @@ def save_adapter(peft_model, out: Path, mask: MaskToken | None, bd_size: int | N
     meta = {"base_model": base, "bd_size": bd_size, "mask_token_id": mask.id if mask else None,
             "base_vocab_size": mask.base_vocab_size if mask else V, "vocab_size": V, "rows": rows}
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def check_adapter_dir(adapter_dir: str | Path) -> Path:
-    """``adapter_dir`` as a Path if it holds an adapter written by fastdllm, else ModelLoadError."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file() or not (adapter_dir / META_FILE).is_file():
-        raise ModelLoadError(f"{adapter_dir}: not a fastdllm adapter directory (adapter_config.json and "
-                             f"{META_FILE} expected)")
-    return adapter_dir
-
-
-def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, merge: bool = True,
-                      dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Checkpoint:
-    """The base checkpoint with the adapter applied: merged into the weights, or as live LoRA layers."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
-    adapter_dir = check_adapter_dir(adapter_dir)
-    meta = json.loads((adapter_dir / META_FILE).read_text())
-    ckpt = base if isinstance(base, Checkpoint) else load_checkpoint(base, dtype="float32", device=device)
-    model = ckpt.model
-    if model.cfg.vocab_size != meta["base_vocab_size"]:
-        raise ModelLoadError(f"{adapter_dir}: adapter was trained on a base with vocabulary "
-                             f"{meta['base_vocab_size']}, this base has {model.cfg.vocab_size}")
-    if meta["rows"]:
-        init_rows(model, meta["base_vocab_size"], meta["vocab_size"], meta["mask_token_id"])
-        saved = load_file(str(adapter_dir / ROWS_FILE))
-        idx = torch.tensor(meta["rows"])
-        with torch.no_grad():
-            model.embed_tokens.weight[idx] = saved["embed_tokens"].to(model.embed_tokens.weight)
-            if "lm_head" in saved:
-                model.lm_head.weight[idx] = saved["lm_head"].to(model.lm_head.weight)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
-    if merge:
-        model = peft_model.merge_and_unload()
-    else:
-        model = peft_model.get_base_model()
-        from .. import kernels
-
-        if kernels.enabled():
-            warnings.warn("unmerged LoRA layers are bypassed by the compiled decode path; load with merge=True",
-                          stacklevel=2)
-    model = model.to(parse_dtype(dtype)).eval()
-    model.rotary.inv_freq = inv_frequencies(model.cfg).to(model.device)  # .to(dtype) cast the float32 buffer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    cfg = model.cfg
-    if meta.get("bd_size") is not None:
-        cfg.bd_size = meta["bd_size"]
-    if meta.get("mask_token_id") is not None:
-        cfg.mask_token_id = meta["mask_token_id"]
-    cfg.raw.update({"bd_size": cfg.bd_size, "mask_token_id": cfg.mask_token_id, "vocab_size": cfg.vocab_size})
-    tokenizer = load_tokenizer(adapter_dir) or ckpt.tokenizer
-    return Checkpoint(model, cfg, tokenizer, ckpt.path, dict(ckpt.generation_config))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..config import MASK_TOKEN
+from ..loading.rows import init_rows
 from .config import TrainConfigError
 
 
@@ -63,30 +63,3 @@ def _add_to_tokenizer(tokenizer) -> int:
     if not _tokenizer_has(tokenizer, MASK_TOKEN):
         tokenizer.add_tokens([MASK_TOKEN], special_tokens=True)
     return _tid(tokenizer)
-
-
-@torch.no_grad()
-def init_rows(model: nn.Module, old_v: int, new_v: int, mask_id: int) -> None:
-    """Grow embedding/lm_head from ``old_v`` to ``new_v`` rows; new rows and ``mask_id`` = mean row."""
-    emb = model.embed_tokens.weight
-    tied = model.lm_head.weight is emb
-    mats = [("embed_tokens", emb)] + ([] if tied else [("lm_head", model.lm_head.weight)])
-    for name, w in mats:
-        mean = w[:old_v].float().mean(0).to(w.dtype)  # [H]
-        if new_v > old_v:
-            grown = torch.cat([w.detach(), mean.expand(new_v - old_v, -1)])  # [new_v, H]
-        else:
-            grown = w.detach().clone()
-        grown[mask_id] = mean
-        param = nn.Parameter(grown, requires_grad=w.requires_grad)
-        if name == "embed_tokens":
-            model.embed_tokens.weight = param
-            model.embed_tokens.num_embeddings = new_v
-        else:
-            model.lm_head.weight = param
-            model.lm_head.out_features = new_v
-    if tied:
-        model.lm_head.weight = model.embed_tokens.weight
-        model.lm_head.out_features = new_v
-    model.cfg.vocab_size = new_v
-    model.cfg.raw["vocab_size"] = new_v

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastdllm import kernels
+from fastdllm import cpu_kernels
 from fastdllm.attention import CachedAttention, Segment
 from fastdllm.kv_cache import KVCache
 from tests.test_engine import prompt_of, random_llm
@@ -12,11 +12,11 @@ from tests.test_engine import prompt_of, random_llm
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_decode_path():
-    kernels.set_compile(True)
-    if not kernels.enabled():
+    cpu_kernels.set_compile(True)
+    if not cpu_kernels.enabled():
         pytest.skip("torch.compile unavailable on this machine")
     yield
-    kernels.set_compile(False)
+    cpu_kernels.set_compile(False)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,14 @@ def _decode_logits(model, n_rows, fast: bool):
     ids = torch.arange(n_rows)[None] + 7
     pos = torch.tensor([[20 + 3 * i for i in range(n_rows)]])
     segs = [Segment(i, i, 1, int(pos[0, i]), int(pos[0, i]) + 1) for i in range(n_rows)]
-    saved = kernels._compiled.get("enabled")
-    kernels._compiled["enabled"] = fast
+    saved = cpu_kernels._compiled.get("enabled")
+    cpu_kernels._compiled["enabled"] = fast
     try:
         with torch.inference_mode():
-            assert kernels.applies(model.embed_tokens(ids)) == fast
+            assert cpu_kernels.applies(model.embed_tokens(ids)) == fast
             return model(ids, pos, CachedAttention(cache, segs, model.attn_scale))
     finally:
-        kernels._compiled["enabled"] = saved
+        cpu_kernels._compiled["enabled"] = saved
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -53,10 +53,10 @@ def test_compiled_decode_matches_eager(llm32, rows):
 def test_fast_path_only_where_it_applies():
     x = torch.zeros(1, 4, 64)
     with torch.inference_mode():
-        assert kernels.applies(x)
-        assert not kernels.applies(torch.zeros(1, 5, 64))          # too many rows: MKL GEMM wins
-        assert not kernels.applies(x.double())                      # float64 stays exact eager math
-    assert not kernels.applies(x.requires_grad_())                  # training never compiles
+        assert cpu_kernels.applies(x)
+        assert not cpu_kernels.applies(torch.zeros(1, 5, 64))          # too many rows: MKL GEMM wins
+        assert not cpu_kernels.applies(x.double())                      # float64 stays exact eager math
+    assert not cpu_kernels.applies(x.requires_grad_())                  # training never compiles
 
 
 def test_float32_ar_batch_invariance(llm32):
@@ -66,10 +66,10 @@ def test_float32_ar_batch_invariance(llm32):
     assert [r.token_ids for r in llm32.generate(prompts, **kw)] == alone
 
 
-@pytest.mark.skipif(not kernels.onednn_available(), reason="oneDNN linear ops unavailable")
+@pytest.mark.skipif(not cpu_kernels.onednn_available(), reason="oneDNN linear ops unavailable")
 def test_onednn_linear_matches_f_linear_and_is_row_invariant():
     torch.manual_seed(0)
-    lin = kernels.Linear(96, 300)
+    lin = cpu_kernels.Linear(96, 300)
     x = torch.randn(40, 96)
     with torch.inference_mode():
         y = lin(x)

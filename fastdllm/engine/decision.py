@@ -1,0 +1,100 @@
+"""The step's accept rule, for every read row of a packed forward at once, on the device.
+
+The rows a plan reads form a segment. Every row gets a token and a confidence from its
+sequence's sampler: the greedy rows of the whole step in one batched pick (``greedy_pick``
+over the step's logits); the rows of any other sampler (temperature sampling with its own
+seeded generator, greedy with another mask token) plan by plan, in packed order, so that each
+generator draws exactly what it drew when sequences were decided one at a time. A row is
+accepted when its confidence exceeds its plan's threshold, and the most confident row of each
+segment always is (the first maximum on ties, as ``torch.argmax``): a block-diffusion sub-block
+keeps every confident position and at least one; an AR step, a block's first token and a
+prompt's last row are one-row segments, always accepted.
+
+The accepted tokens (-1 elsewhere) come back to the host in ONE copy: the step's only
+device-to-host synchronisation. Segment ids and thresholds go up before the forward.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from ..device import download, upload
+from ..sampling import GreedySampler, Sampler, greedy_pick, max_excluding
+
+
+class StepDecision:
+    def __init__(self, plans: list[tuple[Sampler, int, float]], device: torch.device):
+        """``plans``: (sampler, rows read, threshold) per plan, in packed order (before the forward)."""
+        self.samplers = [s for s, _, _ in plans]
+        self.sizes = [n for _, n, _ in plans]
+        self.thresholds = [t for _, _, t in plans]
+        self.rows = sum(self.sizes)
+        masks = Counter(s.mask_token_id for s, n, _ in plans if n and isinstance(s, GreedySampler))
+        self.greedy_mask = masks.most_common(1)[0][0] if masks else None
+        self.batched = bool(masks)  # some rows are picked by the batched greedy pick
+        # one-row segments (AR steps, block openers) are always accepted: no confidence needed
+        self.single_rows = all(n <= 1 for n in self.sizes)
+        self.segments = sum(1 for n in self.sizes if n)
+        used = {t for n, t in zip(self.sizes, self.thresholds) if n}
+        self.threshold = used.pop() if len(used) == 1 else upload(
+            [t for n, t in zip(self.sizes, self.thresholds) for _ in range(n)], torch.float64, device)  # [R]
+        if self.segments > 1 and not self.single_rows:
+            counts = [n for n in self.sizes if n]
+            ids = [i for i, n in enumerate(counts) for _ in range(n)]
+            self.segment = upload(ids, torch.long, device)  # [R] segment of each row, non-empty segments only
+
+    def _is_batched(self, sampler: Sampler) -> bool:
+        return self.batched and isinstance(sampler, GreedySampler) and sampler.mask_token_id == self.greedy_mask
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row's token [R] and (unless all segments are one row) confidence [R]."""
+        R, dev = self.rows, logits.device
+        conf = None
+        if self.batched and self.single_rows:
+            tokens = max_excluding(logits, self.greedy_mask)[1]  # the argmax alone
+        elif self.batched:
+            tokens, conf = greedy_pick(logits, self.greedy_mask)
+        else:
+            tokens = torch.empty(R, dtype=torch.long, device=dev)
+            if not self.single_rows:
+                conf = torch.empty(R, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32,
+                                   device=dev)
+        a = 0
+        for sampler, n in zip(self.samplers, self.sizes):
+            if n and not self._is_batched(sampler):
+                t, c = sampler(logits[a:a + n])  # the plan's own draw
+                tokens[a:a + n] = t
+                if conf is not None:
+                    conf[a:a + n] = c
+            a += n
+        return tokens, conf
+
+    def resolve(self, logits: torch.Tensor) -> list[list[int]]:
+        """logits [R, V] of the read rows, plan by plan -> per plan, per row: the token, or -1 if not accepted."""
+        if not self.rows:
+            return [[] for _ in self.sizes]
+        tokens, conf = self._sample(logits)
+        if conf is not None:
+            wide = conf if conf.dtype == torch.float64 else conf.double()
+            accept = wide > self.threshold  # [R]; compared as Python floats are: float32(0.1) > 0.1
+            accept.index_fill_(0, self._most_confident(conf), True)
+            tokens = torch.where(accept, tokens, -1)
+        flat = download(tokens)  # the step's one device-to-host copy
+        out, a = [], 0
+        for n in self.sizes:
+            out.append(flat[a:a + n])
+            a += n
+        return out
+
+    def _most_confident(self, conf: torch.Tensor) -> torch.Tensor:
+        """Row index of each non-empty segment's first maximum of ``conf`` [R] -> [segments] (or [] for one)."""
+        if self.segments == 1:
+            return conf.argmax()
+        R, S = conf.shape[0], self.segments
+        conf = conf.nan_to_num(nan=float("-inf"))  # a broken row must not hide the segment's maximum
+        top = conf.new_full((S,), float("-inf")).scatter_reduce(0, self.segment, conf, "amax")  # [S]
+        row = torch.arange(R, device=conf.device)
+        at_top = torch.where(conf == top[self.segment], row, R)  # [R]
+        return torch.full((S,), R, device=conf.device).scatter_reduce(0, self.segment, at_top, "amin")  # [S]

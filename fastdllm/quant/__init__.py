@@ -1,0 +1,67 @@
+"""Weight-only quantisation for inference: int8 per channel or int4 per group of 32 inputs.
+
+``quantize="int8"`` or ``"int4"`` in ``fastdllm.load`` (``--quantize`` on the command line)
+replaces every linear layer of the decoder and the vocabulary projection with a quantised one
+(``linear``); embeddings, norms, attention and the KV cache stay in the model's dtype. With
+int4, the vocabulary projection is quantised to int8: it is the layer most sensitive to
+rounding, and llama.cpp's 4-bit files also keep it at 6-8 bits. Formats in ``formats``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from .formats import Int4Weight, Int8Weight, QuantizedWeight, as_float, cat_rows
+from .linear import Int4Linear, Int8Linear, QuantLinear, quantized_linear
+
+MODES = ("int8", "int4")
+LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+GROUP_SIZE = 32
+
+__all__ = ["MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
+           "as_float", "cat_rows", "linear_names", "parse_quantize", "quantize_model", "quantized_linear",
+           "layer_mode"]
+
+
+def parse_quantize(mode: str | None) -> str | None:
+    """None (or "none") for no quantisation, else "int8" or "int4"; ModelLoadError otherwise."""
+    if mode is None or str(mode).lower() in ("", "none", "no", "off"):
+        return None
+    key = str(mode).lower()
+    if key not in MODES:
+        raise ModelLoadError(f"unsupported quantisation {mode!r}: use int8 or int4 (or none)")
+    return key
+
+
+def linear_names(num_layers: int) -> list[str]:
+    """The model's quantisable linear layers, as module paths."""
+    return [f"layers.{i}.{n}" for i in range(num_layers) for n in LAYER_LINEARS] + ["lm_head"]
+
+
+def layer_mode(name: str, mode: str) -> str:
+    """The quantisation of layer ``name`` under ``mode`` (the vocabulary projection never below int8)."""
+    return "int8" if name == "lm_head" else mode
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None) -> nn.Module:
+    """Quantise a built model in place from its float weights; other parameters are cast to ``dtype``.
+
+    Quantise from float32 weights where possible: the weights are read as they are.
+    """
+    mode = parse_quantize(mode)
+    if mode is None:
+        raise ModelLoadError("quantize_model needs a quantisation: int8 or int4")
+    dtype = dtype or model.dtype
+    device = model.embed_tokens.weight.device
+    for name in linear_names(model.cfg.num_hidden_layers):
+        old = model.get_submodule(name)
+        model.set_submodule(name, quantized_linear(old.weight.detach(), old.bias, layer_mode(name, mode), dtype,
+                                                   device, GROUP_SIZE))
+    for m in model.modules():  # only the float parameters: quantised buffers and the rotary table keep theirs
+        for p in m.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+    model.quantization = mode
+    return model
