@@ -45,6 +45,7 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
                     "| block size | sub-block size | accuracy | TPF | tokens/s |\n|---|---|---|---|---|\n" +
                     "".join(f"| {s['block_size']} | {s['small_block_size']} | {100 * s['accuracy']:.1f}% | "
                             f"{s['tpf']:.2f} | {s['tokens_per_s']:.0f} |\n" for s in sweep) + "\n")
+    note_md = f"**How this release differs from the steps above:** {results['note']}.\n\n" if results.get("note") else ""
     kinds = ", ".join(k.name.replace("_", " ") for k in problems.KINDS)
     text = f"""# word-problems: fastdllm's embedded block-diffusion model
 
@@ -88,7 +89,7 @@ Everything below is one command, `python examples/word_problems/build.py --out D
    peak learning rate {b.bd_lr}. The ablation without the complementary mask
    ({_minutes(t.get('adapt_bd_nocomp'))}) used the same data and steps.
 
-{sweep_md}## Results
+{note_md}{sweep_md}## Results
 
 {bd['n'] if bd else b.n_heldout} held-out problems, greedy. `accuracy`: the number in the answer
 line equals the true answer. `TPF`: generated tokens per forward pass, every forward counted (the
