@@ -13,8 +13,9 @@ their relative import works and nothing is written next to the checkpoint. ``spe
 ``{"prompts": [[ids...], ...], "max_new_tokens", "threshold", "block_size", "small_block_size",
 "mask_id", "stop_token", "use_block_cache", "threads", "dtype", "restore_block_reset", "device"}``.
 The output says whether the given ``modeling.py`` resets the sub-block cache at every block (the
-release does; a fork that carries it over does not) and holds, per prompt, the generated ids (after the prompt, cut after the first stop
-token as the reference does), the wall time of the ``generate`` call and its forward-pass count.
+release does; a fork that carries it over does not) and holds, per prompt, the generated ids
+(after the prompt, cut after the first stop token as the reference does), the wall time of the
+``generate`` call and its forward-pass count.
 """
 
 from __future__ import annotations
@@ -109,7 +110,6 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(spec["threads"])
-    source = (args.reference_code / "modeling.py").read_text() if (args.reference_code / "modeling.py").is_file() else ""
     modeling = import_reference(args.reference_code, spec.get("restore_block_reset", False))
     dtype = getattr(torch, spec.get("dtype", "float32"))
     device = torch.device(spec.get("device", "cpu"))
@@ -119,8 +119,7 @@ def main(argv=None) -> int:
                 small_block_size=spec["small_block_size"], block_size=spec["block_size"],
                 stop_token=spec["stop_token"], use_block_cache=spec["use_block_cache"], temperature=0)
 
-    # count forward passes at the model itself: the release's generate returns only the ids, some
-    # forks return (ids, caches..., logits history)
+    # count forward passes at the model itself: the release's generate returns only the ids
     calls = [0]
     plain_forward = model.forward
 
@@ -139,10 +138,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         out = result[0] if isinstance(result, tuple) else result
-        nfe = calls[0]
-        if not nfe and isinstance(result, tuple) and len(result) > 3:  # a fork's history, one entry a forward
-            nfe = len(result[3]) + (1 if len(ids) > spec["block_size"] else 0)
-        return out[0, len(ids):].tolist(), seconds, nfe
+        return out[0, len(ids):].tolist(), seconds, calls[0]
 
     run(spec["prompts"][0], max_new_tokens=spec["block_size"])  # warm-up, excluded
     rows = []
@@ -151,7 +147,8 @@ def main(argv=None) -> int:
         rows.append({"prompt_tokens": len(ids), "tokens": tokens, "seconds": seconds, "nfe": nfe})
     args.out.write_text(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
                                     "threads": torch.get_num_threads(), "rows": rows,
-                                    "code_resets_block_cache": resets_block_cache(source)}))
+                                    "code_resets_block_cache": resets_block_cache(
+                                        (args.reference_code / "modeling.py").read_text())}))
     return 0
 
 
