@@ -121,6 +121,29 @@ def test_dense_and_flex_agree(model):
     torch.testing.assert_close(dense, flexed, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("complementary", [True, False])
+def test_split_attention_equals_dense_in_loss_and_gradients(model, complementary):
+    batch = diffusion_batch(samples(4, seed=5), [0, 1, 2, 3], BS, MASK, 1e-3, seed=3, complementary=complementary)
+    grads = {}
+    for kind in ("dense", "split"):
+        model.zero_grad()
+        loss = TrainingObjective(model, "diffusion", BS, kind)(batch)
+        loss.backward()
+        grads[kind] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads["split"][0], grads["dense"][0], rtol=1e-5, atol=1e-5)
+    for gs, gd in zip(grads["split"][1], grads["dense"][1]):
+        torch.testing.assert_close(gs, gd, rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+
+
+@torch.no_grad()
+def test_split_attention_hidden_states_equal_dense(model):
+    batch = diffusion_batch(samples(3, seed=6), [0, 1, 2], BS, MASK, 1e-3, seed=7, complementary=True)
+    dense = TrainingObjective(model, "diffusion", BS, "dense").hidden(batch)  # [R / 2, 3L, H]: every row
+    split = TrainingObjective(model, "diffusion", BS, "split").hidden(batch)
+    torch.testing.assert_close(split, dense, rtol=1e-5, atol=1e-5)
+
+
 def test_ar_loss_matches_standard_causal_lm(model):
     s = samples(3, seed=3)
     batch = ar_batch(s, pad_id=0)

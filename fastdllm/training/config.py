@@ -54,8 +54,10 @@ class TrainConfig:
     block_size: int = opt(32, "diffusion block size (saved as bd_size)", "objective")
     complementary_mask: bool = opt(True, "also train every sample with the complementary mask", "objective")
     noise_eps: float = opt(1e-3, "mask ratios t are drawn from U(eps, 1) per block", "objective")
-    attention: str = opt("auto", "attention for the training mask: flex (CUDA), dense (SDPA with a boolean mask) "
-                                 "or auto (flex on CUDA, dense elsewhere)", "objective", ("auto", "dense", "flex"))
+    attention: str = opt("auto", "attention for the training mask: flex (CUDA), split (one SDPA for the clean copy "
+                                 "and one for the noisy streams, skipping the scores the mask removes), dense "
+                                 "(SDPA with the full boolean mask) or auto (flex on CUDA, split elsewhere)",
+                         "objective", ("auto", "dense", "flex", "split"))
     loss_chunk_size: int = opt(4096, "vocabulary projection + loss in chunks of this many target rows "
                                      "(bounds the logits memory)", "objective")
     # ---- optimisation
@@ -131,7 +133,7 @@ class TrainConfig:
             raise TrainConfigError(f"data file not found: {self.data}")
         if self.output_dir is None:
             raise TrainConfigError("no output directory: pass --output-dir DIR")
-        for name, choices in (("objective", ("diffusion", "ar")), ("attention", ("auto", "dense", "flex")),
+        for name, choices in (("objective", ("diffusion", "ar")), ("attention", ("auto", "dense", "flex", "split")),
                               ("schedule", ("constant", "cosine"))):
             if getattr(self, name) not in choices:
                 raise TrainConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")

@@ -66,8 +66,8 @@ class TrainingObjective(nn.Module):
         super().__init__()
         if objective not in ("diffusion", "ar"):
             raise ValueError(f"objective must be 'diffusion' or 'ar', got {objective!r}")
-        if attention not in ("dense", "flex"):
-            raise ValueError(f"attention must be 'dense' or 'flex', got {attention!r}")
+        if attention not in ("dense", "flex", "split"):
+            raise ValueError(f"attention must be 'dense', 'flex' or 'split', got {attention!r}")
         self.model = model
         self.objective = objective
         self.block_size = block_size
@@ -82,6 +82,10 @@ class TrainingObjective(nn.Module):
             from .flex import FlexAttention
 
             return FlexAttention(n, self.block_size, device, scale, streams=streams)
+        if self.attention == "split":
+            from .split import SplitAttention
+
+            return SplitAttention(n, self.block_size, device, scale, streams=streams)
         return DenseAttention(_dense_mask(n, self.block_size, str(device), streams), scale)
 
     def hidden(self, batch: Batch) -> torch.Tensor:

@@ -87,10 +87,10 @@ class Trainer:
         if kind == "auto":
             from .flex import available
 
-            return "flex" if dev.type == "cuda" and available() else "dense"
+            return "flex" if dev.type == "cuda" and available() else "split"
         if kind == "flex" and dev.type != "cuda" and self.cfg.is_diffusion:
             raise TrainConfigError("flex attention has no backward pass on the CPU in this torch; "
-                                   "use --attention dense (or auto)")
+                                   "use --attention split, dense or auto")
         return kind
 
     def _pad_id(self) -> int:
