@@ -124,16 +124,21 @@ def main(argv=None) -> int:
         ours = run_fastdllm(llm, prompts_ids, ref["rows"], args, stop, cache)
         same = [a["tokens"] == b["tokens"] for a, b in zip(ref["rows"], ours)]
         agree = [common_prefix(a["tokens"], b["tokens"]) for a, b in zip(ref["rows"], ours)]
+        skipped = [reference.release_skips_prompt(len(ids), args.block_size) for ids in prompts_ids]
         results["sub-block cache" if cache else "no cache"] = {
             "reference": summary(ref["rows"]), "fastdllm": summary(ours),
             "identical_outputs": sum(same), "prompts": len(same),
             "reference_env": {k: ref[k] for k in ("transformers", "torch", "threads")},
             "reference_resets_block_cache": ref.get("code_resets_block_cache"),
             "agreeing_prefix_tokens": sum(agree),
+            # prompts of exactly one block, which the release decodes without reading (see release_skips_prompt)
+            "prompts_release_ignores": sum(skipped),
+            "identical_outputs_of_read_prompts": sum(s for s, k in zip(same, skipped) if not k),
             "per_prompt": [{"prompt_tokens": a["prompt_tokens"], "identical": s, "agreeing_prefix": g,
+                            "release_ignores_prompt": k,
                             "reference": {k: a[k] for k in ("seconds", "nfe")} | {"n": len(a["tokens"])},
                             "fastdllm": {k: b[k] for k in ("seconds", "nfe")} | {"n": len(b["tokens"])}}
-                           for a, b, s, g in zip(ref["rows"], ours, same, agree)],
+                           for a, b, s, g, k in zip(ref["rows"], ours, same, agree, skipped)],
         }
 
     from rich.console import Console
@@ -158,7 +163,14 @@ def main(argv=None) -> int:
                           f"{s['tokens_per_second'] / base:.2f}x" if base else "-",
                           f"{r['identical_outputs']}/{r['prompts']}" if impl == "fastdllm" else "",
                           f"{r['agreeing_prefix_tokens']}/{s['generated_tokens']}" if impl == "fastdllm" else "")
-    Console(width=max(130, Console().width)).print(table)
+    console = Console(width=max(130, Console().width))
+    console.print(table)
+    for name, r in results.items():
+        if r["prompts_release_ignores"]:
+            console.print(f"{name}: {r['prompts_release_ignores']} prompt(s) of exactly {args.block_size} tokens, which "
+                          f"the release decodes without reading them (it prefills only longer prompts); identical "
+                          f"on the others: {r['identical_outputs_of_read_prompts']}/"
+                          f"{r['prompts'] - r['prompts_release_ignores']}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,3 +42,11 @@ def test_the_worker_imports_nothing_from_fastdllm():
     modules += ["." * n.level + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert "torch" in modules and "__future__" in modules
     assert not [m for m in modules if m.startswith((".", "fastdllm"))]
+
+
+def test_a_prompt_of_exactly_one_block_is_the_one_the_release_skips():
+    from fastdllm.benchmarking.reference import release_skips_prompt
+
+    # the release prefills prompts longer than a block and pads shorter ones into the first block
+    assert [release_skips_prompt(n, 32) for n in (5, 31, 32, 33, 64)] == [False, False, True, False, False]
+    assert release_skips_prompt(16, 16) and not release_skips_prompt(32, 16)

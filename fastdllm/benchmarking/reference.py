@@ -30,6 +30,18 @@ class ReferenceRunError(FastDLLMError):
         self.stderr = stderr
 
 
+def release_skips_prompt(prompt_tokens: int, block_size: int) -> bool:
+    """True where the released ``generate`` never shows the prompt to the model.
+
+    It prefills only a prompt longer than one block (``input_ids.shape[1] > block_size``); a
+    shorter one is decoded inside its first block, padded with masks to the block's end. A prompt
+    of exactly ``block_size`` tokens falls between the two: the first block becomes ``block_size``
+    fresh masks decoded with no KV cache, so the output ignores the prompt. fastdllm reads the
+    prompt in that case too, so such prompts are reported apart, not counted as disagreements.
+    """
+    return prompt_tokens == block_size
+
+
 def check_reference_code(code_dir: str | Path) -> Path:
     """``code_dir`` if it holds the released ``modeling.py`` and ``configuration.py``."""
     code_dir = Path(code_dir)

@@ -155,7 +155,7 @@ def _transformers_engine(ar_llm, s: BenchSettings, notes: list[str], log):
 
 def _reference(llm, ids: list[list[int]], threshold: float, s: BenchSettings) -> tuple[list[Sample], float, dict]:
     """The released generate at ``threshold``, one prompt at a time; samples, seconds and row extras."""
-    from .reference import run_reference
+    from .reference import release_skips_prompt, run_reference
 
     bs = llm.config.bd_size or 32
     sbs = llm.config.small_block_size or 8
@@ -169,7 +169,9 @@ def _reference(llm, ids: list[list[int]], threshold: float, s: BenchSettings) ->
     extra = {"reference_env": {k: out.get(k) for k in ("transformers", "torch", "threads")},
              "reference_max_new_tokens": ref_max,
              # False for a fork that carries the sub-block cache across blocks (not the release)
-             "reference_resets_block_cache": out.get("code_resets_block_cache")}
+             "reference_resets_block_cache": out.get("code_resets_block_cache"),
+             # prompts the release decodes without reading (exactly one block long): expect other tokens there
+             "prompts_release_ignores": sum(release_skips_prompt(len(p), bs) for p in ids)}
     return samples, sum(r["seconds"] for r in out["rows"]), extra
 
 
