@@ -10,9 +10,12 @@ Stages (everything goes under ``--out``):
    see ``problems.py``), as problem JSONL and as tokenized training records;
 2. ``tokenizer/``: byte-level BPE trained on the training problems (``tokenizer.py``);
 3. ``ar/``: a Qwen2-style model pretrained from scratch with fastdllm's trainer (``objective="ar"``);
-4. ``bd/`` and ``bd_nocomp/``: the AR model adapted to block diffusion with ``fastdllm train``'s
-   recipe (token shift, block padding, with and without the complementary mask; same data and
-   steps);
+4. ``bd_matched/`` and ``bd_nocomp/``: the AR model adapted to block diffusion with ``fastdllm
+   train``'s recipe (token shift, block padding, with and without the complementary mask; same
+   data and steps: the paper's ablation); then ``bd/``: ``bd_matched`` trained on with the
+   complementary mask for the stages of ``Budget.bd_more``, on the problems that follow (a small
+   model forgets its left-to-right habits under the bidirectional block attention and needs
+   far more adaptation than a large one);
 5. evaluation on the held-out problems, one problem at a time, greedy: the AR parent decoding
    autoregressively, the adapted models by block diffusion at thresholds 1.0 / 0.9 / 0.7 / 0.5,
    with the sub-block cache off and on; then 16 problems at a time;
@@ -90,13 +93,21 @@ class Budget:
     batched: int = 16          # problems at a time for the batched rows
     n_sweep: int = 100         # held-out problems for choosing the decoding block sizes
     max_new_tokens: int = 320
+    # continued adaptation of the complementary-mask model after the matched-steps ablation:
+    # (steps, peak lr, warm-up steps, min lr ratio) per stage, each on the next slice of the data
+    bd_more: tuple[tuple[int, float, int, float], ...] = ()
+
+    @property
+    def bd_total_steps(self) -> int:
+        return self.bd_steps + sum(st[0] for st in self.bd_more)
 
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
-              ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50)
-QUICK = Budget(n_train=3_000, n_heldout=32, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
-               ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=8, n_sweep=8,
-               max_new_tokens=64)
+              ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
+              bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1)))
+QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
+               ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
+               max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -195,13 +206,13 @@ def _adapt_job(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, se
 
 def adapt_both(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progress: bool, log,
                parallel: bool) -> dict:
-    """``bd`` (complementary mask) and ``bd_nocomp`` (without): same parent, data, steps and seed.
+    """``bd_matched`` (complementary mask) and ``bd_nocomp`` (without): same parent, data, steps and seed.
 
     With ``parallel`` and at least two torch threads, the two run at once in two processes that
     share the threads (small matrices scale poorly across threads, so this finishes sooner than
     one after the other); only the first draws a progress bar.
     """
-    jobs = (("bd", True), ("bd_nocomp", False))
+    jobs = (("bd_matched", True), ("bd_nocomp", False))
     threads = torch.get_num_threads()
     if not parallel or threads < 2:
         res = {}
@@ -213,13 +224,45 @@ def adapt_both(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progr
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    log(f"[3/7] block-diffusion adaptation, bd (complementary mask) and bd_nocomp (without) side by side, "
+    log(f"[3/7] block-diffusion adaptation, bd_matched (complementary mask) and bd_nocomp (without) side by side, "
         f"{threads // 2} thread(s) each: {b.bd_steps} steps x {b.bd_batch} problems")
     with cf.ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
         futures = {name: pool.submit(_adapt_job, b, out / "ar", data, tok_dir, out / name, seed, comp,
                                      progress and i == 0, max(1, threads // 2))
                    for i, (name, comp) in enumerate(jobs)}
         return {name: f.result() for name, f in futures.items()}
+
+
+def data_slice(data: Path, start: int, n: int, dst: Path) -> Path:
+    """Lines [start, start + n) of ``data``, wrapping around at its end, written to ``dst``."""
+    lines = data.read_text().splitlines(keepends=True)
+    picked = [lines[(start + i) % len(lines)] for i in range(n)]
+    dst.write_text("".join(picked))
+    return dst
+
+
+def adapt_more(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progress: bool, log) -> list[dict]:
+    """Continue ``bd_matched`` stage by stage (``b.bd_more``) into ``bd``, each stage on the next data.
+
+    Stage k reads the ``steps x bd_batch`` problems that follow the ones already seen (the ablation
+    read the first ``bd_steps x bd_batch``), wrapping around to the start of the file, in order.
+    """
+    src, seen, res = out / "bd_matched", b.bd_steps * b.bd_batch, []
+    for k, (steps, lr, warmup, min_lr) in enumerate(b.bd_more):
+        dst = out / "bd" if k == len(b.bd_more) - 1 else out / f"bd_more{k + 1}"
+        part = data_slice(data, seen, steps * b.bd_batch, data.with_name(f"bd_train_more{k + 1}.jsonl"))
+        log(f"[3/7] continued adaptation {k + 1}/{len(b.bd_more)} ({src.name} -> {dst.name}): {steps} steps x "
+            f"{b.bd_batch} problems, peak lr {lr}")
+        opts = common_options(b, seed + k + 1, progress) | dict(warmup_steps=warmup, min_lr_ratio=min_lr)
+        res.append(run_trainer(log, model=str(src), tokenizer=str(tok_dir), data=str(part), output_dir=str(dst),
+                               objective="diffusion", block_size=b.block_size, complementary_mask=True,
+                               max_steps=steps, micro_batch_size=b.bd_batch, lr=lr, **opts))
+        src, seen = dst, seen + steps * b.bd_batch
+    if not b.bd_more:
+        if (out / "bd").exists():
+            shutil.rmtree(out / "bd")
+        shutil.copytree(out / "bd_matched", out / "bd")
+    return res
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -264,6 +307,13 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="problem", disable=not enabled, leave=False)
 
 
+def matched_label(b: Budget, complementary: bool) -> str:
+    """Row label of a model from the matched-steps ablation."""
+    if complementary and not b.bd_more:
+        return "BD, compl. mask"
+    return f"BD, {'' if complementary else 'no '}compl. mask, {b.bd_steps} steps"
+
+
 def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> list[dict]:
     import fastdllm
 
@@ -281,9 +331,13 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     for thr in THRESHOLDS:
         for cache in (False, True):
             row("BD, compl. mask", bd, mode="diffusion", threshold=thr, cache=cache)
+    if b.bd_more:  # the ablation compares at equal steps: the complementary-mask model before continuing
+        matched = fastdllm.load(str(out / "bd_matched"), max_batch_size=b.batched)
+        for thr in THRESHOLDS:
+            row(matched_label(b, True), matched, mode="diffusion", threshold=thr)
     nocomp = fastdllm.load(str(out / "bd_nocomp"), max_batch_size=b.batched)
     for thr in THRESHOLDS:
-        row("BD, no compl. mask", nocomp, mode="diffusion", threshold=thr)
+        row(matched_label(b, False), nocomp, mode="diffusion", threshold=thr)
     row("AR parent", ar, mode="ar", batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
@@ -368,12 +422,11 @@ def plot_results(evals: list[dict], path: Path, title: str) -> Path:
     ar = next(e for e in evals if e["mode"] == "ar" and e["batch"] == 1)
     ax.axhline(100 * ar["accuracy"], color="black", ls="--", lw=1, label="AR parent")
     bx.axhline(ar["tpf"], color="black", ls="--", lw=1, label="AR parent")
-    for label, cache, marker in (("BD, compl. mask", False, "o"), ("BD, compl. mask", True, "^"),
-                                 ("BD, no compl. mask", False, "s")):
+    series = list(dict.fromkeys((e["model"], e["block_cache"]) for e in evals
+                                if e["mode"] == "diffusion" and e["batch"] == 1))  # in table order
+    for (label, cache), marker in zip(series, "o^sDvP"):
         rows = sorted((e for e in evals if e["model"] == label and e["block_cache"] == cache and e["batch"] == 1),
                       key=lambda e: e["threshold"])
-        if not rows:
-            continue
         name = label + (", sub-block cache" if cache else "")
         x = [e["threshold"] for e in rows]
         ax.plot(x, [100 * e["accuracy"] for e in rows], marker=marker, label=name)
@@ -475,13 +528,17 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         for name in bd:
             timings[f"adapt_{name}"] = bd[name]["seconds"]
         timings["adapt"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bd["continued"] = adapt_more(b, out, data_dir / "bd_train.jsonl", tok_dir, seed, progress, log)
+        timings["adapt_more"] = time.perf_counter() - t0
     sweep = chosen = None
     if "sweep" in stages:
         log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} held-out problems")
         t0 = time.perf_counter()
         chosen, sweep = choose_block_sizes(out / "bd", held[:b.n_sweep], b, progress, log)
-        for name in ("bd", "bd_nocomp"):
-            write_block_sizes(out / name, chosen)
+        for name in ("bd", "bd_matched", "bd_nocomp"):
+            if (out / name).is_dir():
+                write_block_sizes(out / name, chosen)
         log(f"  chosen: block {chosen['block_size']}, sub-block {chosen['small_block_size']}")
         timings["sweep"] = time.perf_counter() - t0
     results_file = out / "report" / "results.json"

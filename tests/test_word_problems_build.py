@@ -1,0 +1,91 @@
+"""The default model's build (examples/word_problems/build.py), quick version: every stage, minutes.
+
+Generator -> tokenizer -> AR pretraining -> block-diffusion adaptation (the matched-steps
+ablation, then the continued stages) -> block-size sweep -> evaluation -> release files. The
+quick budget proves that the pipeline runs and that its numbers mean what they say; the
+accuracy and TPF targets belong to the full build (see the model card).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from examples.word_problems import build
+from examples.word_problems import problems as P
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # conftest pins 1 thread; the quick build is sized for 2
+    yield
+    torch.set_num_threads(before)
+
+
+def test_data_slice_wraps_around(tmp_path):
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(f"{i}\n" for i in range(5)))
+    assert build.data_slice(src, 3, 4, tmp_path / "s.jsonl").read_text() == "3\n4\n0\n1\n"
+
+
+def test_quick_build_end_to_end(tmp_path, two_threads):
+    import fastdllm
+
+    b = build.QUICK
+    res = build.run(tmp_path, quick=True, progress=False, log=lambda *a, **k: None, parallel=False)
+
+    # data: held-out problems use held-out phrasings and never repeat a training problem
+    train = P.read_jsonl(tmp_path / "data" / "train.jsonl")
+    held = P.read_jsonl(tmp_path / "data" / "heldout.jsonl")
+    assert len(train) == b.n_train and len(held) == b.n_heldout and all(p.held_out for p in held)
+    assert not {p.question for p in train} & {p.question for p in held}
+
+    # models: a plain AR parent; the ablation pair and the continued model carry the mask token
+    ar_cfg = json.loads((tmp_path / "ar" / "config.json").read_text())
+    assert ar_cfg["model_type"] == "qwen2" and "bd_size" not in ar_cfg
+    for name, comp, steps in (("bd_matched", True, b.bd_steps), ("bd_nocomp", False, b.bd_steps),
+                              ("bd", True, b.bd_more[-1][0])):
+        train_cfg = json.loads((tmp_path / name / "train_config.json").read_text())
+        assert train_cfg["complementary_mask"] is comp and train_cfg["objective"] == "diffusion"
+        assert train_cfg["max_steps"] == steps and train_cfg["block_size"] == b.block_size
+        llm = fastdllm.load(str(tmp_path / name))
+        assert llm.is_block_diffusion and llm.config.bd_size == res["chosen"]["block_size"]
+    assert json.loads((tmp_path / "bd" / "train_config.json").read_text())["model"] == str(tmp_path / "bd_matched")
+    assert [r["steps"] for r in res["adaptation"]["continued"]] == [st[0] for st in b.bd_more]
+    # the continuation read the problems after the ablation's, in order
+    records = (tmp_path / "data" / "bd_train.jsonl").read_text().splitlines()
+    more = (tmp_path / "data" / "bd_train_more1.jsonl").read_text().splitlines()
+    start = b.bd_steps * b.bd_batch
+    assert more == [records[(start + i) % len(records)] for i in range(b.bd_more[0][0] * b.bd_batch)]
+
+    # evaluation: every row of the table, numbers that mean what they say
+    evals = res["evaluations"]
+    labels = {e["model"] for e in evals}
+    assert labels == {"AR parent", "BD, compl. mask", build.matched_label(b, True), build.matched_label(b, False)}
+    for e in evals:
+        assert e["n"] == b.n_heldout and 0.0 <= e["accuracy"] <= 1.0
+        assert e["generated_tokens"] > 0 and e["tokens_per_s"] > 0
+        if e["mode"] == "ar":
+            assert e["tpf"] == 1.0
+        else:  # a forward decodes at most one sub-block
+            assert 0 < e["tpf"] <= e["small_block_size"]
+    assert {(e["threshold"], e["block_cache"]) for e in evals if e["model"] == "BD, compl. mask"
+            and e["batch"] == 1} == {(t, c) for t in build.THRESHOLDS for c in (False, True)}
+    assert any(e["batch"] == b.batched for e in evals if e["mode"] == "ar")
+
+    # report and release
+    for f in ("results.json", "results.md", "results.png", "trace.png"):
+        assert (tmp_path / "report" / f).is_file(), f
+    rel = tmp_path / "release"
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "heldout.jsonl",
+              "ar_parent/model.safetensors"):
+        assert (rel / f).is_file(), f
+    card = (rel / "README.md").read_text()
+    assert "| AR parent |" in card and build.matched_label(b, False) in card
+    shipped = fastdllm.load(str(rel))
+    assert shipped.is_block_diffusion
+    out = shipped.generate([held[0].messages(with_answer=False)], max_new_tokens=16)[0]
+    assert out.stats.nfe > 0 and out.text is not None
