@@ -6,7 +6,7 @@
         [--out benchmarks/results/engine_overhead.json] [--torch-profile] [--cprofile]
 
 ``default`` is the project's default model size (``examples/word_problems/build.py``'s
-``model_config()``: Qwen2-style, hidden 256, 6 layers, vocabulary 1024, ~5M parameters) with
+``model_config()``: Qwen2-style, hidden 128, 6 layers, vocabulary 1024, 1.3M parameters) with
 random weights (``init_from_scratch``), the output projection untied and scaled by
 ``--lm-scale`` so that block diffusion fills several positions per forward as a trained model
 does; the mask token is the last id. A checkpoint directory with a tokenizer also exercises
