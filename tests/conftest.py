@@ -28,3 +28,12 @@ def tiny_checkpoint(tmp_path):
 def hf_reference():
     """Factory: ``hf_reference(directory, dtype) -> transformers model`` (eval, SDPA)."""
     return hf_reference_model
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (the quick end-to-end pipelines are sized for 2), then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

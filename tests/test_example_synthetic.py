@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from examples.synthetic import run, task
 
 
@@ -36,14 +33,6 @@ def test_task_split_tokenizer_and_checker(tmp_path):
     assert list(ids["input_ids"]) == p.prompt_ids() + p.answer_ids()
     assert [i for i, m in zip(ids["input_ids"], ids["assistant_masks"]) if m] == p.answer_ids()
     assert tok.eos_token_id == task.EOS_ID
-
-
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # conftest pins 1 thread; the quick pipeline is sized for 2
-    yield
-    torch.set_num_threads(before)
 
 
 def test_quick_pipeline_end_to_end(tmp_path, two_threads):

@@ -10,19 +10,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from examples.word_problems import build
 from examples.word_problems import problems as P
-
-
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # conftest pins 1 thread; the quick build is sized for 2
-    yield
-    torch.set_num_threads(before)
 
 
 def test_data_slice_wraps_around(tmp_path):
