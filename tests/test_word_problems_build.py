@@ -24,7 +24,9 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     import fastdllm
 
     b = build.QUICK
-    res = build.run(tmp_path, quick=True, progress=False, log=lambda *a, **k: None, parallel=False)
+    n_table = b.n_heldout - 4  # the full table on the first problems, the headline rows on all of them
+    res = build.run(tmp_path, quick=True, progress=False, log=lambda *a, **k: None, parallel=False,
+                    eval_problems=n_table)
 
     # data: held-out problems use held-out phrasings and never repeat a training problem
     train = P.read_jsonl(tmp_path / "data" / "train.jsonl")
@@ -55,7 +57,7 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     labels = {e["model"] for e in evals}
     assert labels == {"AR parent", "BD, compl. mask", build.matched_label(b, True), build.matched_label(b, False)}
     for e in evals:
-        assert e["n"] == b.n_heldout and 0.0 <= e["accuracy"] <= 1.0
+        assert e["n"] == n_table and 0.0 <= e["accuracy"] <= 1.0
         assert e["generated_tokens"] > 0 and e["tokens_per_s"] > 0
         if e["mode"] == "ar":
             assert e["tpf"] == 1.0
@@ -64,6 +66,13 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert {(e["threshold"], e["block_cache"]) for e in evals if e["model"] == "BD, compl. mask"
             and e["batch"] == 1} == {(t, c) for t in build.THRESHOLDS for c in (False, True)}
     assert any(e["batch"] == b.batched for e in evals if e["mode"] == "ar")
+    head = res["headline"]
+    assert [(e["model"], e["mode"], e["threshold"], e["batch"], e["n"]) for e in head] == [
+        ("AR parent", "ar", None, 1, b.n_heldout), ("BD, compl. mask", "diffusion", 0.9, 1, b.n_heldout)]
+    for e in head:  # greedy: the same problems decode to the same text as in the full table
+        same = next(r for r in evals if (r["model"], r["mode"], r["threshold"], r["block_cache"], r["batch"]) ==
+                    (e["model"], e["mode"], e["threshold"], False, 1))
+        assert e["samples"] == same["samples"]
 
     # report and release
     for f in ("results.json", "results.md", "results.png", "trace.png"):
@@ -74,6 +83,8 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
         assert (rel / f).is_file(), f
     card = (rel / "README.md").read_text()
     assert "| AR parent |" in card and build.matched_label(b, False) in card
+    assert f"On all {b.n_heldout} held-out problems" in card
+    assert f"On {b.n_heldout} held-out problems" in card  # the headline sentence uses all of them
     shipped = fastdllm.load(str(rel))
     assert shipped.is_block_diffusion
     out = shipped.generate([held[0].messages(with_answer=False)], max_new_tokens=16)[0]

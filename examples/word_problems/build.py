@@ -104,7 +104,7 @@ class Budget:
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
               ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
-              bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1)))
+              bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1), (1800, 8e-4, 20, 0.1)))
 QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
                max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
@@ -344,6 +344,22 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     return rows
 
 
+def evaluate_headline(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> list[dict]:
+    """The two rows the targets are about (AR parent; BD at threshold 0.9), one problem at a time,
+    on ``problems`` (all held-out problems when the full table covers only the first few)."""
+    import fastdllm
+
+    rows = []
+    for label, name, kw in (("AR parent", "ar", dict(mode="ar")),
+                            ("BD, compl. mask", "bd", dict(mode="diffusion", threshold=0.9))):
+        llm = fastdllm.load(str(out / name))
+        desc = f"{label} {kw['mode']} on all {len(problems)}"
+        e = {"model": label, **evaluate(llm, problems, b=b, progress=progress, desc=desc, **kw)}
+        log(f"  {desc}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, {e['tokens_per_s']:.0f} tok/s")
+        rows.append(e)
+    return rows
+
+
 SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
 
 
@@ -397,6 +413,15 @@ def markdown_table(evals: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(evals)]
     return "\n".join(lines) + "\n"
+
+
+def report_markdown(evals: list[dict], headline: list[dict]) -> str:
+    """The full table; then, when the full table covers only the first problems, the two headline
+    rows on all of them."""
+    md = markdown_table(evals)
+    if headline:
+        md += f"\nOn all {headline[0]['n']} held-out problems, one at a time:\n\n" + markdown_table(headline)
+    return md
 
 
 def print_table(evals: list[dict], title: str) -> None:
@@ -515,7 +540,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
                                     b.block_size), data_dir / "bd_train.jsonl")
         timings["data"] = time.perf_counter() - t0
-    held = P.read_jsonl(data_dir / "heldout.jsonl")[:eval_problems or None]
+    held_all = P.read_jsonl(data_dir / "heldout.jsonl")
+    held = held_all[:eval_problems or None]
 
     ar = bd = None
     if "ar" in stages:
@@ -547,15 +573,19 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
             f"{b.batched} at a time")
         t0 = time.perf_counter()
         evals = evaluate_all(out, held, b, progress, log)
+        headline = []
+        if len(held) < len(held_all):
+            log(f"  the AR parent and block diffusion at threshold 0.9 on all {len(held_all)} held-out problems")
+            headline = evaluate_headline(out, held_all, b, progress, log)
         timings["eval"] = time.perf_counter() - t0
         rep = out / "report"
         rep.mkdir(exist_ok=True)
         title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
         results = {"quick": quick, "seed": seed, "budget": dataclasses.asdict(b), "threads": torch.get_num_threads(),
                    "machine": _machine(), "ar_pretrain": ar, "adaptation": bd, "block_sweep": sweep,
-                   "chosen": chosen, "evaluations": evals, "timings_s": timings}
+                   "chosen": chosen, "evaluations": evals, "headline": headline, "timings_s": timings}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
-        (rep / "results.md").write_text(markdown_table(evals))
+        (rep / "results.md").write_text(report_markdown(evals, headline))
         log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
@@ -597,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                    help="run the two adaptations side by side, sharing the threads (default: on)")
     p.add_argument("--eval-problems", type=int, default=None, metavar="N",
-                   help="evaluate on the first N held-out problems only (default: all of them)")
+                   help="the full table on the first N held-out problems only (default: all of them); the "
+                        "AR parent and block diffusion at threshold 0.9 are then also measured on all of them")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:
@@ -606,7 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel,
               eval_problems=a.eval_problems)
     if res.get("evaluations"):
-        print_table(res["evaluations"], "word problems, held-out phrasings")
+        print_table(res["evaluations"], f"word problems, {res['evaluations'][0]['n']} held-out problems "
+                                        f"(held-out phrasings)")
+    if res.get("headline"):
+        print_table(res["headline"], f"on all {res['headline'][0]['n']} held-out problems")
+    if res.get("timings_s"):
         print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["timings_s"].items()))
     if a.install:
         print(f"installed {install(a.out / 'release')}")

@@ -39,10 +39,13 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
     mach = results.get("machine", {})
     sweep = results.get("block_sweep")
     chosen = results.get("chosen", {"block_size": b.block_size, "small_block_size": b.small_block_size})
-    table = build.markdown_table(evals) if evals else "(not evaluated)\n"
-    ar = next((e for e in evals if e["mode"] == "ar" and e["batch"] == 1), None)
-    bd = next((e for e in evals if e["model"] == "BD, compl. mask" and e["threshold"] == 0.9
+    table = build.report_markdown(evals, results.get("headline") or []) if evals else "(not evaluated)\n"
+    # the headline sentence uses the rows on all held-out problems when the full table has fewer
+    rows = results.get("headline") or evals
+    ar = next((e for e in rows if e["mode"] == "ar" and e["batch"] == 1), None)
+    bd = next((e for e in rows if e["model"] == "BD, compl. mask" and e["threshold"] == 0.9
                and not e["block_cache"] and e["batch"] == 1), None)
+    n_table = evals[0]["n"] if evals else b.n_heldout
     headline = ""
     if ar and bd:
         headline = (f"On {bd['n']} held-out problems (phrasings never seen in training), decoding one problem at a "
@@ -105,7 +108,7 @@ Everything below is one command, `python examples/word_problems/build.py --out D
 {_more(b, t)}
 {note_md}{sweep_md}## Results
 
-{bd['n'] if bd else b.n_heldout} held-out problems, greedy. `accuracy`: the number in the answer
+{n_table} held-out problems, greedy. `accuracy`: the number in the answer
 line equals the true answer. `TPF`: generated tokens per forward pass, every forward counted (the
 prompt's prefill and the forward that commits each finished block included). `tokens/s`: one
 problem at a time (batch 1) or {b.batched} at a time, on the machine above, idle; `vs AR`: against
