@@ -314,16 +314,21 @@ def matched_label(b: Budget, complementary: bool) -> str:
     return f"BD, {'' if complementary else 'no '}compl. mask, {b.bd_steps} steps"
 
 
-def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> list[dict]:
+def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log,
+                 all_problems: list[P.Problem] | None = None) -> tuple[list[dict], list[dict]]:
+    """The full table on ``problems``; and, when ``all_problems`` holds more, the two rows the
+    targets are about (AR parent; BD at threshold 0.9, one problem at a time) on all of them."""
     import fastdllm
 
-    rows = []
+    rows, headline = [], []
 
-    def row(label: str, llm, **kw):
+    def row(label: str, llm, into: list = rows, on: list[P.Problem] = problems, **kw):
         desc = f"{label} {kw.get('mode')} thr={kw.get('threshold')} cache={kw.get('cache', False)} batch={kw.get('batch', 1)}"
-        e = {"model": label, **evaluate(llm, problems, b=b, progress=progress, desc=desc, **kw)}
+        if on is not problems:
+            desc += f" on all {len(on)}"
+        e = {"model": label, **evaluate(llm, on, b=b, progress=progress, desc=desc, **kw)}
         log(f"  {desc}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, {e['tokens_per_s']:.0f} tok/s")
-        rows.append(e)
+        into.append(e)
 
     ar = fastdllm.load(str(out / "ar"), max_batch_size=b.batched)
     row("AR parent", ar, mode="ar")
@@ -341,23 +346,11 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     row("AR parent", ar, mode="ar", batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
-    return rows
-
-
-def evaluate_headline(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> list[dict]:
-    """The two rows the targets are about (AR parent; BD at threshold 0.9), one problem at a time,
-    on ``problems`` (all held-out problems when the full table covers only the first few)."""
-    import fastdllm
-
-    rows = []
-    for label, name, kw in (("AR parent", "ar", dict(mode="ar")),
-                            ("BD, compl. mask", "bd", dict(mode="diffusion", threshold=0.9))):
-        llm = fastdllm.load(str(out / name))
-        desc = f"{label} {kw['mode']} on all {len(problems)}"
-        e = {"model": label, **evaluate(llm, problems, b=b, progress=progress, desc=desc, **kw)}
-        log(f"  {desc}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, {e['tokens_per_s']:.0f} tok/s")
-        rows.append(e)
-    return rows
+    if all_problems is not None and len(all_problems) > len(problems):
+        log(f"  the AR parent and block diffusion at threshold 0.9 on all {len(all_problems)} held-out problems")
+        row("AR parent", ar, into=headline, on=all_problems, mode="ar")
+        row("BD, compl. mask", bd, into=headline, on=all_problems, mode="diffusion", threshold=0.9)
+    return rows, headline
 
 
 SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
@@ -572,11 +565,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         log(f"[5/7] evaluation on {len(held)} held-out problems (held-out phrasings), one at a time and "
             f"{b.batched} at a time")
         t0 = time.perf_counter()
-        evals = evaluate_all(out, held, b, progress, log)
-        headline = []
-        if len(held) < len(held_all):
-            log(f"  the AR parent and block diffusion at threshold 0.9 on all {len(held_all)} held-out problems")
-            headline = evaluate_headline(out, held_all, b, progress, log)
+        evals, headline = evaluate_all(out, held, b, progress, log, all_problems=held_all)
         timings["eval"] = time.perf_counter() - t0
         rep = out / "report"
         rep.mkdir(exist_ok=True)
