@@ -13,6 +13,7 @@ from fastdllm.api import LLM
 from fastdllm.attention import DenseAttention, causal_mask
 from fastdllm.errors import ModelLoadError
 from fastdllm.loading import Checkpoint, load_checkpoint
+from fastdllm.quant import native
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
                             quantize_model, quantized_linear)
 from fastdllm.reference import naive_autoregressive
@@ -92,7 +93,9 @@ def test_layer_matches_its_dequantised_weight_and_is_row_invariant(cls, fmt):
     torch.manual_seed(0)
     w, b = torch.randn(320, 128) / 11, torch.randn(320) / 10
     layer = cls(fmt(w), b, torch.float32, "cpu")
-    assert layer.kernel_dtype == torch.bfloat16  # the x86 kernels are vectorised for bfloat16 input
+    # torch's x86 kernels are vectorised for bfloat16 input; fastdllm's int8 kernel takes float32
+    native_int8 = cls is Int8Linear and native.int8_available()
+    assert layer.kernel_dtype == (torch.float32 if native_int8 else torch.bfloat16)
     x = torch.randn(40, 128)
     with torch.inference_mode():
         y = layer(x)
@@ -103,6 +106,61 @@ def test_layer_matches_its_dequantised_weight_and_is_row_invariant(cls, fmt):
             assert torch.equal(layer(x[:m]), y[:m])  # a row's result does not depend on the batch
         # and the dequantised weight is the format's own (scales rounded to bfloat16 for the kernel)
         torch.testing.assert_close(layer.dequantize(), fmt(w).dequantize(), rtol=1e-2, atol=1e-2)
+
+
+needs_native = pytest.mark.skipif(not native.int8_available(), reason="fastdllm's int8 CPU kernel could not be built "
+                                  "here (no AVX2, compiler or ninja; see the log)")
+
+
+@needs_native
+@pytest.mark.parametrize("K", [576, 40, 1000, 7])  # whole 32-wide steps, 8-wide tails, a scalar tail
+def test_native_int8_kernel_against_float64(K):
+    torch.manual_seed(K)
+    N = 48
+    q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    scale, bias = torch.rand(N) / 50, torch.randn(N)
+    x = torch.randn(35, K)
+    ref = F.linear(x.double(), q.double()) * scale.double() + bias.double()  # [M, N]
+    y = native.int8_linear(x, q, scale, bias)
+    assert y.dtype == torch.float32 and y.shape == (35, N)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(native.int8_linear(x, q, scale, None).double(), ref - bias.double(), rtol=1e-5,
+                               atol=1e-4)
+    for m in (1, 2, 3, 8):  # odd and even row counts take different tiles: a row's sums must not change
+        assert torch.equal(native.int8_linear(x[:m], q, scale, bias), y[:m])
+    assert torch.equal(native.int8_linear(x[5:6], q, scale, bias), y[5:6])
+    with pytest.raises(RuntimeError, match="float32"):
+        native.int8_linear(x.bfloat16(), q, scale, bias)
+
+
+@needs_native
+def test_int8_layer_uses_the_native_kernel_for_float32_models_only():
+    torch.manual_seed(0)
+    w = torch.randn(64, 96) / 11
+    f32 = Int8Linear(Int8Weight.from_float(w), None, torch.float32, "cpu")
+    bf16 = Int8Linear(Int8Weight.from_float(w), None, torch.bfloat16, "cpu")
+    assert f32.native and f32.kernel_dtype == torch.float32 and not bf16.native
+    x = torch.randn(4, 96)
+    with torch.inference_mode():
+        # float32 activations: the layer is its dequantised weight to float32 rounding, far
+        # tighter than the bfloat16-input kernel's tolerance above
+        torch.testing.assert_close(f32(x), F.linear(x, f32.dequantize()), rtol=1e-5, atol=1e-5)
+        assert bf16(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, caplog):
+    """FASTDLLM_NATIVE=0 (or no compiler / AVX2): a warning, then torch's bfloat16-input kernel."""
+    monkeypatch.setenv("FASTDLLM_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {})
+    with caplog.at_level("WARNING", logger="fastdllm.quant.native"):
+        assert not native.int8_available()
+    assert "FASTDLLM_NATIVE=0" in caplog.text
+    torch.manual_seed(0)
+    layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu")
+    assert not layer.native and layer.kernel_dtype == torch.bfloat16
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-2, atol=1e-2)
 
 
 def test_int8_kernel_input_alignment_in_bfloat16():
@@ -121,7 +179,7 @@ def test_generic_paths_match_the_cpu_kernels():
     w, x = torch.randn(64, 128) / 11, torch.randn(5, 128)
     i8 = Int8Linear(Int8Weight.from_float(w), None, torch.float32, "cpu")
     generic8 = Int8Linear(Int8Weight.from_float(w), None, torch.float32, "cpu")
-    generic8.cpu_kernel = False
+    generic8.cpu_kernel = generic8.native = False
     i4 = Int4Linear(Int4Weight.from_float(w, 32), None, torch.float32, "cpu")
     generic4 = Int4Linear(Int4Weight.from_float(w, 32), None, torch.float32, "cpu", layout="plain")
     with torch.inference_mode():

@@ -1,12 +1,14 @@
 """Linear layers with int8 or int4 weights (see ``formats``), for inference.
 
-On the CPU the product runs on torch's weight-only kernels, the ones gpt-fast uses:
-``aten._weight_int8pack_mm`` and ``aten._weight_int4pack_mm_for_cpu``. On x86 they are
-vectorised for bfloat16 (and float16) input only; float32 input takes a scalar loop several
-times slower than float32 oneDNN. So the input is rounded to bfloat16 for the product, which
-accumulates in float32 and returns bfloat16; scales and zero points are kept in bfloat16 for
-the same kernel. The layer returns the model's dtype, so norms, attention and the residual
-stream stay in it. Each output row depends on its own input row only (batch invariance holds).
+On the CPU, int8 layers of a float32 model run on fastdllm's own kernel (``native``: float32
+activations, AVX2) where it can be built. Otherwise the product runs on torch's weight-only
+kernels, the ones gpt-fast uses: ``aten._weight_int8pack_mm`` and
+``aten._weight_int4pack_mm_for_cpu``. On x86 they are vectorised for bfloat16 input only
+(float16 and float32 input take scalar loops, measured 7-30x slower here), so the input is
+rounded to bfloat16 for the product, which accumulates in float32 and returns bfloat16; scales
+and zero points are kept in bfloat16 for the same kernel. The layer returns the model's dtype,
+so norms, attention and the residual stream stay in it. Each output row depends on its own input
+row only (batch invariance holds).
 
 On other devices the weight is dequantised to the activation dtype on every call and multiplied
 with ``F.linear``: the memory saving at rest holds there, no speed-up is claimed.
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .formats import Int4Weight, Int8Weight
 
 CPU_INT8_K_MULTIPLE = 16  # the CPU int8 kernel reads 16 inputs at a time and does not check the tail
@@ -89,6 +92,10 @@ class Int8Linear(QuantLinear):
         device = torch.device(device)
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
+        # fastdllm's kernel: float32 models on the CPU (it takes any shape)
+        self.native = device.type == "cpu" and dtype == torch.float32 and native.int8_available()
+        if self.native:
+            self.kernel_dtype = torch.float32
         self.register_buffer("qweight", weight.q.to(device).contiguous().clone())  # [N, K] int8
         self.register_buffer("scales", weight.scale.to(device, self.kernel_dtype))  # [N]
         self.cpu_kernel = device.type == "cpu" and int8_fits_cpu_kernel((N, K))
@@ -96,6 +103,8 @@ class Int8Linear(QuantLinear):
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
         scales = self.scales.to(kd)
+        if self.native and rows.device.type == "cpu" and rows.dtype == torch.float32:
+            return native.int8_linear(rows, self.qweight, scales, None)  # [M, N]
         if self.cpu_kernel and rows.device.type == "cpu":
             return torch.ops.aten._weight_int8pack_mm(_kernel_input(rows, kd), self.qweight, scales)  # [M, N]
         return F.linear(rows.to(kd), self.qweight.to(kd)) * scales  # [M, N]
