@@ -56,6 +56,23 @@ def load_path(model: str | None, path: str, device: str):
         return None, str(e)
 
 
+def kernels(model) -> dict[str, int]:
+    """How many linear layers run on which kernel (fastdllm's int8 one, torch's, ...)."""
+    from fastdllm.quant import QuantLinear
+
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            key = f"{m.format}: " + ("fastdllm (float32 input)" if getattr(m, "native", False)
+                                     else f"torch ({str(m.kernel_dtype).replace('torch.', '')} input)")
+        elif isinstance(m, torch.nn.Linear):
+            key = f"{str(m.weight.dtype).replace('torch.', '')}: linear"
+        else:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -124,7 +141,7 @@ def bench_model(name: str, model: str | None, args, problems: list[dict] | None)
             print(f"[{name}] {path}: skipped ({skipped})", flush=True)
             continue
         row: dict = {"dtype": str(llm.model.dtype).replace("torch.", ""), "quantization": llm.model.quantization,
-                     "load_seconds": llm.load_seconds}
+                     "load_seconds": llm.load_seconds, "kernels": kernels(llm.model)}
         row["forward_ms"] = {t: forward_ms(llm.model, t, args.context, args.repeats) for t in QUERY_TOKENS}
         prompts = prompts_for(llm, args.prompts)
         row["ar"] = tokens_per_s(llm, prompts, "ar", args.max_new_tokens)

@@ -8,6 +8,10 @@ real model when benchmarking speed: same code paths, same shapes per layer, no d
 
     python benchmarks/make_random_checkpoint.py /tmp/bench_ckpt
     python benchmarks/make_random_checkpoint.py /tmp/tiny --layers 2 --confidence-scale 1
+    # SmolLM2's own vocabulary (49,152 tokens; a tokenizer directory saved from its GGUF, see
+    # benchmarks/smollm2_tokenizer.py), the mask on its last token:
+    python benchmarks/make_random_checkpoint.py /tmp/bench_ckpt49k --vocab-size 49152 \
+        --tokenizer-dir /tmp/smollm2_tokenizer --mask-token-id 49151 --bos-token-id 1 --eos-token-id 2
 
 What is written to OUT_DIR:
 
@@ -52,7 +56,7 @@ from safetensors.torch import save_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENIZER_DIR = REPO_ROOT.parent / "shared" / "fast_dllm_v2_7b"
-TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
                    "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MASK_TOKEN_ID = 151665
@@ -76,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--confidence-scale", type=float, default=10.0,
                    help="multiply lm_head by this (logit std ~ this value; 1 = never confident)")
     p.add_argument("--keep-mask-row", action="store_true", help="do not zero the mask token's lm_head row")
-    p.add_argument("--mask-token-id", type=int, default=MASK_TOKEN_ID)
+    p.add_argument("--mask-token-id", type=int, default=MASK_TOKEN_ID,
+                   help="written to config.json as mask_token_id when it is not the released one")
+    p.add_argument("--bos-token-id", type=int, default=BOS_ID)
+    p.add_argument("--eos-token-id", type=int, default=EOS_ID)
     p.add_argument("--save-dtype", choices=sorted(SAVE_DTYPES), default="float32")
     p.add_argument("--tokenizer-dir", type=Path, default=DEFAULT_TOKENIZER_DIR,
                    help="where the tokenizer files and generation_config.json are copied from "
@@ -86,13 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def released_config(a: argparse.Namespace) -> dict:
     """config.json with the keys (and order) of the released Fast-dLLM v2 config."""
-    return {
+    cfg = {
         "architectures": ["Fast_dLLM_QwenForCausalLM"],
         "attention_dropout": 0.0,
         "bd_size": a.bd_size,
-        "bos_token_id": BOS_ID,
+        "bos_token_id": a.bos_token_id,
         "conplemenrary_mask": True,  # sic: the released key
-        "eos_token_id": EOS_ID,
+        "eos_token_id": a.eos_token_id,
         "hidden_act": "silu",
         "hidden_size": a.hidden_size,
         "initializer_range": 0.02,
@@ -104,7 +111,7 @@ def released_config(a: argparse.Namespace) -> dict:
         "num_attention_heads": a.heads,
         "num_hidden_layers": a.layers,
         "num_key_value_heads": a.kv_heads,
-        "pad_token_id": EOS_ID,
+        "pad_token_id": a.eos_token_id,
         "rms_norm_eps": 1e-06,
         "rope_scaling": None,
         "rope_theta": a.rope_theta,
@@ -116,6 +123,9 @@ def released_config(a: argparse.Namespace) -> dict:
         "use_sliding_window": False,
         "vocab_size": a.vocab_size,
     }
+    if a.mask_token_id != MASK_TOKEN_ID:  # another vocabulary (e.g. SmolLM2's): say where the mask is
+        cfg["mask_token_id"] = a.mask_token_id
+    return cfg
 
 
 @torch.no_grad()
@@ -127,7 +137,8 @@ def build_state_dict(a: argparse.Namespace) -> dict[str, torch.Tensor]:
     cfg = Qwen2Config(vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
                       max_position_embeddings=a.max_position_embeddings, tie_word_embeddings=False,
-                      rms_norm_eps=1e-6, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+                      rms_norm_eps=1e-6, bos_token_id=a.bos_token_id, eos_token_id=a.eos_token_id,
+                      pad_token_id=a.eos_token_id)
     torch.manual_seed(a.seed)
     model = Qwen2ForCausalLM(cfg).to(torch.float32)
     gen = torch.Generator().manual_seed(a.seed)
@@ -164,12 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     copied = []
     if str(a.tokenizer_dir):
         src = Path(a.tokenizer_dir)
-        for name in TOKENIZER_FILES:
-            if not (src / name).exists():
-                raise SystemExit(f"{src / name} not found (pass --tokenizer-dir)")
-            shutil.copyfile(src / name, out / name)
-            copied.append(name)
-        mask = json.loads((src / "added_tokens.json").read_text()).get("|<MASK>|")
+        if not (src / "tokenizer_config.json").exists():
+            raise SystemExit(f"{src / 'tokenizer_config.json'} not found (pass --tokenizer-dir)")
+        for name in TOKENIZER_FILES:  # a fast tokenizer's directory may have tokenizer.json only
+            if (src / name).exists():
+                shutil.copyfile(src / name, out / name)
+                copied.append(name)
+        added = src / "added_tokens.json"
+        mask = json.loads(added.read_text()).get("|<MASK>|") if added.exists() else None
         if mask is not None and mask != a.mask_token_id:
             print(f"warning: the tokenizer's |<MASK>| is {mask}, not {a.mask_token_id}", file=sys.stderr)
     n_params = sum(t.numel() for t in sd.values())
