@@ -57,6 +57,9 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
+        if getattr(self, "native", False) and rows.device.type == "cpu" and rows.dtype == torch.float32:
+            y = native.int8_linear(rows, self.qweight, self.scales, self.bias)  # [M, N], bias added in the kernel
+            return y.reshape(*x.shape[:-1], self.out_features)
         y = self.matmul(rows).to(x.dtype)  # [M, N]
         if self.bias is not None:
             y = y + self.bias
