@@ -67,7 +67,8 @@ inline void dot2(const float* x0, const float* x1, const int8_t* w, int64_t K, f
 
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2, "x: float32 [M, K] on the CPU");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
+              "x: float32 [M, K] on the CPU");
   TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.size(1) == x.size(1), "q: int8 [N, K]");
   TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == q.size(0), "scale: float32 [N]");
   auto xc = x.contiguous();

@@ -47,6 +47,7 @@ class QuantLinear(nn.Module):
     """Shared parts: the bias (in the model's dtype) and the [..., K] -> [..., N] reshaping."""
 
     format = "?"
+    native = False  # runs on fastdllm's own CPU kernel (``native``): float32 in and out, bias included
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, dtype: torch.dtype,
                  device: torch.device):
@@ -57,7 +58,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        if getattr(self, "native", False) and rows.device.type == "cpu" and rows.dtype == torch.float32:
+        if self.native and rows.device.type == "cpu" and rows.dtype == torch.float32:
             y = native.int8_linear(rows, self.qweight, self.scales, self.bias)  # [M, N], bias added in the kernel
             return y.reshape(*x.shape[:-1], self.out_features)
         y = self.matmul(rows).to(x.dtype)  # [M, N]

@@ -52,9 +52,10 @@ def int8_kernel():
 
             if not _built():
                 print("fastdllm: compiling the int8 CPU kernel (once, about a minute)", file=sys.stderr, flush=True)
-            # -fopenmp: at::parallel_for is a header template, serial without it
-            module = load(NAME, [str(SOURCE)], extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-                          extra_ldflags=["-fopenmp"], verbose=False)
+            # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
+            # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
+            flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
+            module = load(NAME, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, ...: torch's kernel still works
             last = (str(e).strip().splitlines() or [""])[-1][:200]
             why = f"it could not be built ({type(e).__name__}: {last})"
