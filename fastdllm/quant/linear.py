@@ -4,7 +4,7 @@ On the CPU, int8 layers of a float32 model run on fastdllm's own kernel (``nativ
 activations, AVX2) where it can be built. Otherwise the product runs on torch's weight-only
 kernels, the ones gpt-fast uses: ``aten._weight_int8pack_mm`` and
 ``aten._weight_int4pack_mm_for_cpu``. On x86 they are vectorised for bfloat16 input only
-(float16 and float32 input take scalar loops, measured 7-30x slower here), so the input is
+(float16 and float32 input take scalar loops, measured 7-40x slower here), so the input is
 rounded to bfloat16 for the product, which accumulates in float32 and returns bfloat16; scales
 and zero points are kept in bfloat16 for the same kernel. The layer returns the model's dtype,
 so norms, attention and the residual stream stay in it. Each output row depends on its own input
