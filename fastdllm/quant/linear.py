@@ -58,9 +58,6 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        if self.native and rows.device.type == "cpu" and rows.dtype == torch.float32:
-            y = native.int8_linear(rows, self.qweight, self.scales, self.bias)  # [M, N], bias added in the kernel
-            return y.reshape(*x.shape[:-1], self.out_features)
         y = self.matmul(rows).to(x.dtype)  # [M, N]
         if self.bias is not None:
             y = y + self.bias
@@ -104,11 +101,16 @@ class Int8Linear(QuantLinear):
         self.register_buffer("scales", weight.scale.to(device, self.kernel_dtype))  # [N]
         self.cpu_kernel = device.type == "cpu" and int8_fits_cpu_kernel((N, K))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
+            rows = x.reshape(-1, self.in_features)  # [M, K]
+            y = native.int8_linear(rows, self.qweight, self.scales, self.bias)  # [M, N], bias added in the kernel
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
         scales = self.scales.to(kd)
-        if self.native and rows.device.type == "cpu" and rows.dtype == torch.float32:
-            return native.int8_linear(rows, self.qweight, scales, None)  # [M, N]
         if self.cpu_kernel and rows.device.type == "cpu":
             return torch.ops.aten._weight_int8pack_mm(_kernel_input(rows, kd), self.qweight, scales)  # [M, N]
         return F.linear(rows.to(kd), self.qweight.to(kd)) * scales  # [M, N]
