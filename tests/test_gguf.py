@@ -249,8 +249,10 @@ def test_gguf_loaded_quantised_close_to_dequantised_float32(tmp_path, arch, mode
     kind = Int4Linear if mode == "int4" else Int8Linear
     assert isinstance(model.layers[0].self_attn.qkv_proj, kind) and isinstance(model.lm_head, Int8Linear)
     if mode == "int4":  # the file's codes: only the scales' bfloat16 rounding separates the weights
-        w, ref_w = model.layers[1].mlp.down_proj.dequantize(), ref_model.layers[1].mlp.down_proj.weight
-        torch.testing.assert_close(w, ref_w, rtol=1e-2, atol=1e-2)
+        for lin in ("gate_up_proj", "down_proj"):  # Q4 down projections stay int4 (only float ones go int8)
+            layer, ref_layer = getattr(model.layers[1].mlp, lin), getattr(ref_model.layers[1].mlp, lin)
+            assert isinstance(layer, Int4Linear)
+            torch.testing.assert_close(layer.dequantize(), ref_layer.weight, rtol=1e-2, atol=1e-2)
     ids = torch.randint(0, model.cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(1))
     ref, got = logits(ref_model, ids), logits(model, ids)
     rel = ((got - ref).norm() / ref.norm()).item()

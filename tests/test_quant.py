@@ -213,6 +213,8 @@ def test_quantised_logits_close_to_float32(ckpts, family, mode):
     layers = {n: type(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     assert len(layers) == 4 * model.cfg.num_hidden_layers + 1
     assert layers.pop("lm_head") is Int8Linear  # the vocabulary projection never goes below int8
+    down = {n: layers.pop(n) for n in list(layers) if n.endswith("mlp.down_proj")}
+    assert set(down.values()) == {Int8Linear}  # nor, made from float weights, the MLP's down projection
     assert set(layers.values()) == {Int8Linear if mode == "int8" else Int4Linear}
     assert model.embed_tokens.weight.dtype == torch.float32  # embeddings stay in the model's dtype
     ids = random_ids(48, model.cfg.vocab_size, seed=1)

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from ..config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
-from ..quant import GROUP_SIZE, as_float, cat_rows, layer_mode, linear_names, quantized_linear
+from ..quant import GROUP_SIZE, Int4Weight, as_float, cat_rows, layer_mode, linear_names, quantized_linear
 from ..rope import inv_frequencies
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -173,8 +173,10 @@ def build_model(cfg: ModelConfig, hf_tensors: dict[str, torch.Tensor], dtype: to
     if quantize:
         for name in linear_names(cfg.num_hidden_layers):
             bias = fused.pop(f"{name}.bias", None)
-            layer = quantized_linear(fused.pop(f"{name}.weight"), None if bias is None else as_float(bias),
-                                     layer_mode(name, quantize), dtype, device, GROUP_SIZE)
+            weight = fused.pop(f"{name}.weight")
+            layer = quantized_linear(weight, None if bias is None else as_float(bias),
+                                     layer_mode(name, quantize, isinstance(weight, Int4Weight)), dtype, device,
+                                     GROUP_SIZE)
             model.set_submodule(name, layer)
             state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
     state.update({k: as_float(v).to(device=device, dtype=dtype) for k, v in fused.items()})
