@@ -63,7 +63,7 @@ def kernels(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, QuantLinear):
-            key = f"{m.format}: " + ("fastdllm (float32 input)" if getattr(m, "native", False)
+            key = f"{m.format}: " + ("fastdllm (float32 input)" if m.native
                                      else f"torch ({str(m.kernel_dtype).replace('torch.', '')} input)")
         elif isinstance(m, torch.nn.Linear):
             key = f"{str(m.weight.dtype).replace('torch.', '')}: linear"
