@@ -102,7 +102,29 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
-        self.quantization: str | None = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
+        self.quantization = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
+        self.int8_stack_enabled = True  # int8 forwards of the engine in one C++ call (``quant/stack.py``)
+
+    @property
+    def quantization(self) -> str | None:
+        return self._quantization
+
+    @quantization.setter
+    def quantization(self, mode: str | None) -> None:
+        self._quantization = mode
+        self._int8_stack = None  # rebuilt on the next forward that can use it
+
+    def _stack_for(self, x: torch.Tensor, attend: AttentionFn):
+        """The C++ int8 layer stack when this forward can take it (``attend`` must say where each
+        row's keys live: ``row_table``), else None."""
+        if (self._quantization != "int8" or not self.int8_stack_enabled or torch.is_grad_enabled()
+                or x.device.type != "cpu" or x.dtype != torch.float32 or not hasattr(attend, "row_table")):
+            return None
+        if self._int8_stack is None:
+            from .quant import stack
+
+            self._int8_stack = stack.build(self) or False
+        return self._int8_stack or None
 
     @property
     def attn_scale(self) -> float:
@@ -120,6 +142,12 @@ class Transformer(nn.Module):
         """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
+        stack = self._stack_for(x, attend)
+        if stack is not None:
+            B, T, H = x.shape
+            rows = stack.forward(x.reshape(B * T, H), cos.reshape(B * T, -1), sin.reshape(B * T, -1),
+                                 attend.cache.data, attend.row_table())  # [B*T, hidden]
+            return self.norm(rows.view(B, T, H))
         if self.quantization is None and cpu_kernels.applies(x):
             return self.norm(self._decode_layers(x, cos, sin, attend))
         for i, layer in enumerate(self.layers):

@@ -47,6 +47,7 @@ class PackedAttention:
     def __init__(self, cache: KVCache, segments: list[Segment], scale: float):
         self.cache = cache
         self.scale = scale
+        self.segments = segments
         dev = cache.data.device
         S = cache.max_len
         groups: dict[int, list[int]] = {}  # query length -> segment indices, in packed order
@@ -116,6 +117,28 @@ class PackedAttention:
             seen = (j // block[:, None])[:, None, :] <= (q_pos // block[:, None])[:, :, None]  # [B, T, kmax]
             mask = (seen & inside[:, None, :])[:, None]  # [B, 1, T, kmax]
         return _Group(B, T, start, q_rows, span, key_rows, kmax, mask)
+
+    def row_table(self) -> torch.Tensor:
+        """The step's attention as rows, for kernels that take it whole (``quant/stack.py``).
+
+        Per packed query row: the cache row its keys and values go to, the cache row of its
+        sequence's position 0, and how many positions from there it attends to (each mask rule
+        is a prefix of the sequence's span). int64 [N, 3] on the CPU.
+        """
+        S = self.cache.max_len
+        table = [0] * (3 * sum(s.length for s in self.segments))
+        for s in self.segments:
+            first = s.slot * S + s.base
+            for i in range(s.length):
+                p = s.write_pos + i
+                if s.kind == "full":
+                    n = s.kv_end
+                elif s.kind == "causal":
+                    n = min(s.kv_end, p + 1)
+                else:  # block-causal: every key of its own block and the blocks before
+                    n = min(s.kv_end, (p // s.block_size + 1) * s.block_size)
+                table[3 * (s.start + i):3 * (s.start + i + 1)] = (first + p, first, n)
+        return torch.tensor(table, dtype=torch.long).view(-1, 3)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: [1, N, Hq, D]; k, v: [1, N, Hkv, D]

@@ -78,3 +78,17 @@ def test_groups_by_query_length():
     assert sorted((g.length, g.count) for g in packed.groups) == [(1, 2), (5, 1), (8, 3), (9, 1), (16, 1)]
     one = PackedAttention(poisoned_cache(PARTS, torch.float32), segments(PARTS[:1]), 1.0)
     assert one.whole and one.groups[0].key_rows is None and one.groups[0].mask is None  # a view, no mask
+
+
+@pytest.mark.parametrize("parts", [PARTS, PARTS[::-1]], ids=["mixed", "mixed-reversed"])
+def test_row_table_is_the_masks(parts):
+    """Each packed query row's write row, span start and key count describe its segment's mask."""
+    segs = segments(parts)
+    table = PackedAttention(poisoned_cache(parts, torch.float32), segs, 1.0).row_table()
+    assert table.shape == (sum(s.length for s in segs), 3)
+    for s in segs:
+        mask = torch.ones(s.length, s.kv_end, dtype=torch.bool) if s.mask is None else s.mask
+        for i in range(s.length):
+            write, first, count = table[s.start + i].tolist()
+            assert write == s.slot * LEN + s.base + s.write_pos + i and first == s.slot * LEN + s.base
+            assert torch.equal(mask[i], torch.arange(s.kv_end) < count)  # the mask is a prefix of the span

@@ -264,6 +264,79 @@ def quantised_llm(mode: str, model_type="Fast_dLLM_Qwen", seed=0, lm_scale=6.0) 
     return LLM(Checkpoint(model, model.cfg, None, llm.checkpoint.path, {}))
 
 
+# ---- the C++ int8 layer stack ----------------------------------------------------------------
+
+# (slot, base, write_pos, length, kv_end, kind, block_size): a block, a causal prefill chunk, a
+# block-causal chunk, AR steps, in one packed forward
+STACK_PARTS = [(0, 0, 40, 8, 48, "full", 0), (0, 60, 0, 5, 5, "causal", 0), (0, 100, 16, 16, 32, "block_causal", 8),
+               (0, 140, 30, 1, 31, "causal", 0), (0, 180, 12, 1, 13, "full", 0)]
+
+
+def packed_forward(model, parts, stack: bool):
+    """One packed forward over ``parts`` on a cache that is NaN outside their spans: (logits, cache)."""
+    from fastdllm.kv_cache import KVCache
+    from fastdllm.packed_attention import PackedAttention
+    from tests.test_packed_attention import segments
+
+    cfg = model.cfg
+    cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 200, cfg.head_dim, torch.float32, "cpu")
+    cache.data.fill_(float("nan"))
+    g = torch.Generator().manual_seed(1)
+    for slot, base, _, _, kv_end, *_ in parts:
+        span = cache.data[:, slot, base:base + kv_end]
+        span.copy_(torch.randn(span.shape, generator=g))
+    n = sum(p[3] for p in parts)
+    ids = random_ids(n, cfg.vocab_size, seed=4)
+    pos = torch.tensor([wp + i for _, _, wp, length, *_ in parts for i in range(length)])
+    model.int8_stack_enabled = stack
+    with torch.inference_mode():
+        out = model(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
+    model.int8_stack_enabled = True
+    return out, cache
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["qwen2", "llama"])  # qkv bias; tied embeddings, o/MLP biases
+@pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
+def test_int8_stack_matches_the_eager_int8_layers(ckpts, family, parts):
+    model = load_checkpoint(ckpts[family], quantize="int8").model
+    eager, eager_cache = packed_forward(model, parts, stack=False)
+    assert model._int8_stack is None  # not built while off
+    fused, fused_cache = packed_forward(model, parts, stack=True)
+    assert model._int8_stack  # built and used
+    assert not fused.isnan().any()  # nothing read outside a sequence's span or its mask
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
+    # the same keys and values, written at the same places and nowhere else
+    assert torch.equal(fused_cache.data.isnan(), eager_cache.data.isnan())
+    torch.testing.assert_close(fused_cache.data.nan_to_num(), eager_cache.data.nan_to_num(), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_int8_stack_only_where_it_applies(ckpts, monkeypatch):
+    from fastdllm.kv_cache import KVCache
+    from fastdllm.packed_attention import PackedAttention
+    from tests.test_packed_attention import segments
+
+    model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
+    cfg = model.cfg
+    x = torch.zeros(1, 2, cfg.hidden_size)
+    cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 200, cfg.head_dim, torch.float32, "cpu")
+    packed = PackedAttention(cache, segments(STACK_PARTS[:1]), model.attn_scale)
+    dense = DenseAttention(None, model.attn_scale)
+    with torch.inference_mode():
+        assert model._stack_for(x, packed) is not None
+        assert model._stack_for(x, dense) is None  # the oracle and training attend densely: eager
+        assert model._stack_for(x.double(), packed) is None
+    assert model._stack_for(x, packed) is None  # autograd on
+    int4 = load_checkpoint(ckpts["qwen2"], quantize="int4").model
+    float32 = load_checkpoint(ckpts["qwen2"]).model
+    with torch.inference_mode():
+        assert int4._stack_for(x, packed) is None and float32._stack_for(x, packed) is None
+        monkeypatch.setenv("FASTDLLM_INT8_STACK", "0")
+        model.quantization = "int8"  # drops the built stack
+        assert model._stack_for(x, packed) is None
+
+
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_engine_against_oracle_quantised(mode):
     """Engine and oracle share the quantised layers, but their attention sums in a different order

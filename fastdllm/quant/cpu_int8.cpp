@@ -10,6 +10,8 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "cpu_int8.h"
+
 namespace {
 
 constexpr int64_t kLanes = 8;    // floats per AVX2 register
@@ -65,28 +67,8 @@ inline void dot2(const float* x0, const float* x1, const int8_t* w, int64_t K, f
 
 }  // namespace
 
-torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
-                          const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
-              "x: float32 [M, K] on the CPU");
-  TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.size(1) == x.size(1), "q: int8 [N, K]");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == q.size(0), "scale: float32 [N]");
-  auto xc = x.contiguous();
-  auto qc = q.contiguous();
-  auto sc = scale.contiguous();
-  const int64_t M = xc.size(0), K = xc.size(1), N = qc.size(0);
-  auto y = torch::empty({M, N}, xc.options());
-  const float* X = xc.data_ptr<float>();
-  const int8_t* Q = qc.data_ptr<int8_t>();
-  const float* S = sc.data_ptr<float>();
-  float* Y = y.data_ptr<float>();
-  const float* B = nullptr;
-  torch::Tensor bc;
-  if (bias.has_value() && bias->defined()) {
-    bc = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(bc.numel() == N, "bias: [N]");
-    B = bc.data_ptr<float>();
-  }
+void int8_gemm(const float* X, int64_t M, int64_t K, const int8_t* Q, const float* S, const float* B, int64_t N,
+               float* Y) {
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     float out[2];
     for (int64_t n = n0; n < n1; ++n) {
@@ -101,9 +83,31 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const 
       if (m < M) Y[m * N + n] = dot1(X + m * K, w, K) * S[n] + b;
     }
   });
+}
+
+torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& scale,
+                          const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
+              "x: float32 [M, K] on the CPU");
+  TORCH_CHECK(q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.size(1) == x.size(1), "q: int8 [N, K]");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == q.size(0), "scale: float32 [N]");
+  auto xc = x.contiguous();
+  auto qc = q.contiguous();
+  auto sc = scale.contiguous();
+  const int64_t M = xc.size(0), K = xc.size(1), N = qc.size(0);
+  auto y = torch::empty({M, N}, xc.options());
+  torch::Tensor bc;
+  const float* B = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bc = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(bc.numel() == N, "bias: [N]");
+    B = bc.data_ptr<float>();
+  }
+  int8_gemm(xc.data_ptr<float>(), M, K, qc.data_ptr<int8_t>(), sc.data_ptr<float>(), B, N, y.data_ptr<float>());
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "int8 weight-only linear, float32 activations (AVX2)");
+  bind_int8_stack(m);
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("cpu_int8.cpp")
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int8_stack.cpp")]  # + cpu_int8.h
 NAME = "fastdllm_cpu_int8"
 _state: dict[str, object] = {}
 
@@ -55,7 +55,7 @@ def int8_kernel():
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
             # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
             flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
-            module = load(NAME, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            module = load(NAME, [str(p) for p in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, ...: torch's kernel still works
             last = (str(e).strip().splitlines() or [""])[-1][:200]
             why = f"it could not be built ({type(e).__name__}: {last})"

@@ -1,0 +1,222 @@
+// The decoder layers of an int8 model in one call per forward (fastdllm/quant/stack.py).
+//
+// In eager PyTorch a decode step spends longer dispatching each layer's dozen small ops than
+// in the int8 products themselves. Here all layers of a forward run in C++: RMSNorm, the four
+// int8 products (int8_gemm, cpu_int8.cpp), rotary embedding, the KV-cache write, attention of
+// each query row over its own span of the cache, SiLU gating and the residual adds.
+// Float32 throughout; results equal the eager int8 path up to rounding (the summation order of
+// norms and attention differs; the products are the same kernel).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_int8.h"
+
+namespace {
+
+constexpr int kPerLayer = 14;  // tensors per layer in the constructor's list
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  __m256 v = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float total = _mm_cvtss_f32(h);
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+struct Proj {  // one int8 linear layer
+  torch::Tensor q, s, b;  // int8 [N, K], float32 [N], float32 [N] (undefined: no bias)
+  void run(const float* x, int64_t M, float* y) const {
+    int8_gemm(x, M, q.size(1), q.data_ptr<int8_t>(), s.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
+              q.size(0), y);
+  }
+};
+
+Proj make_proj(const torch::Tensor& q, const torch::Tensor& s, const torch::Tensor& b, int64_t k, const char* what) {
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.size(1) == k, what,
+              ": int8 [N, ", k, "] weights on the CPU");
+  TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.numel() == q.size(0), what, ": float32 scales [N]");
+  Proj p{q.contiguous(), s.contiguous(), torch::Tensor()};
+  if (b.numel() > 0) {
+    TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == q.size(0), what, ": float32 bias [N]");
+    p.b = b.contiguous();
+  }
+  return p;
+}
+
+struct Layer {
+  torch::Tensor ln1, ln2;  // float32 [H]
+  Proj qkv, o, gate_up, down;
+};
+
+// out = w * (x / sqrt(mean(x^2) + eps)), row by row; the order of operations of model.RMSNorm
+void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t H, float* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* r = x + m * H;
+    double ss = 0.0;
+    for (int64_t i = 0; i < H; ++i) ss += static_cast<double>(r[i]) * r[i];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / H) + eps);
+    for (int64_t i = 0; i < H; ++i) out[m * H + i] = w[i] * (r[i] * inv);
+  }
+}
+
+// x * cos + rotate_half(x) * sin for one head of D values, in place
+inline void rope(float* x, const float* cos, const float* sin, int64_t D, float* tmp) {
+  const int64_t h = D / 2;
+  for (int64_t d = 0; d < D; ++d) tmp[d] = x[d];
+  for (int64_t d = 0; d < h; ++d) x[d] = tmp[d] * cos[d] + (-tmp[d + h]) * sin[d];
+  for (int64_t d = h; d < D; ++d) x[d] = tmp[d] * cos[d] + tmp[d - h] * sin[d];
+}
+
+class Int8Stack {
+ public:
+  Int8Stack(const std::vector<torch::Tensor>& w, int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
+      : n_q_(n_q), n_kv_(n_kv), d_(head_dim), eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
+    TORCH_CHECK(!w.empty() && w.size() % kPerLayer == 0, "Int8Stack: ", kPerLayer, " tensors per layer");
+    TORCH_CHECK(n_q > 0 && n_kv > 0 && n_q % n_kv == 0 && head_dim % 2 == 0, "Int8Stack: bad head layout");
+    hidden_ = w[0].numel();
+    for (size_t i = 0; i < w.size(); i += kPerLayer) {
+      Layer l;
+      l.ln1 = w[i].to(torch::kFloat32).contiguous();
+      l.qkv = make_proj(w[i + 1], w[i + 2], w[i + 3], hidden_, "qkv_proj");
+      l.o = make_proj(w[i + 4], w[i + 5], w[i + 6], n_q * head_dim, "o_proj");
+      l.ln2 = w[i + 7].to(torch::kFloat32).contiguous();
+      l.gate_up = make_proj(w[i + 8], w[i + 9], w[i + 10], hidden_, "gate_up_proj");
+      TORCH_CHECK(l.gate_up.q.size(0) % 2 == 0, "gate_up_proj: an even number of outputs");
+      l.down = make_proj(w[i + 11], w[i + 12], w[i + 13], l.gate_up.q.size(0) / 2, "down_proj");
+      TORCH_CHECK(l.ln1.numel() == hidden_ && l.ln2.numel() == hidden_ && l.o.q.size(0) == hidden_ &&
+                  l.down.q.size(0) == hidden_ && l.qkv.q.size(0) == (n_q + 2 * n_kv) * head_dim,
+                  "Int8Stack: layer shapes disagree");
+      layers_.push_back(std::move(l));
+    }
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+  // x [M, H] float32: the embedded rows of a forward; cos, sin [M, D]; kv: the KV cache's buffer
+  // [layers, slots, S, 2, Hkv, D]; rows int64 [M, 3]: per query row, the cache row (slot * S +
+  // position) its keys and values are written to, the cache row of its sequence's position 0,
+  // and how many positions from there it attends to. Returns the last layer's output [M, H].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        torch::Tensor kv, const torch::Tensor& rows) const {
+    const int64_t M = x.size(0), H = hidden_, D = d_, L = num_layers();
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.size(1) == H,
+                "x: float32 [M, ", H, "] on the CPU");
+    TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
+                cos.numel() == M * D && sin.numel() == M * D, "cos, sin: float32 [M, ", D, "]");
+    TORCH_CHECK(kv.scalar_type() == torch::kFloat32 && kv.is_contiguous() && kv.dim() == 6 && kv.size(0) == L &&
+                kv.size(3) == 2 && kv.size(4) == n_kv_ && kv.size(5) == D,
+                "kv: contiguous float32 [", L, ", slots, S, 2, ", n_kv_, ", ", D, "]");
+    TORCH_CHECK(rows.scalar_type() == torch::kLong && rows.dim() == 2 && rows.size(0) == M && rows.size(1) == 3,
+                "rows: int64 [M, 3]");
+    const int64_t pool = kv.size(1) * kv.size(2);  // cache rows per layer
+    const int64_t row_len = 2 * n_kv_ * D;          // floats per cache row
+    auto rc = rows.contiguous();
+    const int64_t* R = rc.data_ptr<int64_t>();
+    int64_t longest = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      TORCH_CHECK(R[3 * m] >= 0 && R[3 * m] < pool && R[3 * m + 1] >= 0 && R[3 * m + 2] >= 1 &&
+                  R[3 * m + 1] + R[3 * m + 2] <= pool, "rows: a cache row out of range at query row ", m);
+      longest = std::max(longest, R[3 * m + 2]);
+    }
+    auto cc = cos.contiguous(), sc = sin.contiguous();
+    const float* C = cc.data_ptr<float>();
+    const float* S = sc.data_ptr<float>();
+
+    auto out = x.contiguous().clone();
+    float* X = out.data_ptr<float>();
+    const int64_t width = (n_q_ + 2 * n_kv_) * D;
+    const int64_t inter = layers_[0].down.q.size(1);
+    std::vector<float> h(M * H), qkv(M * width), att(M * n_q_ * D), gu(M * 2 * inter), act(M * inter), tmp(M * H);
+    std::vector<float> rot(D);
+
+    for (int64_t l = 0; l < L; ++l) {
+      const Layer& ly = layers_[l];
+      float* cache = kv.data_ptr<float>() + l * pool * row_len;
+      rms_norm(X, ly.ln1.data_ptr<float>(), eps_, M, H, h.data());
+      ly.qkv.run(h.data(), M, qkv.data());
+      for (int64_t m = 0; m < M; ++m) {
+        float* r = qkv.data() + m * width;
+        for (int64_t head = 0; head < n_q_ + n_kv_; ++head) rope(r + head * D, C + m * D, S + m * D, D, rot.data());
+        float* dst = cache + R[3 * m] * row_len;  // [2, Hkv, D]: keys, then values
+        std::copy(r + n_q_ * D, r + width, dst);
+      }
+      attend(qkv.data(), cache, R, M, longest, att.data());
+      ly.o.run(att.data(), M, tmp.data());
+      for (int64_t i = 0; i < M * H; ++i) X[i] = X[i] + tmp[i];
+
+      rms_norm(X, ly.ln2.data_ptr<float>(), eps_, M, H, h.data());
+      ly.gate_up.run(h.data(), M, gu.data());
+      for (int64_t m = 0; m < M; ++m) {
+        const float* g = gu.data() + m * 2 * inter;
+        float* a = act.data() + m * inter;
+        for (int64_t i = 0; i < inter; ++i) a[i] = (g[i] / (1.0f + std::exp(-g[i]))) * g[inter + i];
+      }
+      ly.down.run(act.data(), M, tmp.data());
+      for (int64_t i = 0; i < M * H; ++i) X[i] = X[i] + tmp[i];
+    }
+    return out;
+  }
+
+ private:
+  // softmax(q k^T * scale) v for every (query row, head), each row over its own cache span
+  void attend(const float* qkv, const float* cache, const int64_t* R, int64_t M, int64_t longest, float* out) const {
+    const int64_t D = d_, width = (n_q_ + 2 * n_kv_) * D, row_len = 2 * n_kv_ * D, group = n_q_ / n_kv_;
+    at::parallel_for(0, M * n_q_, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> p(longest);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t m = t / n_q_, head = t % n_q_;
+        const float* q = qkv + m * width + head * D;
+        const float* keys = cache + R[3 * m + 1] * row_len + (head / group) * D;
+        const float* values = keys + n_kv_ * D;
+        const int64_t n = R[3 * m + 2];
+        float top = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+          p[j] = dot(q, keys + j * row_len, D) * scale_;
+          top = std::max(top, p[j]);
+        }
+        float total = 0.0f;
+        for (int64_t j = 0; j < n; ++j) {
+          p[j] = std::exp(p[j] - top);
+          total += p[j];
+        }
+        float* o = out + m * n_q_ * D + head * D;
+        std::fill(o, o + D, 0.0f);
+        for (int64_t j = 0; j < n; ++j) {
+          const float* v = values + j * row_len;
+          for (int64_t d = 0; d < D; ++d) o[d] += p[j] * v[d];
+        }
+        const float inv = 1.0f / total;
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      }
+    });
+  }
+
+  int64_t n_q_, n_kv_, d_, hidden_ = 0;
+  float eps_, scale_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace
+
+void bind_int8_stack(pybind11::module& m) {
+  pybind11::class_<Int8Stack>(m, "Int8Stack")
+      .def(pybind11::init<const std::vector<torch::Tensor>&, int64_t, int64_t, int64_t, double, double>())
+      .def("num_layers", &Int8Stack::num_layers)
+      .def("forward", &Int8Stack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+}
