@@ -34,9 +34,10 @@ import torch
 
 import fastdllm
 from fastdllm import precision
-from fastdllm.attention import CachedAttention, Segment
+from fastdllm.attention import Segment
 from fastdllm.errors import FastDLLMError
 from fastdllm.kv_cache import KVCache
+from fastdllm.packed_attention import PackedAttention
 
 QUERY_TOKENS = (1, 8, 32)
 PATHS = ("float32", "bfloat16", "int8", "int4")
@@ -80,7 +81,8 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def forward_ms(model, tokens: int, context: int, repeats: int) -> float:
-    """Median ms of one forward of ``tokens`` query tokens after ``context`` cached positions."""
+    """Median ms of one forward of ``tokens`` query tokens after ``context`` cached positions, with the
+    engine's attention back end (so an int8 model runs its C++ layer stack, ``quant/stack.py``)."""
     cfg, dev = model.cfg, model.device
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, context + tokens, cfg.head_dim, model.dtype, dev)
     g = torch.Generator().manual_seed(0)
@@ -92,7 +94,7 @@ def forward_ms(model, tokens: int, context: int, repeats: int) -> float:
     for i in range(repeats + 2):  # two warm-up calls (oneDNN repacking, allocations)
         _sync(dev)
         t0 = time.perf_counter()
-        model(ids, pos, CachedAttention(cache, segments, model.attn_scale), rows)
+        model(ids, pos, PackedAttention(cache, segments, model.attn_scale), rows)
         _sync(dev)
         if i >= 2:
             times.append(1e3 * (time.perf_counter() - t0))
@@ -162,7 +164,8 @@ def bench_model(name: str, model: str | None, args, problems: list[dict] | None)
     return rows
 
 
-def bench_llama_cpp(gguf: Path, args) -> dict:
+def bench_llama_cpp(gguf: Path, args, prompts: list[list[int]]) -> dict:
+    """llama.cpp on the same file; ``prompts``: the token ids fastdllm's AR rows decode from."""
     try:
         import llama_cpp
     except ImportError:
@@ -186,8 +189,7 @@ def bench_llama_cpp(gguf: Path, args) -> dict:
                 times.append(1e3 * (time.perf_counter() - t0))
         forward[t] = statistics.median(times)
     tokens, t0 = 0, time.perf_counter()
-    for text in PROMPTS[:args.prompts]:
-        prompt = llm.tokenize(text.encode(), add_bos=True)
+    for prompt in prompts:
         for i, _ in enumerate(llm.generate(prompt, temp=0.0, reset=True)):  # stops only when told: fixed length
             if i + 1 >= args.max_new_tokens:
                 break
@@ -195,7 +197,9 @@ def bench_llama_cpp(gguf: Path, args) -> dict:
     seconds = time.perf_counter() - t0
     return {"version": llama_cpp.__version__, "forward_ms": forward,
             "ar": {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds},
-            "note": "the file's own formats; prompts as plain text (no chat template); first run not warmed up"}
+            "prompt_tokens": [len(p) for p in prompts],
+            "note": "the file's own formats; the same prompt token ids as fastdllm's rows (chat template applied); "
+                    "first run not warmed up"}
 
 
 def print_table(name: str, rows: dict) -> None:
@@ -272,7 +276,10 @@ def main(argv=None) -> int:
     elif gguf is not None:
         results[gguf.name] = bench_model(gguf.name, str(gguf), args, None)
         if args.llama_cpp:
-            results[gguf.name]["llama.cpp"] = bench_llama_cpp(gguf, args)
+            tokenizer = fastdllm.load(str(gguf))  # the prompts as fastdllm's rows encode them
+            prompts = [tokenizer.encode(p) for p in prompts_for(tokenizer, args.prompts)]
+            del tokenizer
+            results[gguf.name]["llama.cpp"] = bench_llama_cpp(gguf, args, prompts)
     if args.model:
         results[Path(args.model).name] = bench_model(Path(args.model).name, args.model, args, None)
     if args.word_problems != 0:

@@ -113,24 +113,28 @@ needs_native = pytest.mark.skipif(not native.int8_available(), reason="fastdllm'
 
 
 @needs_native
-@pytest.mark.parametrize("K", [576, 40, 1000, 7])  # whole 32-wide steps, 8-wide tails, a scalar tail
+@pytest.mark.parametrize("K", [576, 40, 1000, 7, 13])  # whole 8-input chunks, a tail only, both
 def test_native_int8_kernel_against_float64(K):
     torch.manual_seed(K)
-    N = 48
+    N = 45  # a last group of 5 rows (3 padding)
     q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
     scale, bias = torch.rand(N) / 50, torch.randn(N)
     x = torch.randn(35, K)
     ref = F.linear(x.double(), q.double()) * scale.double() + bias.double()  # [M, N]
-    y = native.int8_linear(x, q, scale, bias)
+    packed = native.pack_int8(q)
+    assert torch.equal(native.unpack_int8(packed, N, K), q)
+    y = native.int8_linear(x, packed, scale, bias)
     assert y.dtype == torch.float32 and y.shape == (35, N)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(native.int8_linear(x, q, scale, None).double(), ref - bias.double(), rtol=1e-5,
+    torch.testing.assert_close(native.int8_linear(x, packed, scale, None).double(), ref - bias.double(), rtol=1e-5,
                                atol=1e-4)
-    for m in (1, 2, 3, 8):  # odd and even row counts take different tiles: a row's sums must not change
-        assert torch.equal(native.int8_linear(x[:m], q, scale, bias), y[:m])
-    assert torch.equal(native.int8_linear(x[5:6], q, scale, bias), y[5:6])
+    for m in (1, 2, 3, 4, 5, 8):  # row counts take different tiles: a row's sums must not change
+        assert torch.equal(native.int8_linear(x[:m], packed, scale, bias), y[:m])
+    assert torch.equal(native.int8_linear(x[5:6], packed, scale, bias), y[5:6])
     with pytest.raises(RuntimeError, match="float32"):
-        native.int8_linear(x.bfloat16(), q, scale, bias)
+        native.int8_linear(x.bfloat16(), packed, scale, bias)
+    with pytest.raises(RuntimeError, match="pack_int8"):
+        native.int8_linear(x, q.flatten()[:-1].contiguous(), scale, bias)
 
 
 @needs_native

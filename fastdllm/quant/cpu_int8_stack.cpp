@@ -39,21 +39,87 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return total;
 }
 
+// exp(x) for x <= 0 (softmax scores minus their maximum), 8 at a time: Cephes' expf scheme,
+// x = n ln 2 + r with |r| <= ln 2 / 2, a degree-7 polynomial for e^r, then 2^n into the exponent.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // below: 0 after rounding anyway
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+// p[j] = exp(p[j] - top) for j < n; returns their sum
+inline float exp_shifted(float* p, int64_t n, float top) {
+  const __m256 t = _mm256_set1_ps(top);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), t));
+    _mm256_storeu_ps(p + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; j < n; ++j) {
+    p[j] = std::exp(p[j] - top);
+    total += p[j];
+  }
+  return total;
+}
+
+// out[0, D) = inv * sum_j p[j] * v_j, v_j = values + j * stride; 64 outputs at a time in registers
+inline void weighted_values(const float* p, int64_t n, const float* values, int64_t stride, int64_t D, float inv,
+                            float* out) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const float* v = values + j * stride + d0;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * c), acc[c]);
+    }
+    const __m256 s = _mm256_set1_ps(inv);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], s));
+  }
+  if (d0 < D) {  // head sizes that are not a multiple of 64
+    std::fill(out + d0, out + D, 0.0f);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t d = d0; d < D; ++d) out[d] += p[j] * values[j * stride + d];
+    for (int64_t d = d0; d < D; ++d) out[d] *= inv;
+  }
+}
+
 struct Proj {  // one int8 linear layer
-  torch::Tensor q, s, b;  // int8 [N, K], float32 [N], float32 [N] (undefined: no bias)
+  torch::Tensor q, s, b;  // packed int8 weights (pack_int8), float32 scales [N], float32 bias [N] or undefined
+  int64_t n = 0, k = 0;
   void run(const float* x, int64_t M, float* y) const {
-    int8_gemm(x, M, q.size(1), q.data_ptr<int8_t>(), s.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
-              q.size(0), y);
+    int8_gemm(x, M, k, q.data_ptr<int8_t>(), s.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, y);
   }
 };
 
 Proj make_proj(const torch::Tensor& q, const torch::Tensor& s, const torch::Tensor& b, int64_t k, const char* what) {
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.size(1) == k, what,
-              ": int8 [N, ", k, "] weights on the CPU");
-  TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.numel() == q.size(0), what, ": float32 scales [N]");
-  Proj p{q.contiguous(), s.contiguous(), torch::Tensor()};
+  TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.dim() == 1, what, ": float32 scales [N]");
+  const int64_t n = s.numel();
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kInt8 && q.is_contiguous() &&
+              q.numel() == int8_packed_size(n, k), what, ": packed int8 weights [", n, ", ", k, "] on the CPU");
+  Proj p{q, s.contiguous(), torch::Tensor(), n, k};
   if (b.numel() > 0) {
-    TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == q.size(0), what, ": float32 bias [N]");
+    TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == n, what, ": float32 bias [N]");
     p.b = b.contiguous();
   }
   return p;
@@ -97,10 +163,10 @@ class Int8Stack {
       l.o = make_proj(w[i + 4], w[i + 5], w[i + 6], n_q * head_dim, "o_proj");
       l.ln2 = w[i + 7].to(torch::kFloat32).contiguous();
       l.gate_up = make_proj(w[i + 8], w[i + 9], w[i + 10], hidden_, "gate_up_proj");
-      TORCH_CHECK(l.gate_up.q.size(0) % 2 == 0, "gate_up_proj: an even number of outputs");
-      l.down = make_proj(w[i + 11], w[i + 12], w[i + 13], l.gate_up.q.size(0) / 2, "down_proj");
-      TORCH_CHECK(l.ln1.numel() == hidden_ && l.ln2.numel() == hidden_ && l.o.q.size(0) == hidden_ &&
-                  l.down.q.size(0) == hidden_ && l.qkv.q.size(0) == (n_q + 2 * n_kv) * head_dim,
+      TORCH_CHECK(l.gate_up.n % 2 == 0, "gate_up_proj: an even number of outputs");
+      l.down = make_proj(w[i + 11], w[i + 12], w[i + 13], l.gate_up.n / 2, "down_proj");
+      TORCH_CHECK(l.ln1.numel() == hidden_ && l.ln2.numel() == hidden_ && l.o.n == hidden_ &&
+                  l.down.n == hidden_ && l.qkv.n == (n_q + 2 * n_kv) * head_dim,
                   "Int8Stack: layer shapes disagree");
       layers_.push_back(std::move(l));
     }
@@ -141,7 +207,7 @@ class Int8Stack {
     auto out = x.contiguous().clone();
     float* X = out.data_ptr<float>();
     const int64_t width = (n_q_ + 2 * n_kv_) * D;
-    const int64_t inter = layers_[0].down.q.size(1);
+    const int64_t inter = layers_[0].down.k;
     std::vector<float> h(M * H), qkv(M * width), att(M * n_q_ * D), gu(M * 2 * inter), act(M * inter), tmp(M * H);
     std::vector<float> rot(D);
 
@@ -178,31 +244,19 @@ class Int8Stack {
   void attend(const float* qkv, const float* cache, const int64_t* R, int64_t M, int64_t longest, float* out) const {
     const int64_t D = d_, width = (n_q_ + 2 * n_kv_) * D, row_len = 2 * n_kv_ * D, group = n_q_ / n_kv_;
     at::parallel_for(0, M * n_q_, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<float> p(longest);
+      std::vector<float> p(longest + 8);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t m = t / n_q_, head = t % n_q_;
         const float* q = qkv + m * width + head * D;
         const float* keys = cache + R[3 * m + 1] * row_len + (head / group) * D;
-        const float* values = keys + n_kv_ * D;
         const int64_t n = R[3 * m + 2];
         float top = -std::numeric_limits<float>::infinity();
         for (int64_t j = 0; j < n; ++j) {
           p[j] = dot(q, keys + j * row_len, D) * scale_;
           top = std::max(top, p[j]);
         }
-        float total = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-          p[j] = std::exp(p[j] - top);
-          total += p[j];
-        }
-        float* o = out + m * n_q_ * D + head * D;
-        std::fill(o, o + D, 0.0f);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* v = values + j * row_len;
-          for (int64_t d = 0; d < D; ++d) o[d] += p[j] * v[d];
-        }
-        const float inv = 1.0f / total;
-        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        const float total = exp_shifted(p.data(), n, top);
+        weighted_values(p.data(), n, keys + n_kv_ * D, row_len, D, 1.0f / total, out + m * n_q_ * D + head * D);
       }
     });
   }

@@ -97,9 +97,18 @@ class Int8Linear(QuantLinear):
         self.native = device.type == "cpu" and dtype == torch.float32 and native.int8_available()
         if self.native:
             self.kernel_dtype = torch.float32
-        self.register_buffer("qweight", weight.q.to(device).contiguous().clone())  # [N, K] int8
+        q = weight.q.to(device).contiguous()  # [N, K] int8
+        # the native kernel's own layout (native.pack_int8), else row-major
+        self.packed = self.native
+        self.register_buffer("qweight", native.pack_int8(q) if self.packed else q.clone())
         self.register_buffer("scales", weight.scale.to(device, self.kernel_dtype))  # [N]
         self.cpu_kernel = device.type == "cpu" and int8_fits_cpu_kernel((N, K))
+
+    def weight_rows(self) -> torch.Tensor:
+        """The int8 weight as [N, K] (a copy when it is held packed)."""
+        if self.packed:
+            return native.unpack_int8(self.qweight, self.out_features, self.in_features)
+        return self.qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -112,11 +121,11 @@ class Int8Linear(QuantLinear):
         kd = self.kernel_dtype
         scales = self.scales.to(kd)
         if self.cpu_kernel and rows.device.type == "cpu":
-            return torch.ops.aten._weight_int8pack_mm(_kernel_input(rows, kd), self.qweight, scales)  # [M, N]
-        return F.linear(rows.to(kd), self.qweight.to(kd)) * scales  # [M, N]
+            return torch.ops.aten._weight_int8pack_mm(_kernel_input(rows, kd), self.weight_rows(), scales)  # [M, N]
+        return F.linear(rows.to(kd), self.weight_rows().to(kd)) * scales  # [M, N]
 
     def dequantize(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales.float()[:, None]
+        return self.weight_rows().float() * self.scales.float()[:, None]
 
 
 class Int4Linear(QuantLinear):

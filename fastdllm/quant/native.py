@@ -10,6 +10,7 @@ cached under ``TORCH_EXTENSIONS_DIR``); without a compiler or AVX2, or with
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -18,8 +19,11 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int8_stack.cpp")]  # + cpu_int8.h
-NAME = "fastdllm_cpu_int8"
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int8_stack.cpp")]
+HEADER = Path(__file__).with_name("cpu_int8.h")
+# the build is cached under this name: the header's hash is in it, so editing only the header
+# rebuilds too (torch's extension builder hashes the sources it compiles, not what they include)
+NAME = "fastdllm_cpu_int8_" + hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
 _state: dict[str, object] = {}
 
 
@@ -69,7 +73,30 @@ def int8_available() -> bool:
     return int8_kernel() is not None
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x float32 [M, K], q int8 [N, K], scale float32 [N] -> float32 [M, N] (CPU)."""
-    return int8_kernel().int8_linear(x, q, scale, bias)
+GROUP = 8  # weight rows interleaved by the packed layout, and inputs per chunk
+
+
+def _padded(n: int) -> int:
+    return -(-n // GROUP) * GROUP
+
+
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> the kernel's layout: [ceil(N/8), ceil(K/8), 8 rows, 8 inputs], flat, zero-padded.
+
+    A group of 8 weight rows is then one sequential stream, 8 inputs of each row in turn."""
+    N, K = q.shape
+    padded = torch.zeros(_padded(N), _padded(K), dtype=torch.int8, device=q.device)
+    padded[:N, :K] = q
+    return padded.view(-1, GROUP, _padded(K) // GROUP, GROUP).permute(0, 2, 1, 3).contiguous().flatten()
+
+
+def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The inverse of ``pack_int8``: int8 [N, K]."""
+    grid = packed.view(-1, _padded(K) // GROUP, GROUP, GROUP).permute(0, 2, 1, 3)  # [N/8, 8, K/8, 8]
+    return grid.reshape(_padded(N), _padded(K))[:N, :K].contiguous()
+
+
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x float32 [M, K], weights packed by ``pack_int8``, scale float32 [N] -> float32 [M, N] (CPU)."""
+    return int8_kernel().int8_linear(x, packed, scale, bias)
 
