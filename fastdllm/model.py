@@ -103,7 +103,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
         self.quantization = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
-        self.int8_stack_enabled = True  # int8 forwards of the engine in one C++ call (``quant/stack.py``)
+        self.quant_stack_enabled = True  # quantised forwards of the engine in one C++ call (``quant/stack.py``)
 
     @property
     def quantization(self) -> str | None:
@@ -112,19 +112,19 @@ class Transformer(nn.Module):
     @quantization.setter
     def quantization(self, mode: str | None) -> None:
         self._quantization = mode
-        self._int8_stack = None  # rebuilt on the next forward that can use it
+        self._quant_stack = None  # rebuilt on the next forward that can use it
 
     def _stack_for(self, x: torch.Tensor, attend: AttentionFn):
-        """The C++ int8 layer stack when this forward can take it (``attend`` must say where each
-        row's keys live: ``row_table``), else None."""
-        if (self._quantization != "int8" or not self.int8_stack_enabled or torch.is_grad_enabled()
+        """The C++ layer stack of a quantised model when this forward can take it (``attend`` must say
+        where each row's keys live: ``row_table``), else None."""
+        if (self._quantization is None or not self.quant_stack_enabled or torch.is_grad_enabled()
                 or x.device.type != "cpu" or x.dtype != torch.float32 or not hasattr(attend, "row_table")):
             return None
-        if self._int8_stack is None:
+        if self._quant_stack is None:
             from .quant import stack
 
-            self._int8_stack = stack.build(self) or False
-        return self._int8_stack or None
+            self._quant_stack = stack.build(self) or False
+        return self._quant_stack or None
 
     @property
     def attn_scale(self) -> float:

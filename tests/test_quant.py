@@ -93,9 +93,9 @@ def test_layer_matches_its_dequantised_weight_and_is_row_invariant(cls, fmt):
     torch.manual_seed(0)
     w, b = torch.randn(320, 128) / 11, torch.randn(320) / 10
     layer = cls(fmt(w), b, torch.float32, "cpu")
-    # torch's x86 kernels are vectorised for bfloat16 input; fastdllm's int8 kernel takes float32
-    native_int8 = cls is Int8Linear and native.int8_available()
-    assert layer.kernel_dtype == (torch.float32 if native_int8 else torch.bfloat16)
+    # torch's x86 kernels are vectorised for bfloat16 input; fastdllm's kernels take float32
+    assert layer.native == native.available()
+    assert layer.kernel_dtype == (torch.float32 if layer.native else torch.bfloat16)
     x = torch.randn(40, 128)
     with torch.inference_mode():
         y = layer(x)
@@ -108,7 +108,7 @@ def test_layer_matches_its_dequantised_weight_and_is_row_invariant(cls, fmt):
         torch.testing.assert_close(layer.dequantize(), fmt(w).dequantize(), rtol=1e-2, atol=1e-2)
 
 
-needs_native = pytest.mark.skipif(not native.int8_available(), reason="fastdllm's int8 CPU kernel could not be built "
+needs_native = pytest.mark.skipif(not native.available(), reason="fastdllm's int8 CPU kernel could not be built "
                                   "here (no AVX2, compiler or ninja; see the log)")
 
 
@@ -157,7 +157,7 @@ def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, ca
     monkeypatch.setenv("FASTDLLM_NATIVE", "0")
     monkeypatch.setattr(native, "_state", {})
     with caplog.at_level("WARNING", logger="fastdllm.quant.native"):
-        assert not native.int8_available()
+        assert not native.available()
     assert "FASTDLLM_NATIVE=0" in caplog.text
     torch.manual_seed(0)
     layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu")
@@ -184,12 +184,35 @@ def test_generic_paths_match_the_cpu_kernels():
     i8 = Int8Linear(Int8Weight.from_float(w), None, torch.float32, "cpu")
     generic8 = Int8Linear(Int8Weight.from_float(w), None, torch.float32, "cpu")
     generic8.cpu_kernel = generic8.native = False
-    i4 = Int4Linear(Int4Weight.from_float(w, 32), None, torch.float32, "cpu")
+    i4 = Int4Linear(Int4Weight.from_float(w, 32), None, torch.float32, "cpu", layout="cpu")
     generic4 = Int4Linear(Int4Weight.from_float(w, 32), None, torch.float32, "cpu", layout="plain")
     with torch.inference_mode():
         torch.testing.assert_close(generic8(x), i8(x), rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(generic4(x), i4(x), rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(generic4.dequantize(), i4.dequantize(), rtol=0, atol=0)
+
+
+@needs_native
+def test_native_int4_layer_is_its_format():
+    """fastdllm's int4 kernel: float32 scales, so the layer is Int4Weight's own weight to float32
+    rounding, rows are invariant, the packing round-trips, and a padded last group of rows works."""
+    torch.manual_seed(0)
+    w, b = torch.randn(45, 96) / 11, torch.randn(45)
+    fmt = Int4Weight.from_float(w, 32)
+    layer = Int4Linear(fmt, b, torch.float32, "cpu")
+    assert layer.layout == "native" and layer.kernel_dtype == torch.float32
+    assert torch.equal(native.unpack_int4(layer.qweight, 45, 96), fmt.q)
+    torch.testing.assert_close(layer.dequantize(), fmt.dequantize(), rtol=1e-6, atol=1e-6)
+    x = torch.randn(7, 96)
+    with torch.inference_mode():
+        y = layer(x)
+        ref = F.linear(x.double(), fmt.dequantize().double(), b.double())
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+        for m in (1, 2, 3, 6):
+            assert torch.equal(layer(x[:m]), y[:m])
+        assert torch.equal(layer(x[3:4]), y[3:4])
+    # other group sizes and input sizes stay on torch's kernel
+    assert Int4Linear(Int4Weight.from_float(torch.randn(48, 128), 64), None, torch.float32, "cpu").layout == "cpu"
 
 
 def test_shapes_the_kernels_cannot_take():
@@ -292,22 +315,23 @@ def packed_forward(model, parts, stack: bool):
     n = sum(p[3] for p in parts)
     ids = random_ids(n, cfg.vocab_size, seed=4)
     pos = torch.tensor([wp + i for _, _, wp, length, *_ in parts for i in range(length)])
-    model.int8_stack_enabled = stack
+    model.quant_stack_enabled = stack
     with torch.inference_mode():
         out = model(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
-    model.int8_stack_enabled = True
+    model.quant_stack_enabled = True
     return out, cache
 
 
 @needs_native
+@pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 down projections
 @pytest.mark.parametrize("family", ["qwen2", "llama"])  # qkv bias; tied embeddings, o/MLP biases
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
-def test_int8_stack_matches_the_eager_int8_layers(ckpts, family, parts):
-    model = load_checkpoint(ckpts[family], quantize="int8").model
+def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
+    model = load_checkpoint(ckpts[family], quantize=mode).model
     eager, eager_cache = packed_forward(model, parts, stack=False)
-    assert model._int8_stack is None  # not built while off
+    assert model._quant_stack is None  # not built while off
     fused, fused_cache = packed_forward(model, parts, stack=True)
-    assert model._int8_stack  # built and used
+    assert model._quant_stack  # built and used
     assert not fused.isnan().any()  # nothing read outside a sequence's span or its mask
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
     # the same keys and values, written at the same places and nowhere else
@@ -316,7 +340,7 @@ def test_int8_stack_matches_the_eager_int8_layers(ckpts, family, parts):
 
 
 @needs_native
-def test_int8_stack_only_where_it_applies(ckpts, monkeypatch):
+def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
     from fastdllm.kv_cache import KVCache
     from fastdllm.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
@@ -335,8 +359,11 @@ def test_int8_stack_only_where_it_applies(ckpts, monkeypatch):
     int4 = load_checkpoint(ckpts["qwen2"], quantize="int4").model
     float32 = load_checkpoint(ckpts["qwen2"]).model
     with torch.inference_mode():
-        assert int4._stack_for(x, packed) is None and float32._stack_for(x, packed) is None
-        monkeypatch.setenv("FASTDLLM_INT8_STACK", "0")
+        assert int4._stack_for(x, packed) is not None and float32._stack_for(x, packed) is None
+        int4.layers[1].mlp.down_proj.native = False  # one projection off the native kernels: no stack
+        int4.quantization = "int4"
+        assert int4._stack_for(x, packed) is None
+        monkeypatch.setenv("FASTDLLM_QUANT_STACK", "0")
         model.quantization = "int8"  # drops the built stack
         assert model._stack_for(x, packed) is None
 

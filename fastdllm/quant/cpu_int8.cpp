@@ -16,7 +16,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
-#include "cpu_int8.h"
+#include "cpu_quant.h"
 
 namespace {
 
@@ -109,9 +109,4 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   }
   int8_gemm(xc.data_ptr<float>(), M, K, packed.data_ptr<int8_t>(), sc.data_ptr<float>(), B, N, y.data_ptr<float>());
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_linear", &int8_linear, "int8 weight-only linear, float32 activations (AVX2)");
-  bind_int8_stack(m);
 }

@@ -1,8 +1,8 @@
 """Linear layers with int8 or int4 weights (see ``formats``), for inference.
 
-On the CPU, int8 layers of a float32 model run on fastdllm's own kernel (``native``: float32
-activations, AVX2) where it can be built. Otherwise the product runs on torch's weight-only
-kernels, the ones gpt-fast uses: ``aten._weight_int8pack_mm`` and
+On the CPU, the int8 and int4 layers of a float32 model run on fastdllm's own kernels
+(``native``: float32 activations, AVX2) where they can be built. Otherwise the product runs on
+torch's weight-only kernels, the ones gpt-fast uses: ``aten._weight_int8pack_mm`` and
 ``aten._weight_int4pack_mm_for_cpu``. On x86 they are vectorised for bfloat16 input only
 (float16 and float32 input take scalar loops, measured 7-40x slower here), so the input is
 rounded to bfloat16 for the product, which accumulates in float32 and returns bfloat16; scales
@@ -94,7 +94,7 @@ class Int8Linear(QuantLinear):
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
         # fastdllm's kernel: float32 models on the CPU (it takes any shape)
-        self.native = device.type == "cpu" and dtype == torch.float32 and native.int8_available()
+        self.native = device.type == "cpu" and dtype == torch.float32 and native.available()
         if self.native:
             self.kernel_dtype = torch.float32
         q = weight.q.to(device).contiguous()  # [N, K] int8
@@ -129,8 +129,9 @@ class Int8Linear(QuantLinear):
 
 
 class Int4Linear(QuantLinear):
-    """``layout``: "cpu" (the CPU kernel's packing; the default on the CPU) or "plain" (two codes
-    per byte, dequantised per call; the default elsewhere)."""
+    """``layout``: "native" (fastdllm's kernel: float32 models on the CPU, groups of 32; the default
+    where it can run), "cpu" (torch's CPU kernel's packing; the CPU default otherwise) or "plain"
+    (two codes per byte, dequantised per call; the default elsewhere)."""
 
     format = "int4"
 
@@ -140,8 +141,18 @@ class Int4Linear(QuantLinear):
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
         self.group_size = weight.group_size
+        if layout is None:
+            native_ok = (device.type == "cpu" and dtype == torch.float32 and native.int4_fits(N, K, self.group_size)
+                         and native.available())
+            layout = "native" if native_ok else "cpu" if device.type == "cpu" else "plain"
+        self.layout = layout
+        self.native = layout == "native"
+        if self.native:
+            self.kernel_dtype = torch.float32
+            self.register_buffer("qweight", native.pack_int4(weight.q.to(torch.uint8)))  # flat, the kernel's layout
+            self.register_buffer("scale_zero", native.int4_params(weight.scale, weight.zero))  # [N, K/G, 2]: scale, offset
+            return
         kd = self.kernel_dtype
-        self.layout = layout or ("cpu" if device.type == "cpu" else "plain")
         if self.layout == "cpu":
             q = weight.q.to(torch.int32)  # [N, K], 0..15
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
@@ -153,8 +164,17 @@ class Int4Linear(QuantLinear):
             scale_zero = torch.stack([weight.scale, weight.zero], dim=-1)  # [N, K/G, 2]
             self.register_buffer("scale_zero", scale_zero.to(device, kd))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
+            rows = x.reshape(-1, self.in_features)  # [M, K]
+            y = native.int4_linear(rows, self.qweight, self.scale_zero, self.bias)  # [M, N], bias added in the kernel
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return super().forward(x)
+
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
+        if self.layout == "native":  # another dtype or device than the kernel's: the dequantised weight
+            return F.linear(rows.to(kd), self.dequantize().to(kd))
         if self.layout == "cpu":
             if rows.device.type != "cpu":
                 raise RuntimeError("int4 weights were packed for the CPU; load the model on the device it runs on")
@@ -169,6 +189,10 @@ class Int4Linear(QuantLinear):
         return ((q.to(dtype) - 8) * sz[..., :1] + sz[..., 1:]).reshape(N, K)  # [N, K]
 
     def dequantize(self) -> torch.Tensor:
+        N, K = self.out_features, self.in_features
+        if self.layout == "native":  # code * scale + offset, as the kernel computes it
+            q = native.unpack_int4(self.qweight, N, K).float().view(N, K // self.group_size, -1)
+            return (q * self.scale_zero[..., :1] + self.scale_zero[..., 1:]).reshape(N, K)
         if self.layout != "cpu":
             return self._dequantize(torch.float32)
         # the CPU packing is the kernel's own layout: multiply the identity in float32 to read it back exactly

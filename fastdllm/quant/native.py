@@ -1,11 +1,13 @@
-"""fastdllm's own CPU kernel for int8 weights with float32 activations (``cpu_int8.cpp``).
+"""fastdllm's own CPU kernels for int8 and int4 weights with float32 activations.
 
-torch's int8 weight-only kernel is vectorised for bfloat16 input only on x86; rounding the
-activations to bfloat16 costs accuracy on small models and float32 input takes a scalar loop.
-The C++ kernel (AVX2 + FMA) keeps float32 activations and reads each weight row once per call.
-It is compiled with torch's extension builder the first time it is needed (about a minute, then
-cached under ``TORCH_EXTENSIONS_DIR``); without a compiler or AVX2, or with
-``FASTDLLM_NATIVE=0``, int8 layers use torch's kernel with bfloat16 activations instead.
+torch's int8 and int4 weight-only kernels are vectorised for bfloat16 input only on x86;
+rounding the activations to bfloat16 costs accuracy on small models and float32 input takes a
+scalar loop. fastdllm's kernels (AVX2 + FMA: ``cpu_int8.cpp``, ``cpu_int4.cpp``) keep float32
+activations and take weights packed once into their own layout (``pack_int8``, ``pack_int4``);
+``cpu_stack.cpp`` runs a quantised model's whole layer stack on them (``stack.py``). They are one
+extension module, compiled with torch's extension builder the first time it is needed (about a
+minute, then cached under ``TORCH_EXTENSIONS_DIR``). Without a compiler or AVX2, or with
+``FASTDLLM_NATIVE=0``, quantised layers use torch's kernels with bfloat16 activations instead.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int8_stack.cpp")]
-HEADER = Path(__file__).with_name("cpu_int8.h")
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
+HEADER = Path(__file__).with_name("cpu_quant.h")
 # the build is cached under this name: the header's hash is in it, so editing only the header
 # rebuilds too (torch's extension builder hashes the sources it compiles, not what they include)
-NAME = "fastdllm_cpu_int8_" + hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
+NAME = "fastdllm_cpu_quant_" + hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
 _state: dict[str, object] = {}
 
 
@@ -41,7 +43,7 @@ def _built() -> bool:
         return False
 
 
-def int8_kernel():
+def kernels():
     """The compiled extension module, or None where it cannot be used (reason logged once)."""
     if "module" in _state:
         return _state["module"]
@@ -55,7 +57,7 @@ def int8_kernel():
             from torch.utils.cpp_extension import load
 
             if not _built():
-                print("fastdllm: compiling the int8 CPU kernel (once, about a minute)", file=sys.stderr, flush=True)
+                print("fastdllm: compiling the int8/int4 CPU kernels (once, about a minute)", file=sys.stderr, flush=True)
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
             # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
             flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
@@ -64,13 +66,13 @@ def int8_kernel():
             last = (str(e).strip().splitlines() or [""])[-1][:200]
             why = f"it could not be built ({type(e).__name__}: {last})"
     if why:
-        _log.warning("fastdllm: int8 layers use torch's bfloat16-input kernel: %s", why)
+        _log.warning("fastdllm: quantised layers use torch's bfloat16-input kernels: %s", why)
     _state["module"] = module
     return module
 
 
-def int8_available() -> bool:
-    return int8_kernel() is not None
+def available() -> bool:
+    return kernels() is not None
 
 
 GROUP = 8  # weight rows interleaved by the packed layout, and inputs per chunk
@@ -98,5 +100,42 @@ def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
 
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x float32 [M, K], weights packed by ``pack_int8``, scale float32 [N] -> float32 [M, N] (CPU)."""
-    return int8_kernel().int8_linear(x, packed, scale, bias)
+    return kernels().int8_linear(x, packed, scale, bias)
+
+
+INT4_GROUP = 32  # inputs per scale and offset
+
+
+def int4_fits(N: int, K: int, group_size: int) -> bool:
+    return group_size == INT4_GROUP and K % INT4_GROUP == 0
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """4-bit codes [N, K] (uint8, 0..15) -> the kernel's layout: [ceil(N/8), K/32, 8 rows, 16 bytes],
+    flat; byte b of a row's group holds input b in its low nibble and input 16 + b in its high one."""
+    N, K = q.shape
+    padded = torch.zeros(_padded(N), K, dtype=torch.uint8, device=q.device)
+    padded[:N] = q
+    halves = padded.view(_padded(N), K // INT4_GROUP, 2, INT4_GROUP // 2)  # [N, K/32, 2, 16]
+    packed = halves[:, :, 0] | (halves[:, :, 1] << 4)  # [N, K/32, 16]
+    return packed.view(-1, GROUP, K // INT4_GROUP, INT4_GROUP // 2).permute(0, 2, 1, 3).contiguous().flatten()
+
+
+def unpack_int4(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The inverse of ``pack_int4``: uint8 codes [N, K]."""
+    grid = packed.view(-1, K // INT4_GROUP, GROUP, INT4_GROUP // 2).permute(0, 2, 1, 3)  # [N/8, 8, K/32, 16]
+    rows = grid.reshape(_padded(N), K // INT4_GROUP, INT4_GROUP // 2)
+    return torch.stack([rows & 15, rows >> 4], dim=2).reshape(_padded(N), K)[:N].contiguous()
+
+
+def int4_params(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(scale, offset) per row and group, float32 [N, K/32, 2]: the weight is code * scale + offset
+    (offset = zero - 8 * scale for ``Int4Weight``'s (code - 8) * scale + zero)."""
+    scale, zero = scale.float(), zero.float()
+    return torch.stack([scale, zero - 8 * scale], dim=-1).contiguous()
+
+
+def int4_linear(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x float32 [M, K], codes packed by ``pack_int4``, ``int4_params`` [N, K/32, 2] -> float32 [M, N] (CPU)."""
+    return kernels().int4_linear(x, packed, params, bias)
 

@@ -1,11 +1,12 @@
-// The decoder layers of an int8 model in one call per forward (fastdllm/quant/stack.py).
+// The decoder layers of a quantised model in one call per forward (fastdllm/quant/stack.py).
 //
 // In eager PyTorch a decode step spends longer dispatching each layer's dozen small ops than
-// in the int8 products themselves. Here all layers of a forward run in C++: RMSNorm, the four
-// int8 products (int8_gemm, cpu_int8.cpp), rotary embedding, the KV-cache write, attention of
-// each query row over its own span of the cache, SiLU gating and the residual adds.
-// Float32 throughout; results equal the eager int8 path up to rounding (the summation order of
-// norms and attention differs; the products are the same kernel).
+// in the quantised products themselves. Here all layers of a forward run in C++: RMSNorm, the
+// four products (int8_gemm or int4_gemm, as each layer is quantised), rotary embedding, the
+// KV-cache write, attention of each query row over its own span of the cache, SiLU gating and
+// the residual adds.
+// Float32 throughout; results equal the eager quantised path up to rounding (the summation order
+// of norms and attention differs; the products are the same kernels).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -16,7 +17,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu_int8.h"
+#include "cpu_quant.h"
 
 namespace {
 
@@ -104,20 +105,34 @@ inline void weighted_values(const float* p, int64_t n, const float* values, int6
   }
 }
 
-struct Proj {  // one int8 linear layer
-  torch::Tensor q, s, b;  // packed int8 weights (pack_int8), float32 scales [N], float32 bias [N] or undefined
+struct Proj {  // one quantised linear layer
+  // int8: weights packed by pack_int8 and float32 scales [N]; int4: codes packed by pack_int4 and
+  // float32 (scale, offset) pairs [N, K / 32, 2]. Bias float32 [N] or undefined.
+  torch::Tensor q, s, b;
   int64_t n = 0, k = 0;
+  bool int4 = false;
   void run(const float* x, int64_t M, float* y) const {
-    int8_gemm(x, M, k, q.data_ptr<int8_t>(), s.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, y);
+    const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    if (int4)
+      int4_gemm(x, M, k, q.data_ptr<uint8_t>(), s.data_ptr<float>(), bias, n, y);
+    else
+      int8_gemm(x, M, k, q.data_ptr<int8_t>(), s.data_ptr<float>(), bias, n, y);
   }
 };
 
 Proj make_proj(const torch::Tensor& q, const torch::Tensor& s, const torch::Tensor& b, int64_t k, const char* what) {
-  TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.dim() == 1, what, ": float32 scales [N]");
-  const int64_t n = s.numel();
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kInt8 && q.is_contiguous() &&
-              q.numel() == int8_packed_size(n, k), what, ": packed int8 weights [", n, ", ", k, "] on the CPU");
-  Proj p{q, s.contiguous(), torch::Tensor(), n, k};
+  TORCH_CHECK(q.device().is_cpu() && q.is_contiguous() && s.scalar_type() == torch::kFloat32 && s.is_contiguous(),
+              what, ": contiguous weights and float32 scales on the CPU");
+  const bool int4 = q.scalar_type() == torch::kUInt8;
+  const int64_t n = int4 ? s.size(0) : s.numel();
+  if (int4) {
+    TORCH_CHECK(s.dim() == 3 && k % 32 == 0 && s.size(1) == k / 32 && q.numel() == int4_packed_size(n, k), what,
+                ": int4 codes [", n, ", ", k, "] packed by pack_int4 with (scale, offset) pairs [N, K / 32, 2]");
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kInt8 && s.dim() == 1 && q.numel() == int8_packed_size(n, k), what,
+                ": int8 weights [", n, ", ", k, "] packed by pack_int8 with scales [N]");
+  }
+  Proj p{q, s, torch::Tensor(), n, k, int4};
   if (b.numel() > 0) {
     TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == n, what, ": float32 bias [N]");
     p.b = b.contiguous();
@@ -149,12 +164,12 @@ inline void rope(float* x, const float* cos, const float* sin, int64_t D, float*
   for (int64_t d = h; d < D; ++d) x[d] = tmp[d] * cos[d] + tmp[d - h] * sin[d];
 }
 
-class Int8Stack {
+class QuantStack {
  public:
-  Int8Stack(const std::vector<torch::Tensor>& w, int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
+  QuantStack(const std::vector<torch::Tensor>& w, int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
       : n_q_(n_q), n_kv_(n_kv), d_(head_dim), eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
-    TORCH_CHECK(!w.empty() && w.size() % kPerLayer == 0, "Int8Stack: ", kPerLayer, " tensors per layer");
-    TORCH_CHECK(n_q > 0 && n_kv > 0 && n_q % n_kv == 0 && head_dim % 2 == 0, "Int8Stack: bad head layout");
+    TORCH_CHECK(!w.empty() && w.size() % kPerLayer == 0, "QuantStack: ", kPerLayer, " tensors per layer");
+    TORCH_CHECK(n_q > 0 && n_kv > 0 && n_q % n_kv == 0 && head_dim % 2 == 0, "QuantStack: bad head layout");
     hidden_ = w[0].numel();
     for (size_t i = 0; i < w.size(); i += kPerLayer) {
       Layer l;
@@ -167,7 +182,7 @@ class Int8Stack {
       l.down = make_proj(w[i + 11], w[i + 12], w[i + 13], l.gate_up.n / 2, "down_proj");
       TORCH_CHECK(l.ln1.numel() == hidden_ && l.ln2.numel() == hidden_ && l.o.n == hidden_ &&
                   l.down.n == hidden_ && l.qkv.n == (n_q + 2 * n_kv) * head_dim,
-                  "Int8Stack: layer shapes disagree");
+                  "QuantStack: layer shapes disagree");
       layers_.push_back(std::move(l));
     }
   }
@@ -268,9 +283,9 @@ class Int8Stack {
 
 }  // namespace
 
-void bind_int8_stack(pybind11::module& m) {
-  pybind11::class_<Int8Stack>(m, "Int8Stack")
+void bind_stack(pybind11::module& m) {
+  pybind11::class_<QuantStack>(m, "QuantStack")
       .def(pybind11::init<const std::vector<torch::Tensor>&, int64_t, int64_t, int64_t, double, double>())
-      .def("num_layers", &Int8Stack::num_layers)
-      .def("forward", &Int8Stack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("num_layers", &QuantStack::num_layers)
+      .def("forward", &QuantStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

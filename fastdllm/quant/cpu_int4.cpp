@@ -1,0 +1,120 @@
+// int4 weight-only matrix product for x86 CPUs with AVX2 and FMA, float32 activations.
+//
+// Codes come in groups of 32 inputs, each group with a scale s and an offset t (the weight is
+// q * s + t, q in 0..15: GGUF Q4_0 / Q4_1 and fastdllm's own int4 both fit). Packed once
+// (fastdllm/quant/native.py, pack_int4) like the int8 kernel's weights: groups of 8 rows, and
+// per row and group of 32 inputs 16 bytes whose low nibbles hold inputs 0..15 and high nibbles
+// 16..31, so unpacking is a mask and a shift. Half the bytes of int8 for the same rows: decoding
+// one token, which streams every weight once, is bound by memory traffic. Each 8-wide weight
+// vector is dequantised once (one FMA) and serves two input rows; every output is one 8-lane
+// accumulator fed in the same order whatever the tile (batch invariance).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include "cpu_quant.h"
+
+namespace {
+
+constexpr int64_t kGroup = 32;  // inputs per scale / offset
+constexpr int64_t kBytes = 16;  // packed bytes per row and group
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256 codes_to_float(__m128i codes) {  // the low 8 bytes, 0..15 each -> 8 floats
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
+}
+
+// Outputs [m0, m0 + MB) x [n0, n0 + NB), n0..n0 + NB inside one group of 8 rows; NB * MB = 8
+// accumulators, in registers (the loops unroll).
+template <int NB, int MB>
+inline void tile(const float* X, int64_t K, const uint8_t* P, const float* T, const float* B, int64_t N, float* Y,
+                 int64_t m0, int64_t n0) {
+  const int64_t C = K / kGroup;
+  const uint8_t* w = P + ((n0 / 8) * C * 8 + n0 % 8) * kBytes;  // row n0, group 0; a group of 8 rows is 128 bytes
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m256 acc[NB][MB];
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < C; ++c) {
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) {
+      const int64_t n = n0 + i < N ? n0 + i : N - 1;  // padding rows of the last group reuse a real row's (s, t)
+      const __m256 s = _mm256_set1_ps(T[(n * C + c) * 2]), t = _mm256_set1_ps(T[(n * C + c) * 2 + 1]);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (c * 8 + i) * kBytes));
+      const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+      const __m256 w0 = _mm256_fmadd_ps(codes_to_float(lo), s, t);                      // inputs 0..7
+      const __m256 w1 = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(lo, 8)), s, t);  // 8..15
+      const __m256 w2 = _mm256_fmadd_ps(codes_to_float(hi), s, t);                      // 16..23
+      const __m256 w3 = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(hi, 8)), s, t);  // 24..31
+#pragma GCC unroll 2
+      for (int j = 0; j < MB; ++j) {
+        const float* x = X + (m0 + j) * K + c * kGroup;
+        acc[i][j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), acc[i][j]);
+      }
+    }
+  }
+  float sums[NB][MB];  // reduced with constant indices: a run-time index would keep acc in memory
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < MB; ++j) sums[i][j] = hsum(acc[i][j]);
+  for (int i = 0; i < NB; ++i) {
+    const int64_t n = n0 + i;
+    if (n >= N) break;
+    for (int j = 0; j < MB; ++j) Y[(m0 + j) * N + n] = sums[i][j] + (B ? B[n] : 0.0f);
+  }
+}
+
+}  // namespace
+
+void int4_gemm(const float* X, int64_t M, int64_t K, const uint8_t* P, const float* T, const float* B, int64_t N,
+               float* Y) {
+  const int64_t groups = (N + 7) / 8;
+  at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n = g * 8;
+      for (int64_t m = 0; m + 2 <= M; m += 2)
+        for (int64_t i = 0; i < 8; i += 4) tile<4, 2>(X, K, P, T, B, N, Y, m, n + i);
+      if (M % 2 == 1) tile<8, 1>(X, K, P, T, B, N, Y, M - 1, n);
+    }
+  });
+}
+
+int64_t int4_packed_size(int64_t N, int64_t K) { return (N + 7) / 8 * 8 * (K / kGroup) * kBytes; }
+
+torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& params,
+                          const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
+              "x: float32 [M, K] on the CPU");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K % kGroup == 0, "int4: the input size must be a multiple of ", kGroup);
+  TORCH_CHECK(params.scalar_type() == torch::kFloat32 && params.dim() == 3 && params.size(1) == K / kGroup &&
+              params.size(2) == 2 && params.is_contiguous(), "params: float32 [N, K / 32, 2] (scale, offset)");
+  const int64_t N = params.size(0);
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() &&
+              packed.numel() == int4_packed_size(N, K), "packed: 4-bit codes [", N, ", ", K, "] as pack_int4 lays them out");
+  auto xc = x.contiguous();
+  auto y = torch::empty({M, N}, xc.options());
+  torch::Tensor bc;
+  const float* B = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bc = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(bc.numel() == N, "bias: [N]");
+    B = bc.data_ptr<float>();
+  }
+  int4_gemm(xc.data_ptr<float>(), M, K, packed.data_ptr<uint8_t>(), params.data_ptr<float>(), B, N,
+            y.data_ptr<float>());
+  return y;
+}

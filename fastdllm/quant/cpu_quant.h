@@ -1,0 +1,29 @@
+// Declarations shared by fastdllm's CPU kernels: cpu_int8.cpp, cpu_int4.cpp, cpu_stack.cpp and
+// cpu_bindings.cpp (one extension module, built by fastdllm/quant/native.py).
+#pragma once
+
+#include <torch/extension.h>
+
+// Y[m, n] = S[n] * sum_k X[m, k] * Q[n, k] + (B ? B[n] : 0); X [M, K] and Y [M, N] float32, Q int8
+// [N, K] packed as pack_int8 (native.py) lays it out. Threads split N; a row's sums do not depend on M.
+void int8_gemm(const float* X, int64_t M, int64_t K, const int8_t* P, const float* S, const float* B, int64_t N,
+               float* Y);
+
+// Bytes of the packed layout of an [N, K] int8 weight.
+int64_t int8_packed_size(int64_t N, int64_t K);
+
+// Y[m, n] = sum_k X[m, k] * (q[n, k] * s[n, g] + t[n, g]) + (B ? B[n] : 0), g = k / 32, for 4-bit
+// codes q packed as pack_int4 lays them out and T = [N, K / 32, 2] float32 holding (s, t) pairs.
+// Same threading and batch invariance as int8_gemm.
+void int4_gemm(const float* X, int64_t M, int64_t K, const uint8_t* P, const float* T, const float* B, int64_t N,
+               float* Y);
+
+// Bytes of the packed layout of [N, K] 4-bit codes.
+int64_t int4_packed_size(int64_t N, int64_t K);
+
+torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                          const c10::optional<torch::Tensor>& bias);
+torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& params,
+                          const c10::optional<torch::Tensor>& bias);
+
+void bind_stack(pybind11::module& m);
