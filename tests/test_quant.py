@@ -38,7 +38,10 @@ def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
     return {"qwen2": make_tiny_checkpoint(root / "qwen2", "qwen2", hidden=64, inter=160, rope_theta=1e6),
             "llama": make_tiny_checkpoint(root / "llama", "llama", hidden=64, inter=160, tie=True, mlp_bias=True,
-                                          attention_bias=True)}
+                                          attention_bias=True),
+            # heads of 104 = 64 + 32 + 8 values: every block size of the C++ attention's value sums
+            "wide-heads": make_tiny_checkpoint(root / "wide", "qwen2", hidden=64, inter=160, heads=2, kv_heads=1,
+                                               head_dim=104)}
 
 
 # ---- formats --------------------------------------------------------------------------------
@@ -165,6 +168,23 @@ def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, ca
     x = torch.randn(3, 64)
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-2, atol=1e-2)
+
+
+def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
+    """torch's extension builder waits forever on the lock file of a build that was killed."""
+    import os
+    import time
+
+    monkeypatch.setattr(native, "_build_dir", lambda: tmp_path)
+    lock = tmp_path / "lock"
+    lock.touch()
+    native._clear_stale_lock()
+    assert lock.exists()  # a build may be running now: left alone
+    old = time.time() - native.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    native._clear_stale_lock()
+    assert not lock.exists()
+    native._clear_stale_lock()  # and no lock is no error
 
 
 def test_int8_kernel_input_alignment_in_bfloat16():
@@ -324,7 +344,7 @@ def packed_forward(model, parts, stack: bool):
 
 @needs_native
 @pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 down projections
-@pytest.mark.parametrize("family", ["qwen2", "llama"])  # qkv bias; tied embeddings, o/MLP biases
+@pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads"])  # qkv bias; tied, o/MLP biases; head size
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     model = load_checkpoint(ckpts[family], quantize=mode).model

@@ -79,25 +79,32 @@ inline float exp_shifted(float* p, int64_t n, float top) {
   return total;
 }
 
-// out[0, D) = inv * sum_j p[j] * v_j, v_j = values + j * stride; 64 outputs at a time in registers
+// out[d0, d0 + 8 C) = inv * sum_j p[j] * v_j[d0, ...): C registers of outputs (constant indices)
+template <int C>
+inline void weighted_block(const float* p, int64_t n, const float* values, int64_t stride, int64_t d0, float inv,
+                           float* out) {
+  __m256 acc[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 w = _mm256_set1_ps(p[j]);
+    const float* v = values + j * stride + d0;
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * c), acc[c]);
+  }
+  const __m256 s = _mm256_set1_ps(inv);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], s));
+}
+
+// out[0, D) = inv * sum_j p[j] * v_j, v_j = values + j * stride: 64, then 32, then 8 outputs at a time
 inline void weighted_values(const float* p, int64_t n, const float* values, int64_t stride, int64_t D, float inv,
                             float* out) {
   int64_t d0 = 0;
-  for (; d0 + 64 <= D; d0 += 64) {
-    __m256 acc[8];
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) acc[c] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < n; ++j) {
-      const __m256 w = _mm256_set1_ps(p[j]);
-      const float* v = values + j * stride + d0;
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * c), acc[c]);
-    }
-    const __m256 s = _mm256_set1_ps(inv);
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], s));
-  }
-  if (d0 < D) {  // head sizes that are not a multiple of 64
+  for (; d0 + 64 <= D; d0 += 64) weighted_block<8>(p, n, values, stride, d0, inv, out);
+  for (; d0 + 32 <= D; d0 += 32) weighted_block<4>(p, n, values, stride, d0, inv, out);
+  for (; d0 + 8 <= D; d0 += 8) weighted_block<1>(p, n, values, stride, d0, inv, out);
+  if (d0 < D) {  // a head size that is not a multiple of 8
     std::fill(out + d0, out + D, 0.0f);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t d = d0; d < D; ++d) out[d] += p[j] * values[j * stride + d];

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,14 +34,35 @@ def _cpu_supported() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def _built() -> bool:
-    """Whether a build is cached (only to say so before a long compile)."""
+STALE_LOCK_SECONDS = 600  # a build takes about a minute; a lock this old was left by a killed build
+
+
+def _build_dir() -> Path | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return (Path(_get_build_directory(NAME, False)) / f"{NAME}.so").exists()
+        return Path(_get_build_directory(NAME, False))
     except Exception:  # a private helper of torch's: never let it decide anything else
-        return False
+        return None
+
+
+def _built() -> bool:
+    """Whether a build is cached (only to say so before a long compile)."""
+    d = _build_dir()
+    return d is not None and (d / f"{NAME}.so").exists()
+
+
+def _clear_stale_lock() -> None:
+    """torch's builder waits, without end, for the lock file of a build that was killed: remove it
+    once it is clearly older than any build."""
+    d = _build_dir()
+    lock = None if d is None else d / "lock"
+    try:
+        if lock is not None and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            _log.warning("fastdllm: removing a stale build lock %s (left by an interrupted build)", lock)
+            lock.unlink()
+    except OSError:
+        pass
 
 
 def kernels():
@@ -56,6 +78,7 @@ def kernels():
         try:
             from torch.utils.cpp_extension import load
 
+            _clear_stale_lock()
             if not _built():
                 print("fastdllm: compiling the int8/int4 CPU kernels (once, about a minute)", file=sys.stderr, flush=True)
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
