@@ -2,7 +2,7 @@
 
     python benchmarks/profile_engine.py [--model default|CKPT_DIR] [--batch 1 16]
         [--modes diffusion diffusion-cache ar] [--new-tokens 64] [--prompt-len 40] [--repeats 5]
-        [--baseline OLD_TREE] [--lm-scale 40] [--dtype float32] [--compile] [--label NAME]
+        [--baseline OLD_TREE] [--lm-scale 40] [--dtype float32] [--quantize int8|int4] [--compile] [--label NAME]
         [--out benchmarks/results/engine_overhead.json] [--torch-profile] [--cprofile]
 
 ``default`` is the project's default model size (``examples/word_problems/build.py``'s
@@ -312,6 +312,8 @@ def main() -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.cpu_kernels)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                   help="weight-only quantisation (on the CPU: fastdllm's kernels and C++ layer stack)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")
     p.add_argument("--label", default=None, help="a name for this run in the JSON (default: the git commit)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_overhead.json"))
@@ -323,8 +325,12 @@ def main() -> int:
     if args.model == "default":
         llm = default_model(args.lm_scale)
         llm.model.to(getattr(torch, args.dtype))
+        if args.quantize:
+            from fastdllm.quant import quantize_model
+
+            quantize_model(llm.model, args.quantize)
     else:
-        llm = fastdllm.load(args.model, dtype=args.dtype)
+        llm = fastdllm.load(args.model, dtype=args.dtype, quantize=args.quantize)
     packages = {git_commit(ROOT): fastdllm}
     versions = {git_commit(ROOT): llm}
     if args.baseline:
@@ -334,9 +340,15 @@ def main() -> int:
     for label, pkg in packages.items():
         (getattr(pkg, "cpu_kernels", None) or pkg.kernels).set_compile(args.compile)
         versions[label].engine.max_batch_size = max(args.batch)
-    params = sum(t.numel() for t in {id(t): t for t in llm.model.parameters()}.values())
+    from fastdllm.quant import QuantLinear
 
-    print(f"model {args.model} ({params / 1e6:.2f}M parameters, {args.dtype}), {args.threads} thread(s), "
+    params = sum(t.numel() for t in {id(t): t for t in llm.model.parameters()}.values())
+    tied = llm.model.cfg.tie_word_embeddings  # a quantised tied projection is counted in the embedding already
+    params += sum(m.in_features * m.out_features for n, m in llm.model.named_modules()
+                  if isinstance(m, QuantLinear) and not (tied and n == "lm_head"))
+
+    print(f"model {args.model} ({params / 1e6:.2f}M parameters, {args.dtype}, quantize={args.quantize}), "
+          f"{args.threads} thread(s), "
           f"compile={args.compile}, {args.new_tokens} new tokens, prompts {args.prompt_len}+7i tokens; "
           + ", ".join(f"{label}: {Path(pkg.__file__).parent}" for label, pkg in packages.items()))
     print(f"{'batch':>5} {'mode':<16} {'version':<8} {'steps':>5} {'tok/step':>8} {'step ms':>8} {'fwd ms':>8} "
@@ -356,7 +368,7 @@ def main() -> int:
                     print(f"        {row['op']:<50} {row['self_cpu_us']:>9} us {row['calls']:>6} calls")
     record = dict(label=args.label or git_commit(ROOT), commit=git_commit(ROOT), baseline=args.baseline,
                   model=args.model, parameters=params, time=time.strftime("%Y-%m-%d %H:%M:%S"), dtype=args.dtype,
-                  threads=args.threads, compile=args.compile, new_tokens=args.new_tokens, prompt_len=args.prompt_len,
+                  threads=args.threads, compile=args.compile, quantize=args.quantize, new_tokens=args.new_tokens, prompt_len=args.prompt_len,
                   repeats=args.repeats, lm_scale=args.lm_scale,
                   machine=dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                                load=os.getloadavg(), torch=torch.__version__),

@@ -3,7 +3,8 @@
 Projections are fused at load time (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so
 a decoder layer is four matmuls. Attention itself is delegated to an attention back end
 (see ``attention.py``), which decides where keys and values come from and go to. The
-vocabulary projection runs only on the rows the caller asks for.
+vocabulary projection runs only on the rows the caller asks for. A quantised model on the CPU
+runs the engine's forwards through its C++ layer stack instead (``quant/stack.py``).
 """
 
 from __future__ import annotations

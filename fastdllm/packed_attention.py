@@ -135,8 +135,10 @@ class PackedAttention:
                     n = s.kv_end
                 elif s.kind == "causal":
                     n = min(s.kv_end, p + 1)
-                else:  # block-causal: every key of its own block and the blocks before
+                elif s.kind == "block_causal":  # every key of its own block and the blocks before
                     n = min(s.kv_end, (p // s.block_size + 1) * s.block_size)
+                else:
+                    raise ValueError(f"unknown mask rule {s.kind!r}")
                 table[3 * (s.start + i):3 * (s.start + i + 1)] = (first + p, first, n)
         return torch.tensor(table, dtype=torch.long).view(-1, 3)
 

@@ -152,7 +152,7 @@ struct Layer {
   Proj qkv, o, gate_up, down;
 };
 
-// out = w * (x / sqrt(mean(x^2) + eps)), row by row; the order of operations of model.RMSNorm
+// out = w * (x * (1 / sqrt(mean(x^2) + eps))), row by row, as model.RMSNorm (the mean summed in double)
 void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t H, float* out) {
   for (int64_t m = 0; m < M; ++m) {
     const float* r = x + m * H;
@@ -188,7 +188,8 @@ class QuantStack {
       TORCH_CHECK(l.gate_up.n % 2 == 0, "gate_up_proj: an even number of outputs");
       l.down = make_proj(w[i + 11], w[i + 12], w[i + 13], l.gate_up.n / 2, "down_proj");
       TORCH_CHECK(l.ln1.numel() == hidden_ && l.ln2.numel() == hidden_ && l.o.n == hidden_ &&
-                  l.down.n == hidden_ && l.qkv.n == (n_q + 2 * n_kv) * head_dim,
+                  l.down.n == hidden_ && l.qkv.n == (n_q + 2 * n_kv) * head_dim &&
+                  (layers_.empty() || l.down.k == layers_[0].down.k),  // buffers are sized by the first layer
                   "QuantStack: layer shapes disagree");
       layers_.push_back(std::move(l));
     }

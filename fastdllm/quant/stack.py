@@ -55,8 +55,8 @@ def build(model):
     if weights is None:
         return None
     cfg = model.cfg
-    eps = {layer.input_layernorm.eps for layer in model.layers} | {l.post_attention_layernorm.eps for l in model.layers}
-    if len(eps) != 1:
+    eps = {n.eps for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)}
+    if len(eps) != 1:  # one epsilon for every norm, as in every config fastdllm reads
         return None
     return native.kernels().QuantStack(weights, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                          float(eps.pop()), float(model.attn_scale))
+                                       float(eps.pop()), float(model.attn_scale))
