@@ -23,7 +23,8 @@ runs after one warm-up run (the median run by step time is reported):
   the decoding thread, so time the process spends preempted on a busy machine is not counted;
   one torch thread, the default here, keeps all the work on that thread);
 - ``forward_ms``: thread CPU time inside ``Transformer.forward`` (the matrix work, attention,
-  the logits); ``attention_ms``: the part spent in the attention back end;
+  the logits); ``attention_ms``: the part spent in the attention back end (0 with ``--quantize``
+  on the CPU, where attention runs inside the C++ layer stack);
 - ``overhead_ms`` = step - forward: scheduling, planning, packing, sampling, the accept rule,
   bookkeeping, detokenisation; ``overhead_pct`` = its share of the step;
 - ``syncs_per_step``: device-to-host reads per step (calls of ``Tensor.tolist``, ``item``,
@@ -147,10 +148,13 @@ class Meter:
                     finally:
                         meter.attention_cpu += time.thread_time() - t0
 
+                # a quantised model's C++ layer stack needs the engine's attention object itself
+                # (its row_table); its attention is then inside the stack, not timed apart
+                stacked = getattr(model, "quantization", None) is not None and hasattr(attend, "row_table")
                 t = time.thread_time()
                 meter.inside += 1
                 try:
-                    return orig(model, input_ids, positions, timed_attend, logits_rows)
+                    return orig(model, input_ids, positions, attend if stacked else timed_attend, logits_rows)
                 finally:
                     meter.inside -= 1
                     meter.forward_cpu += time.thread_time() - t
