@@ -170,6 +170,19 @@ def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, ca
         torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-2, atol=1e-2)
 
 
+def test_kernel_sources_ship_with_the_package():
+    """The kernels compile on the user's machine: every source and the header must be package data."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fastdllm.quant"]
+    for path in [*native.SOURCES, native.HEADER]:
+        assert path.is_file(), path
+        assert any(fnmatch.fnmatch(path.name, g) for g in globs), (path.name, globs)
+
+
 def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
     """torch's extension builder waits forever on the lock file of a build that was killed."""
     import os
