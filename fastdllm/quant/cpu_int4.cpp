@@ -20,13 +20,6 @@ namespace {
 constexpr int64_t kGroup = 32;  // inputs per scale / offset
 constexpr int64_t kBytes = 16;  // packed bytes per row and group
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 inline __m256 codes_to_float(__m128i codes) {  // the low 8 bytes, 0..15 each -> 8 floats
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
 }

@@ -3,6 +3,15 @@
 #pragma once
 
 #include <torch/extension.h>
+#include <immintrin.h>
+
+// The sum of the 8 lanes, in a fixed order.
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 
 // Y[m, n] = S[n] * sum_k X[m, k] * Q[n, k] + (B ? B[n] : 0); X [M, K] and Y [M, N] float32, Q int8
 // [N, K] packed as pack_int8 (native.py) lays it out. Threads split N; a row's sums do not depend on M.

@@ -31,11 +31,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
   }
   for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  __m256 v = _mm256_add_ps(s0, s1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  float total = _mm_cvtss_f32(h);
+  float total = hsum(_mm256_add_ps(s0, s1));
   for (; i < n; ++i) total += a[i] * b[i];
   return total;
 }
@@ -43,7 +39,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // exp(x) for x <= 0 (softmax scores minus their maximum), 8 at a time: Cephes' expf scheme,
 // x = n ln 2 + r with |r| <= ln 2 / 2, a degree-7 polynomial for e^r, then 2^n into the exponent.
 inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // below: 0 after rounding anyway
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // e^-87 ~ 1e-38: nothing beside the maximum's 1; 2^n stays normal
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
