@@ -142,7 +142,7 @@ class Int4Linear(QuantLinear):
         super().__init__(K, N, bias, dtype, device)
         self.group_size = weight.group_size
         if layout is None:
-            native_ok = (device.type == "cpu" and dtype == torch.float32 and native.int4_fits(N, K, self.group_size)
+            native_ok = (device.type == "cpu" and dtype == torch.float32 and native.int4_fits(K, self.group_size)
                          and native.available())
             layout = "native" if native_ok else "cpu" if device.type == "cpu" else "plain"
         self.layout = layout

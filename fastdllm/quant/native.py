@@ -24,10 +24,16 @@ import torch
 _log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
 HEADER = Path(__file__).with_name("cpu_quant.h")
-# the build is cached under this name: the header's hash is in it, so editing only the header
-# rebuilds too (torch's extension builder hashes the sources it compiles, not what they include)
-NAME = "fastdllm_cpu_quant_" + hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
 _state: dict[str, object] = {}
+
+
+def build_name() -> str:
+    """The name the build is cached under. The header's hash is in it, so editing only the header
+    rebuilds too (torch's extension builder hashes the sources it compiles, not what they include)."""
+    if "name" not in _state:
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
+        _state["name"] = f"fastdllm_cpu_quant_{digest}"
+    return _state["name"]
 
 
 def _cpu_supported() -> bool:
@@ -41,7 +47,7 @@ def _build_dir() -> Path | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return Path(_get_build_directory(NAME, False))
+        return Path(_get_build_directory(build_name(), False))
     except Exception:  # a private helper of torch's: never let it decide anything else
         return None
 
@@ -49,7 +55,7 @@ def _build_dir() -> Path | None:
 def _built() -> bool:
     """Whether a build is cached (only to say so before a long compile)."""
     d = _build_dir()
-    return d is not None and (d / f"{NAME}.so").exists()
+    return d is not None and (d / f"{build_name()}.so").exists()
 
 
 def _clear_stale_lock() -> None:
@@ -84,7 +90,7 @@ def kernels():
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
             # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
             flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
-            module = load(NAME, [str(p) for p in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            module = load(build_name(), [str(p) for p in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, ...: torch's kernel still works
             last = (str(e).strip().splitlines() or [""])[-1][:200]
             why = f"it could not be built ({type(e).__name__}: {last})"
@@ -129,7 +135,7 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias
 INT4_GROUP = 32  # inputs per scale and offset
 
 
-def int4_fits(N: int, K: int, group_size: int) -> bool:
+def int4_fits(K: int, group_size: int) -> bool:
     return group_size == INT4_GROUP and K % INT4_GROUP == 0
 
 
