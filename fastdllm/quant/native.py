@@ -5,8 +5,8 @@ rounding the activations to bfloat16 costs accuracy on small models and float32 
 scalar loop. fastdllm's kernels (AVX2 + FMA: ``cpu_int8.cpp``, ``cpu_int4.cpp``) keep float32
 activations and take weights packed once into their own layout (``pack_int8``, ``pack_int4``);
 ``cpu_stack.cpp`` runs a quantised model's whole layer stack on them (``stack.py``). They are one
-extension module, compiled with torch's extension builder the first time it is needed (about a
-minute, then cached under ``TORCH_EXTENSIONS_DIR``). Without a compiler or AVX2, or with
+extension module, compiled with torch's extension builder the first time it is needed (about two
+minutes, then cached under ``TORCH_EXTENSIONS_DIR``). Without a compiler or AVX2, or with
 ``FASTDLLM_NATIVE=0``, quantised layers use torch's kernels with bfloat16 activations instead.
 """
 
@@ -40,7 +40,7 @@ def _cpu_supported() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-STALE_LOCK_SECONDS = 600  # a build takes about a minute; a lock this old was left by a killed build
+STALE_LOCK_SECONDS = 600  # a build takes about two minutes on 2 cores; a lock this old was left by a killed build
 
 
 def _build_dir() -> Path | None:
@@ -86,7 +86,7 @@ def kernels():
 
             _clear_stale_lock()
             if not _built():
-                print("fastdllm: compiling the int8/int4 CPU kernels (once, about a minute)", file=sys.stderr, flush=True)
+                print("fastdllm: compiling the int8/int4 CPU kernels (once, about two minutes)", file=sys.stderr, flush=True)
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
             # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
             flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
