@@ -89,8 +89,7 @@ int64_t int4_packed_size(int64_t N, int64_t K) { return (N + 7) / 8 * 8 * (K / k
 
 torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& params,
                           const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
-              "x: float32 [M, K] on the CPU");
+  check_input(x);
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(K % kGroup == 0, "int4: the input size must be a multiple of ", kGroup);
   TORCH_CHECK(params.scalar_type() == torch::kFloat32 && params.dim() == 3 && params.size(1) == K / kGroup &&
@@ -101,12 +100,7 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   auto xc = x.contiguous();
   auto y = torch::empty({M, N}, xc.options());
   torch::Tensor bc;
-  const float* B = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    bc = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(bc.numel() == N, "bias: [N]");
-    B = bc.data_ptr<float>();
-  }
+  const float* B = bias_data(bias, N, bc);
   int4_gemm(xc.data_ptr<float>(), M, K, packed.data_ptr<uint8_t>(), params.data_ptr<float>(), B, N,
             y.data_ptr<float>());
   return y;

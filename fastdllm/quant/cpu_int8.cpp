@@ -80,12 +80,23 @@ void int8_gemm(const float* X, int64_t M, int64_t K, const int8_t* P, const floa
   });
 }
 
+void check_input(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
+              "x: float32 [M, K] on the CPU");
+}
+
+const float* bias_data(const c10::optional<torch::Tensor>& bias, int64_t N, torch::Tensor& holder) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  holder = bias->to(torch::kFloat32).contiguous();
+  TORCH_CHECK(holder.numel() == N, "bias: [N]");
+  return holder.data_ptr<float>();
+}
+
 int64_t int8_packed_size(int64_t N, int64_t K) { return (N + 7) / 8 * 8 * ((K + 7) / 8 * 8); }
 
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
-              "x: float32 [M, K] on the CPU");
+  check_input(x);
   TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.dim() == 1, "scale: float32 [N]");
   const int64_t M = x.size(0), K = x.size(1), N = scale.numel();
   TORCH_CHECK(packed.scalar_type() == torch::kInt8 && packed.is_contiguous() &&
@@ -94,12 +105,7 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, c
   auto sc = scale.contiguous();
   auto y = torch::empty({M, N}, xc.options());
   torch::Tensor bc;
-  const float* B = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    bc = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(bc.numel() == N, "bias: [N]");
-    B = bc.data_ptr<float>();
-  }
+  const float* B = bias_data(bias, N, bc);
   int8_gemm(xc.data_ptr<float>(), M, K, packed.data_ptr<int8_t>(), sc.data_ptr<float>(), B, N, y.data_ptr<float>());
   return y;
 }

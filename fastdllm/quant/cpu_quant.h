@@ -30,6 +30,11 @@ void int4_gemm(const float* X, int64_t M, int64_t K, const uint8_t* P, const flo
 // Bytes of the packed layout of [N, K] 4-bit codes.
 int64_t int4_packed_size(int64_t N, int64_t K);
 
+// The checks and bias handling both *_linear entry points share: x must be float32 [M, K] on the
+// CPU; the bias (none, or [N]) as float32, kept alive in holder.
+void check_input(const torch::Tensor& x);
+const float* bias_data(const c10::optional<torch::Tensor>& bias, int64_t N, torch::Tensor& holder);
+
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& bias);
 torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& params,

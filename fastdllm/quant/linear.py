@@ -58,12 +58,19 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
-        y = self.matmul(rows).to(x.dtype)  # [M, N]
-        if self.bias is not None:
-            y = y + self.bias
+        if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
+            y = self.native_linear(rows)  # [M, N], bias added in the kernel
+        else:
+            y = self.matmul(rows).to(x.dtype)  # [M, N]
+            if self.bias is not None:
+                y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def native_linear(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows float32 [M, K] -> [M, N] on fastdllm's kernel, bias included (layers with ``native``)."""
         raise NotImplementedError
 
     def dequantize(self) -> torch.Tensor:
@@ -110,12 +117,8 @@ class Int8Linear(QuantLinear):
             return native.unpack_int8(self.qweight, self.out_features, self.in_features)
         return self.qweight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
-            rows = x.reshape(-1, self.in_features)  # [M, K]
-            y = native.int8_linear(rows, self.qweight, self.scales, self.bias)  # [M, N], bias added in the kernel
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return super().forward(x)
+    def native_linear(self, rows: torch.Tensor) -> torch.Tensor:
+        return native.int8_linear(rows, self.qweight, self.scales, self.bias)
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
@@ -164,12 +167,8 @@ class Int4Linear(QuantLinear):
             scale_zero = torch.stack([weight.scale, weight.zero], dim=-1)  # [N, K/G, 2]
             self.register_buffer("scale_zero", scale_zero.to(device, kd))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native and x.device.type == "cpu" and x.dtype == torch.float32:
-            rows = x.reshape(-1, self.in_features)  # [M, K]
-            y = native.int4_linear(rows, self.qweight, self.scale_zero, self.bias)  # [M, N], bias added in the kernel
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return super().forward(x)
+    def native_linear(self, rows: torch.Tensor) -> torch.Tensor:
+        return native.int4_linear(rows, self.qweight, self.scale_zero, self.bias)
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         kd = self.kernel_dtype
