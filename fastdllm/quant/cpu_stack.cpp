@@ -93,6 +93,21 @@ inline void weighted_block(const float* p, int64_t n, const float* values, int64
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], s));
 }
 
+// a[i] = silu(g[i]) * u[i] for the gate g = gu[0, n) and the up projection u = gu[n, 2n), with
+// sigmoid(x) from e = exp(-|x|) (never overflows): 1 / (1 + e) for x >= 0, e / (1 + e) below
+inline void silu_gate(const float* gu, int64_t n, float* a) {
+  const float* u = gu + n;
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gu + i);
+    const __m256 e = exp_nonpositive(_mm256_or_ps(g, sign));  // exp(-|g|)
+    const __m256 sig = _mm256_div_ps(_mm256_blendv_ps(one, e, g), _mm256_add_ps(one, e));  // blend on g's sign bit
+    _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) a[i] = (gu[i] / (1.0f + std::exp(-gu[i]))) * u[i];
+}
+
 // out[0, D) = inv * sum_j p[j] * v_j, v_j = values + j * stride: 64, then 32, then 8 outputs at a time
 inline void weighted_values(const float* p, int64_t n, const float* values, int64_t stride, int64_t D, float inv,
                             float* out) {
@@ -247,11 +262,7 @@ class QuantStack {
 
       rms_norm(X, ly.ln2.data_ptr<float>(), eps_, M, H, h.data());
       ly.gate_up.run(h.data(), M, gu.data());
-      for (int64_t m = 0; m < M; ++m) {
-        const float* g = gu.data() + m * 2 * inter;
-        float* a = act.data() + m * inter;
-        for (int64_t i = 0; i < inter; ++i) a[i] = (g[i] / (1.0f + std::exp(-g[i]))) * g[inter + i];
-      }
+      for (int64_t m = 0; m < M; ++m) silu_gate(gu.data() + m * 2 * inter, inter, act.data() + m * inter);
       ly.down.run(act.data(), M, tmp.data());
       for (int64_t i = 0; i < M * H; ++i) X[i] = X[i] + tmp[i];
     }
