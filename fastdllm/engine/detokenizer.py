@@ -1,34 +1,57 @@
 """Incremental detokenization and stop-string detection.
 
-Only the last few tokens are decoded at each step (the offsets trick used by serving
-engines), so the per-step cost does not grow with the length of the output.
+A fast (Rust) tokenizer decodes with ``tokenizers``' own ``DecodeStream``: one call per token,
+text held back while a UTF-8 character is incomplete. Any other tokenizer decodes only the last
+few tokens at each step (the offsets trick used by serving engines). Either way the per-step cost
+does not grow with the length of the output, and the pieces add up to the same text.
 """
 
 from __future__ import annotations
 
 
+def _stream_for(tokenizer):
+    """A ``DecodeStream`` over a fast tokenizer's backend, or None (slow tokenizer, old ``tokenizers``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        from tokenizers.decoders import DecodeStream
+    except ImportError:
+        return None
+    return backend, DecodeStream(skip_special_tokens=True)
+
+
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, stop: list[str] | None = None):
+    def __init__(self, tokenizer, stop: list[str] | None = None, stream: bool = True):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""
-        self.prefix_offset = 0
-        self.read_offset = 0
+        self.prefix_offset = 0  # ids before this one are context no longer decoded
+        self.read_offset = 0    # ids before this one have produced their text
         self.stop = [s for s in (stop or []) if s]
         self.stopped_at: int | None = None  # number of ids kept when a stop string matched
+        self._stream = _stream_for(tokenizer) if stream else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _piece(self, tok: int) -> str | None:
+        """The text ``tok`` completes (None while a character is incomplete)."""
+        if self._stream is not None:
+            backend, stream = self._stream
+            return stream.step(backend, tok)
+        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset:])
+        return full[len(prefix):] if len(full) > len(prefix) and not full.endswith("\ufffd") else None
 
     def add(self, new_ids: list[int]) -> bool:
         """Append ids (text is held back while a UTF-8 character is incomplete). True on a stop string."""
         for tok in new_ids:
             self.ids.append(tok)
-            prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-            full = self._decode(self.ids[self.prefix_offset:])
-            if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            piece = self._piece(tok)
+            if piece is not None:
                 self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-                if self._append(full[len(prefix):]):
+                if piece and self._append(piece):
                     return True
         return False
 
@@ -54,7 +77,7 @@ class IncrementalDetokenizer:
 
     def flush(self) -> None:
         """Add the text of trailing ids that were held back (end of generation)."""
-        if self.stopped_at is not None:
+        if self.stopped_at is not None or self.read_offset == len(self.ids):
             return
         rest = self._decode(self.ids[self.prefix_offset:])
         piece = rest[len(self._decode(self.ids[self.prefix_offset:self.read_offset])):]
