@@ -89,3 +89,15 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert shipped.is_block_diffusion
     out = shipped.generate([held[0].messages(with_answer=False)], max_new_tokens=16)[0]
     assert out.stats.nfe > 0 and out.text is not None
+
+    # a partial rerun (the evaluation alone, say after more training) keeps what the earlier run
+    # recorded for the stages it skips, and its total is the stages' sum
+    (tmp_path / "report" / "results.json").write_text(json.dumps({**res, "note": "made in two invocations"}))
+    again = build.run(tmp_path, quick=True, progress=False, log=lambda *a, **k: None, stages=("eval",),
+                      eval_problems=2)
+    assert again["evaluations"][0]["n"] == 2
+    assert again["adaptation"] == res["adaptation"] and again["ar_pretrain"] == res["ar_pretrain"]
+    assert again["chosen"] == res["chosen"] and again["note"] == "made in two invocations"
+    t = again["timings_s"]
+    assert t["ar_pretrain"] == res["timings_s"]["ar_pretrain"] and t["eval"] != res["timings_s"]["eval"]
+    assert t["total"] == sum(t[k] for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))

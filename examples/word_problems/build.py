@@ -104,7 +104,8 @@ class Budget:
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
               ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
-              bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1), (1800, 8e-4, 20, 0.1)))
+              bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1), (1800, 8e-4, 20, 0.1),
+                       (1800, 8e-4, 20, 0.1)))
 QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
                max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
@@ -570,24 +571,42 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         rep = out / "report"
         rep.mkdir(exist_ok=True)
         title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
-        results = {"quick": quick, "seed": seed, "budget": dataclasses.asdict(b), "threads": torch.get_num_threads(),
-                   "machine": _machine(), "ar_pretrain": ar, "adaptation": bd, "block_sweep": sweep,
-                   "chosen": chosen, "evaluations": evals, "headline": headline, "timings_s": timings}
+        # a partial rerun (say sweep and eval on a model trained earlier) keeps what the earlier run
+        # recorded for the stages it does not repeat: the training results, their timings, a note
+        kept = _kept_results(results_file, stages)
+        results = {**kept, "quick": quick, "seed": seed, "budget": dataclasses.asdict(b),
+                   "threads": torch.get_num_threads(), "machine": _machine(),
+                   "ar_pretrain": ar if ar is not None else kept.get("ar_pretrain"),
+                   "adaptation": bd if bd is not None else kept.get("adaptation"),
+                   "block_sweep": sweep if sweep is not None else kept.get("block_sweep"),
+                   "chosen": chosen if chosen is not None else kept.get("chosen"),
+                   "evaluations": evals, "headline": headline,
+                   "timings_s": {**kept.get("timings_s", {}), **timings}}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
         (rep / "results.md").write_text(report_markdown(evals, headline))
         log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if {"data", "ar", "bd", "sweep", "eval"} <= set(stages):  # a partial rerun keeps the full run's total
+    if {"data", "ar", "bd", "sweep", "eval"} <= set(stages):
         timings["total"] = time.perf_counter() - t_start
     if results:
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
+        if not {"data", "ar", "bd", "sweep", "eval"} <= set(stages):  # a partial rerun: the stages' sum
+            t = results["timings_s"]
+            t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     if "release" in stages:
         log("[7/7] release files")
         release(out, data_dir / "heldout.jsonl", results, b)
     return results
+
+
+def _kept_results(results_file: Path, stages: tuple[str, ...]) -> dict:
+    """The earlier results.json, for a partial rerun; nothing for a full run (its note would be stale)."""
+    if {"data", "ar", "bd"} <= set(stages) or not results_file.exists():
+        return {}
+    return json.loads(results_file.read_text())
 
 
 def _machine() -> dict:
