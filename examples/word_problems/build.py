@@ -588,11 +588,12 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if {"data", "ar", "bd", "sweep", "eval"} <= set(stages):
+    full = {"data", "ar", "bd", "sweep", "eval"} <= set(stages)
+    if full:
         timings["total"] = time.perf_counter() - t_start
     if results:
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
-        if not {"data", "ar", "bd", "sweep", "eval"} <= set(stages):  # a partial rerun: the stages' sum
+        if not full:  # a partial rerun: the stages' sum
             t = results["timings_s"]
             t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))
         results_file.write_text(json.dumps(results, indent=2) + "\n")
