@@ -32,14 +32,16 @@ def _metaspace_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
 
 
-def _tokenizers():
-    yield "word-problems", AutoTokenizer.from_pretrained(WORD_PROBLEMS_DIR)
-    yield "metaspace", _metaspace_tokenizer()
-    if SHARED_7B.exists():
-        yield "qwen2.5", AutoTokenizer.from_pretrained(SHARED_7B)
+NAMES = ["word-problems", "metaspace"] + (["qwen2.5"] if SHARED_7B.exists() else [])
 
 
-TOKENIZERS = dict(_tokenizers())
+@pytest.fixture(scope="module")
+def tokenizers():
+    """Loaded when a test here runs, not when the suite is collected."""
+    loaders = {"word-problems": lambda: AutoTokenizer.from_pretrained(WORD_PROBLEMS_DIR),
+               "metaspace": _metaspace_tokenizer,
+               "qwen2.5": lambda: AutoTokenizer.from_pretrained(SHARED_7B)}
+    return {name: loaders[name]() for name in NAMES}
 
 
 def _run(tok, ids: list[int], stream: bool, seed: int, stop=None) -> IncrementalDetokenizer:
@@ -54,10 +56,10 @@ def _run(tok, ids: list[int], stream: bool, seed: int, stop=None) -> Incremental
     return d
 
 
-@pytest.mark.parametrize("name", list(TOKENIZERS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("stream", [True, False])
-def test_pieces_add_up_to_the_full_decode(name, stream):
-    tok = TOKENIZERS[name]
+def test_pieces_add_up_to_the_full_decode(tokenizers, name, stream):
+    tok = tokenizers[name]
     assert (IncrementalDetokenizer(tok, stream=stream)._stream is not None) == stream  # fast tokenizers stream
     for k, text in enumerate(TEXTS):
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -67,9 +69,9 @@ def test_pieces_add_up_to_the_full_decode(name, stream):
             assert _run(tok, ids, stream, seed + 10 * k).text == full
 
 
-@pytest.mark.parametrize("name", list(TOKENIZERS))
-def test_stream_and_window_agree_on_stops_and_held_back_bytes(name):
-    tok = TOKENIZERS[name]
+@pytest.mark.parametrize("name", NAMES)
+def test_stream_and_window_agree_on_stops_and_held_back_bytes(tokenizers, name):
+    tok = tokenizers[name]
     for text in TEXTS:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         for stop in (["ll"], ["🙂", "the"], ["."], ["no such text"]):
