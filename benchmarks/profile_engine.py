@@ -109,6 +109,28 @@ def same_model_in(pkg, llm: LLM):
                        mask_token_id=llm.mask_token_id)
 
 
+class TimedAttention:
+    """An attention back end whose calls add their thread CPU time to ``meter.attention_cpu``.
+
+    Everything else (``row_table``, ``cache``: what a quantised model's C++ layer stack reads) is
+    the wrapped back end's, so the model takes the same path as unmeasured; attention inside the
+    stack is then part of the forward, not timed apart.
+    """
+
+    def __init__(self, attend, meter):
+        self._attend, self._meter = attend, meter
+
+    def __call__(self, *args):
+        t0 = time.thread_time()
+        try:
+            return self._attend(*args)
+        finally:
+            self._meter.attention_cpu += time.thread_time() - t0
+
+    def __getattr__(self, name):
+        return getattr(self._attend, name)
+
+
 class Meter:
     """Thread CPU time and device-to-host reads, inside and outside the model forward."""
 
@@ -141,20 +163,10 @@ class Meter:
 
         def timed_forward(orig):
             def forward(model, input_ids, positions, attend, logits_rows=None):
-                def timed_attend(*args):
-                    t0 = time.thread_time()
-                    try:
-                        return attend(*args)
-                    finally:
-                        meter.attention_cpu += time.thread_time() - t0
-
-                # a quantised model's C++ layer stack needs the engine's attention object itself
-                # (its row_table); its attention is then inside the stack, not timed apart
-                stacked = getattr(model, "quantization", None) is not None and hasattr(attend, "row_table")
                 t = time.thread_time()
                 meter.inside += 1
                 try:
-                    return orig(model, input_ids, positions, attend if stacked else timed_attend, logits_rows)
+                    return orig(model, input_ids, positions, TimedAttention(attend, meter), logits_rows)
                 finally:
                     meter.inside -= 1
                     meter.forward_cpu += time.thread_time() - t
