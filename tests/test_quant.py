@@ -273,8 +273,9 @@ def test_quantised_logits_close_to_float32(ckpts, family, mode):
     layers = {n: type(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     assert len(layers) == 4 * model.cfg.num_hidden_layers + 1
     assert layers.pop("lm_head") is Int8Linear  # the vocabulary projection never goes below int8
-    down = {n: layers.pop(n) for n in list(layers) if n.endswith("mlp.down_proj")}
-    assert set(down.values()) == {Int8Linear}  # nor, made from float weights, the MLP's down projection
+    kept = {n: layers.pop(n) for n in list(layers) if n.endswith(("mlp.down_proj", "self_attn.qkv_proj"))}
+    assert len(kept) == 2 * model.cfg.num_hidden_layers
+    assert set(kept.values()) == {Int8Linear}  # nor, made from float weights, the qkv and down projections
     assert set(layers.values()) == {Int8Linear if mode == "int8" else Int4Linear}
     assert model.embed_tokens.weight.dtype == torch.float32  # embeddings stay in the model's dtype
     ids = random_ids(48, model.cfg.vocab_size, seed=1)
@@ -356,7 +357,7 @@ def packed_forward(model, parts, stack: bool):
 
 
 @needs_native
-@pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 down projections
+@pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 qkv and down ones
 @pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads"])  # qkv bias; tied, o/MLP biases; head size
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
