@@ -20,6 +20,11 @@
 
 namespace {
 
+// Decoding one token streams every weight once: asking for the bytes 4 KB ahead of the current
+// chunk kept more reads in flight than the hardware prefetcher alone (SmolLM2's 30 layers at one
+// query row, 6.1-6.8 against 5.3-6.4 ms, three interleaved runs; 1 KB ahead gained about half).
+constexpr int64_t kPrefetchBytes = 4096;
+
 inline __m256 widen(const int8_t* p) {  // 8 int8 -> 8 float
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -37,6 +42,7 @@ inline void tile(const float* X, int64_t K, const int8_t* P, const float* S, con
 #pragma GCC unroll 4
     for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t c = 0; c < whole; ++c) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchBytes), _MM_HINT_T0);
     __m256 wv[NB];
 #pragma GCC unroll 8
     for (int i = 0; i < NB; ++i) wv[i] = widen(w + c * 64 + i * 8);
