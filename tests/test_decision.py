@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdllm
 from fastdllm.engine.decision import StepDecision
-from fastdllm.sampling import SamplingParams, greedy, greedy_pick, make_sampler
+from fastdllm.sampling import SamplingParams, argmax_excluding, greedy, greedy_pick, make_sampler
 from tests.test_engine import MASK, prompt_of, random_llm
 
 CPU = torch.device("cpu")
@@ -86,6 +86,17 @@ def test_greedy_pick_equals_the_masked_softmax_argmax(dtype):
         assert mask is None or not (tokens == mask).any()
 
 
+def first_max_excluding(x: torch.Tensor, excluded: int | None) -> list[int]:
+    """Per row, written plainly: the first NaN, else the first maximum, over the columns but ``excluded``."""
+    out = []
+    for row in x.float().tolist():
+        cols = [j for j in range(len(row)) if j != excluded]
+        nans = [j for j in cols if row[j] != row[j]]
+        top = max(row[j] for j in cols)
+        out.append(nans[0] if nans else next(j for j in cols if row[j] == top))
+    return out
+
+
 def test_ties_pick_the_first_maximum():
     x = torch.full((5, 10), -1.0, dtype=torch.float64)
     x[0, [3, 7]] = 2.0          # plain tie: the lower index
@@ -100,6 +111,17 @@ def test_ties_pick_the_first_maximum():
     tokens, _ = greedy_pick(x, 5)
     assert tokens.tolist()[:4] == [3, 3, 2, 4]
     assert greedy_pick(x, 0)[0][4] == 9 and greedy_pick(x, 9)[0][4] == 0 and greedy_pick(x, None)[0][4] == 0
+    # the argmax-only pick of AR steps agrees on all of it, and on random rows in every dtype
+    for mask in (3, 5, 0, 9, None, 10, -1):
+        assert argmax_excluding(x, mask).tolist() == first_max_excluding(x, mask), mask
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        r = torch.randint(0, 4, (64, 12), generator=g).to(dtype)  # many ties
+        r[5, 7] = r[6, 0] = float("nan")
+        r[7] = float("-inf")
+        r[8, 1:] = float("-inf")  # only the excluded column 0 is finite
+        for mask in (0, 6, 11, None):
+            assert argmax_excluding(r, mask).tolist() == first_max_excluding(r, mask), (dtype, mask)
     # equal confidences in a segment, none above the threshold: only the first is accepted
     rows = torch.zeros(6, 10, dtype=torch.float64)
     rows[:, 1] = 5.0

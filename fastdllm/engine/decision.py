@@ -21,7 +21,7 @@ from collections import Counter
 import torch
 
 from ..device import download, upload
-from ..sampling import GreedySampler, Sampler, greedy_pick, max_excluding
+from ..sampling import GreedySampler, Sampler, argmax_excluding, greedy_pick
 
 
 class StepDecision:
@@ -53,7 +53,7 @@ class StepDecision:
         R, dev = self.rows, logits.device
         conf = None
         if self.batched and self.single_rows:
-            tokens = max_excluding(logits, self.greedy_mask)[1]  # the argmax alone
+            tokens = argmax_excluding(logits, self.greedy_mask)  # the argmax alone
         elif self.batched:
             tokens, conf = greedy_pick(logits, self.greedy_mask)
         else:
