@@ -100,7 +100,12 @@ def default_model(lm_scale: float, seed: int = 0) -> LLM:
 
 
 def same_model_in(pkg, llm: LLM):
-    """``llm``'s weights, tokenizer and settings, run by another fastdllm package."""
+    """``llm``'s weights, tokenizer and settings, run by another fastdllm package (a quantised
+    model is loaded again from its checkpoint there: the float weights are gone)."""
+    if llm.model.quantization:
+        if not llm.checkpoint.path.is_dir():
+            raise SystemExit("--baseline with --quantize needs a checkpoint directory (--model DIR)")
+        return pkg.load(str(llm.checkpoint.path), quantize=llm.model.quantization, dtype=llm.model.dtype)
     cfg = pkg.config.ModelConfig.from_dict(llm.config.raw)
     model = pkg.model.Transformer(cfg).to(llm.model.dtype).eval()
     model.load_state_dict(llm.model.state_dict())
