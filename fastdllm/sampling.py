@@ -11,6 +11,7 @@ token's probability under it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -41,6 +42,14 @@ def _probs_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+@lru_cache(maxsize=64)
+def _column(index: int, device: torch.device) -> torch.Tensor:
+    """``index`` as a 0-d long tensor on ``device``, made once (a step would otherwise build one);
+    a normal tensor even when first asked for in inference mode, so autograd code may use it too."""
+    with torch.inference_mode(False):
+        return torch.tensor(index, device=device)
+
+
 def argmax_excluding(x: torch.Tensor, excluded: int | None) -> torch.Tensor:
     """Row-wise first argmax of x [n, V] over every column but ``excluded`` (a NaN counts as the
     maximum, as in ``torch.argmax``). Two operators, a copy with that column at -inf and an
@@ -48,7 +57,7 @@ def argmax_excluding(x: torch.Tensor, excluded: int | None) -> torch.Tensor:
     reductions around the column and their merge took seven)."""
     if excluded is None or not 0 <= excluded < x.shape[-1] or x.shape[-1] == 1:
         return x.argmax(dim=-1)
-    idx = x.index_fill(-1, torch.tensor(excluded, device=x.device), float("-inf")).argmax(dim=-1)  # [n]
+    idx = x.index_fill(-1, _column(excluded, x.device), float("-inf")).argmax(dim=-1)  # [n]
     # a row of -inf everywhere else ties with the filled column; only column 0 comes before the rest
     return torch.where(idx == 0, 1, idx) if excluded == 0 else idx
 

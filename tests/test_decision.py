@@ -122,6 +122,10 @@ def test_ties_pick_the_first_maximum():
         r[8, 1:] = float("-inf")  # only the excluded column 0 is finite
         for mask in (0, 6, 11, None):
             assert argmax_excluding(r, mask).tolist() == first_max_excluding(r, mask), (dtype, mask)
+    # its cached column index, first made in inference mode, still serves autograd code
+    with torch.inference_mode():
+        assert argmax_excluding(torch.tensor([[1.0, 5.0, 2.0]]), 1).tolist() == [2]
+    assert argmax_excluding(torch.tensor([[1.0, 5.0, 2.0]], requires_grad=True) * 2, 1).tolist() == [2]
     # equal confidences in a segment, none above the threshold: only the first is accepted
     rows = torch.zeros(6, 10, dtype=torch.float64)
     rows[:, 1] = 5.0
