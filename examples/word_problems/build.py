@@ -105,7 +105,8 @@ class Budget:
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=2500, ar_batch=32,
               ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
               bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1), (1800, 8e-4, 20, 0.1),
-                       (1800, 8e-4, 20, 0.1), (1000, 6e-4, 20, 0.1)))
+                       (1800, 8e-4, 20, 0.1), (1000, 6e-4, 20, 0.1),
+                       (1000, 5e-4, 20, 0.1)))
 QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
                max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
