@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,39 +25,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fastdllm  # noqa: E402
+from examples.word_problems import build as B  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
-from fastdllm.models import extract_answer, load_heldout_problems  # noqa: E402
+from fastdllm.models import load_heldout_problems  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
 from fastdllm.quant import parse_quantize  # noqa: E402
 
 
-def fresh_problems(n: int, avoid: set[str], seed: int) -> list[dict]:
-    """``n`` held-out-phrasing problems from another seed, none of whose questions is in ``avoid``."""
-    out: list[dict] = []
-    want = n
-    while len(out) < n:
-        want += n // 2 + 10
-        out = [p.as_dict() for p in P.make_split(want, seed=seed, held_out=True) if p.question not in avoid][:n]
-    return out
+def fresh_problems(n: int, avoid: set[str], seed: int) -> list[P.Problem]:
+    """The first ``n`` held-out-phrasing problems of seed ``seed`` whose questions are not in ``avoid``."""
+    return [p for p in P.make_split(n + len(avoid), seed=seed, held_out=True) if p.question not in avoid][:n]
 
 
-def decode(llm, problems: list[dict], batch: int, threshold: float, max_new_tokens: int, desc: str) -> dict:
-    from tqdm import tqdm
-
-    right, tokens, nfe = [], 0, 0
-    t0 = time.perf_counter()
-    with tqdm(total=len(problems), desc=desc, unit="problem", leave=False) as bar:
-        for i in range(0, len(problems), batch):
-            chunk = problems[i:i + batch]
-            results = llm.generate([[{"role": "user", "content": p["question"]}] for p in chunk],
-                                   max_new_tokens=max_new_tokens, threshold=threshold, temperature=0.0)
-            for p, r in zip(chunk, results):
-                right.append(extract_answer(r.text) == p["answer"])
-                tokens += r.stats.generated_tokens
-                nfe += r.stats.nfe
-            bar.update(len(chunk))
-    return {"right": right, "accuracy": sum(right) / len(right), "tpf": tokens / max(nfe, 1),
-            "seconds": time.perf_counter() - t0}
+def decode(llm, problems: list[P.Problem], batch: int, threshold: float, max_new_tokens: int, desc: str) -> dict:
+    opts = dict(max_new_tokens=max_new_tokens, threshold=threshold, temperature=0.0)
+    results, seconds = B.decode_problems(llm, problems, opts, batch, desc=desc)
+    tokens = sum(r.stats.generated_tokens for r in results)
+    nfe = sum(r.stats.nfe for r in results)
+    right = [P.is_correct(p, r.text) for p, r in zip(problems, results)]
+    return {"right": right, "accuracy": sum(right) / len(right), "tpf": tokens / max(nfe, 1), "seconds": seconds}
 
 
 def sign_test(lost: int, gained: int) -> float:
@@ -92,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = False
         if not ok:
             ap.error(f"--paths: {p!r} is not a quantised path (int8, int4)")
-    shipped = load_heldout_problems()
+    shipped = [P.Problem(**p) for p in load_heldout_problems()]
     sets = {"shipped 500": shipped}
     if args.fresh:
-        sets[f"fresh {args.fresh}"] = fresh_problems(args.fresh, {p["question"] for p in shipped}, args.seed)
+        sets[f"fresh {args.fresh}"] = fresh_problems(args.fresh, {p.question for p in shipped}, args.seed)
 
     runs: dict[str, dict[str, dict]] = {}
     for path in ["float32", *paths]:

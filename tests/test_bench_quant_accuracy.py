@@ -30,7 +30,7 @@ def test_fresh_problems_are_held_out_phrasings_and_avoid_the_given_questions():
 
     avoid = {p.question for p in P.make_split(40, seed=7, held_out=True)[:20]}  # the first of the same stream
     fresh = bqa.fresh_problems(30, avoid, seed=7)
-    assert len(fresh) == 30 and len({p["question"] for p in fresh}) == 30
-    assert not avoid & {p["question"] for p in fresh}
-    assert all(p["held_out"] for p in fresh)
-    assert all(p["solution"].endswith(f"The answer is {p['answer']}.") for p in fresh)
+    assert len(fresh) == 30 and len({p.question for p in fresh}) == 30
+    assert not avoid & {p.question for p in fresh}
+    assert all(p.held_out for p in fresh)
+    assert all(p.solution.endswith(f"The answer is {p.answer}.") for p in fresh)

@@ -280,16 +280,8 @@ def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None 
     if mode == "diffusion":
         opts.update(threshold=threshold, block_size=block_size, small_block_size=small_block_size,
                     use_block_cache=cache)
-    prompts = [p.messages(with_answer=False) for p in problems]
-    llm.generate(prompts[:batch], **opts)  # warm-up (allocations)
-    results, seconds = [], 0.0
-    bar = _bar(len(problems), desc, progress)
-    for i in range(0, len(prompts), batch):
-        t0 = time.perf_counter()
-        results += llm.generate(prompts[i:i + batch], **opts)
-        seconds += time.perf_counter() - t0
-        bar.update(min(batch, len(prompts) - i))
-    bar.close()
+    llm.generate([p.messages(with_answer=False) for p in problems[:batch]], **opts)  # warm-up (allocations)
+    results, seconds = decode_problems(llm, problems, opts, batch, progress, desc)
     correct = [P.is_correct(p, r.text) for p, r in zip(problems, results)]
     gen = sum(r.stats.generated_tokens for r in results)
     nfe = sum(r.stats.nfe for r in results)
@@ -301,6 +293,22 @@ def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None 
             "answer_lines": sum(P.extract_answer(r.text) is not None for r in results) / len(problems),
             "samples": [{"question": p.question, "expected": p.answer, "output": r.text, "correct": ok}
                         for p, r, ok in list(zip(problems, results, correct))[:3]]}
+
+
+def decode_problems(llm, problems: list[P.Problem], opts: dict, batch: int = 1, progress: bool = True,
+                    desc: str = "") -> tuple[list, float]:
+    """Each problem's question decoded with ``llm.generate(**opts)``, ``batch`` at a time, with a
+    progress bar -> (the results in order, seconds spent in ``generate``)."""
+    prompts = [p.messages(with_answer=False) for p in problems]
+    results, seconds = [], 0.0
+    bar = _bar(len(problems), desc, progress)
+    for i in range(0, len(prompts), batch):
+        t0 = time.perf_counter()
+        results += llm.generate(prompts[i:i + batch], **opts)
+        seconds += time.perf_counter() - t0
+        bar.update(min(batch, len(prompts) - i))
+    bar.close()
+    return results, seconds
 
 
 def _bar(total: int, desc: str, enabled: bool):
