@@ -13,7 +13,7 @@ from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.params import DecodeParams
 from .engine.sequence import Sequence
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, ModelLoadError
 from .loading import Checkpoint, load_checkpoint
 from .sampling import SamplingParams, make_sampler
 
@@ -243,7 +243,8 @@ def _options(kwargs: dict) -> GenerateOptions:
 
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
-         compile: bool | None = None, adapter: str | None = None, quantize: str | None = None) -> LLM:
+         compile: bool | None = None, adapter: str | None = None, quantize: str | None = None,
+         calibration: str | list[str] | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
@@ -258,7 +259,10 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
 
     ``quantize``: ``"int8"`` (per output channel) or ``"int4"`` (groups of 32, asymmetric)
     weight-only quantisation of the linear layers (``fastdllm.quant``); a GGUF file's Q4_0/Q4_1
-    tensors are kept as they are under ``"int4"``.
+    tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the same int4 layers rounded
+    with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
+    (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
+    of its int4 layers are recorded, then is quantised. A 4-bit GGUF is dequantised first.
 
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
@@ -284,13 +288,28 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
 
         model = DEFAULT_MODEL
     t0 = time.perf_counter()
+    gptq = mode == "int4-gptq"
+    prompts = None
+    if gptq:
+        from .quant.gptq import read_prompts
+
+        prompts = read_prompts(calibration)  # a bad file fails before any loading
+    elif calibration is not None:
+        raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
+    load_dt, load_mode = (torch.float32, None) if gptq else (dt, mode)
     if adapter is not None:
         from .loading.adapter import load_with_adapter
 
         base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=dt, device=dev, quantize=mode)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode)
     else:
-        ckpt = load_checkpoint(model, dtype=dt, device=dev, revision=revision, quantize=mode)
+        ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
+    if gptq:
+        from .quant import quantize_model
+        from .quant.gptq import gptq_weights
+
+        quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts))
+        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
     llm.load_seconds = time.perf_counter() - t0
     return llm

@@ -77,7 +77,7 @@ def test_int4_format_round_trip():
 def test_parse_quantize(mode):
     assert parse_quantize(mode) == mode and parse_quantize(mode.upper()) == mode
     assert parse_quantize(None) is None and parse_quantize("none") is None
-    with pytest.raises(ModelLoadError, match="int8 or int4"):
+    with pytest.raises(ModelLoadError, match="int8, int4 or int4-gptq"):
         parse_quantize("int3")
 
 
@@ -295,7 +295,7 @@ def test_load_api_and_errors(ckpts):
     llm = fastdllm.load(str(ckpts["qwen2"]), quantize="int4")
     assert llm.model.quantization == "int4"
     assert len(llm.generate([[1, 2, 3]], max_new_tokens=5, stop_token_ids=[])[0].token_ids) == 5
-    with pytest.raises(ModelLoadError, match="int8 or int4"):
+    with pytest.raises(ModelLoadError, match="int8, int4 or int4-gptq"):
         fastdllm.load(str(ckpts["qwen2"]), quantize="fp8")
 
 

@@ -103,9 +103,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
                             "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
                             "(default: %(default)s)")
     if quantize:
-        group.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+        group.add_argument("--quantize", choices=["none", "int8", "int4", "int4-gptq"], default="none",
                            help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of "
-                                "32 (a GGUF file's Q4_0/Q4_1 blocks are kept as they are) (default: %(default)s)")
+                                "32 (a GGUF file's Q4_0/Q4_1 blocks are kept as they are), int4-gptq: int4 rounded "
+                                "with GPTQ, calibrated on the model's own decoding (default: %(default)s)")
+        group.add_argument("--calibration", metavar="FILE",
+                           help="with --quantize int4-gptq: prompts to calibrate on, one per line (default: a "
+                                "built-in set)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     if mask_token:
         group.add_argument("--mask-token-id", type=int, metavar="ID",
@@ -197,7 +201,8 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     quiet_libraries()
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
                 max_batch_size=max_batch_size, compile=getattr(args, "compile", None),
-                adapter=getattr(args, "adapter", None), quantize=getattr(args, "quantize", None))
+                adapter=getattr(args, "adapter", None), quantize=getattr(args, "quantize", None),
+                calibration=getattr(args, "calibration", None))
 
 
 # ---- output ---------------------------------------------------------------------------------

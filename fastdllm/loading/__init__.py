@@ -69,6 +69,8 @@ def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float
     """
     dev = parse_device(device)
     dt, mode = parse_dtype(dtype, dev), parse_quantize(quantize)
+    if mode == "int4-gptq":
+        raise ModelLoadError("int4-gptq calibrates on the model's own decoding: load with fastdllm.load")
     path = resolve(source, revision)
     if path.suffix == ".gguf":
         from .gguf import read_gguf

@@ -11,6 +11,8 @@ the KL divergence of the next-token distribution from float32 on training-style 
 the evaluation problems), int4 everywhere but the head gives 0.0087, int4 in the query/key/value
 projection alone 0.0058 of it, the policy here 0.0031. Int4 codes a checkpoint already holds
 (GGUF Q4_0 / Q4_1) are kept as they are.
+``"int4-gptq"`` is int4 with GPTQ rounding calibrated on the model's own decoding (``gptq``);
+the model reports ``quantization == "int4"`` (same layers, same kernels).
 Formats in ``formats``.
 """
 
@@ -23,7 +25,7 @@ from ..errors import ModelLoadError
 from .formats import Int4Weight, Int8Weight, QuantizedWeight, as_float, cat_rows
 from .linear import Int4Linear, Int8Linear, QuantLinear, quantized_linear
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int4", "int4-gptq")
 LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 GROUP_SIZE = 32
 INT8_UNDER_INT4 = ("self_attn.qkv_proj", "mlp.down_proj")  # made from floats, int4 keeps these at int8
@@ -34,12 +36,12 @@ __all__ = ["MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "Qua
 
 
 def parse_quantize(mode: str | None) -> str | None:
-    """None (or "none") for no quantisation, else "int8" or "int4"; ModelLoadError otherwise."""
+    """None (or "none") for no quantisation, else "int8", "int4" or "int4-gptq"; ModelLoadError otherwise."""
     if mode is None or str(mode).lower() in ("", "none", "no", "off"):
         return None
     key = str(mode).lower()
     if key not in MODES:
-        raise ModelLoadError(f"unsupported quantisation {mode!r}: use int8 or int4 (or none)")
+        raise ModelLoadError(f"unsupported quantisation {mode!r}: use int8, int4 or int4-gptq (or none)")
     return key
 
 
@@ -58,20 +60,23 @@ def layer_mode(name: str, mode: str, holds_int4: bool = False) -> str:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None) -> nn.Module:
+def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None,
+                   weights: dict[str, QuantizedWeight] | None = None) -> nn.Module:
     """Quantise a built model in place from its float weights; other parameters are cast to ``dtype``.
 
-    Quantise from float32 weights where possible: the weights are read as they are.
+    Quantise from float32 weights where possible: the weights are read as they are. ``weights``:
+    layers already quantised (say by ``gptq.gptq_weights``), by name, used instead of rounding.
     """
     mode = parse_quantize(mode)
-    if mode is None:
-        raise ModelLoadError("quantize_model needs a quantisation: int8 or int4")
+    if mode not in ("int8", "int4"):
+        raise ModelLoadError("quantize_model needs a quantisation: int8 or int4 (GPTQ: fastdllm.load)")
+    weights = weights or {}
     dtype = dtype or model.dtype
     device = model.embed_tokens.weight.device
     for name in linear_names(model.cfg.num_hidden_layers):
         old = model.get_submodule(name)
-        model.set_submodule(name, quantized_linear(old.weight.detach(), old.bias, layer_mode(name, mode), dtype,
-                                                   device, GROUP_SIZE))
+        weight = weights.get(name, old.weight.detach())
+        model.set_submodule(name, quantized_linear(weight, old.bias, layer_mode(name, mode), dtype, device, GROUP_SIZE))
     for m in model.modules():  # only the float parameters: quantised buffers and the rotary table keep theirs
         for p in m.parameters(recurse=False):
             p.data = p.data.to(dtype)
