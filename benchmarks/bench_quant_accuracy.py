@@ -1,7 +1,7 @@
 """Does a quantised path cost the default model accuracy? Paired answers on more problems than one draw.
 
 Decodes the shipped 500 held-out word problems and ``--fresh`` more problems in held-out phrasings
-(drawn with another seed, none of the 500) with each path (float32, int8, int4), block diffusion
+(drawn with another seed, none of the 500) with each path (float32, int8, int4, int4-gptq), block diffusion
 at the model's own block sizes, greedy, threshold 0.9. Batches of ``--batch-size`` give the same
 tokens as one problem at a time (tested batch invariance), only faster. Since every path decodes
 the same problems, the table counts per path how many answers it turned wrong and right against
@@ -58,7 +58,7 @@ def sign_test(lost: int, gained: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="a block-diffusion word-problem model (default: the embedded one)")
-    ap.add_argument("--paths", default="int8,int4", help="quantised paths compared with float32")
+    ap.add_argument("--paths", default="int8,int4,int4-gptq", help="quantised paths compared with float32")
     ap.add_argument("--fresh", type=int, default=1000, help="extra held-out-phrasing problems (0: the 500 only)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the extra problems (the shipped ones used 0)")
     ap.add_argument("--threshold", type=float, default=0.9)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         except FastDLLMError:
             ok = False
         if not ok:
-            ap.error(f"--paths: {p!r} is not a quantised path (int8, int4)")
+            ap.error(f"--paths: {p!r} is not a quantised path (int8, int4, int4-gptq)")
     shipped = [P.Problem(**p) for p in load_heldout_problems()]
     sets = {"shipped 500": shipped}
     if args.fresh:

@@ -1,0 +1,90 @@
+"""How far is each quantised path's next-token distribution from float32's? KL on masked blocks.
+
+The default word-problem model reads training-style inputs: ``--problems`` problems from the
+training distribution (a seed of their own, none of them evaluation problems), chat prompt plus
+worked solution, one 32-token block of the solution masked at ``--mask-rate`` as block diffusion
+sees it mid-decoding. One forward per input under the block-causal mask, float32 against each
+path; at every masked position (token shift: the output one to the left) the KL divergence of
+the path's distribution from float32's, and whether the top token agrees. Quicker and less noisy
+than decoding whole problems (``bench_quant_accuracy.py``), which is what the 1-point bar is about.
+
+    python benchmarks/bench_quant_kl.py [--paths int8,int4,int4-gptq] [--problems 96] [--seed 202]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import fastdllm  # noqa: E402
+from examples.word_problems import problems as P  # noqa: E402
+from examples.word_problems.build import encode  # noqa: E402
+from fastdllm.reference import _forward  # noqa: E402
+
+
+def masked_inputs(tok, mask_id: int, block: int, n: int, seed: int, rate: float) -> list[list[int]]:
+    """Prompt + solution ids with one block of the solution partly masked, per problem."""
+    rng = random.Random(seed)
+    out = []
+    for p in P.make_split(n, seed, held_out=False):
+        prompt, answer = encode(tok, p)
+        ids = prompt + answer
+        start = rng.choice([b for b in range(0, len(ids), block) if b + block > len(prompt)])
+        out.append([mask_id if start <= i < start + block and i >= len(prompt) and rng.random() < rate else t
+                    for i, t in enumerate(ids)])
+    return out
+
+
+@torch.no_grad()
+def divergence(ref, model, inputs: list[list[int]], mask_id: int, block: int) -> dict:
+    kl = agree = n = 0.0
+    for ids in inputs:
+        rows = torch.tensor([i - 1 for i in range(1, len(ids)) if ids[i] == mask_id], dtype=torch.long)
+        if not len(rows):
+            continue
+        a = _forward(ref, ids, block)[0].float().log_softmax(-1)[rows]  # [masked, V]
+        b = _forward(model, ids, block)[0].float().log_softmax(-1)[rows]
+        kl += float((a.exp() * (a - b)).sum())
+        agree += float((a.argmax(-1) == b.argmax(-1)).sum())
+        n += len(rows)
+    return {"positions": int(n), "kl": kl / n, "top1_agreement": agree / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--paths", default="int8,int4,int4-gptq")
+    ap.add_argument("--problems", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=202, help="seed of the problems and the masks")
+    ap.add_argument("--mask-rate", type=float, default=0.6)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quant_kl.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref = fastdllm.load(dtype="float32")
+    block = ref.config.bd_size or 32
+    inputs = masked_inputs(ref.tokenizer, ref.mask_token_id, block, args.problems, args.seed, args.mask_rate)
+    rows = []
+    for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+        llm = fastdllm.load(dtype="float32", quantize=path)
+        rows.append({"path": path, **divergence(ref.model, llm.model, inputs, ref.mask_token_id, block)})
+        r = rows[-1]
+        print(f"{path:10s} KL {r['kl']:.5f}  top-1 agreement {100 * r['top1_agreement']:.1f}%  "
+              f"({r['positions']} masked positions)", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"problems": args.problems, "seed": args.seed, "mask_rate": args.mask_rate,
+                                          "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
