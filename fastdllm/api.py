@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence as Seq
@@ -262,7 +263,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the same int4 layers rounded
     with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
     (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
-    of its int4 layers are recorded, then is quantised. A 4-bit GGUF is dequantised first.
+    of its int4 layers are recorded, then is quantised. A GGUF holding 4-bit codes keeps them (as
+    with ``"int4"``, and a warning says so).
 
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
@@ -291,9 +293,17 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     gptq = mode == "int4-gptq"
     prompts = None
     if gptq:
+        from .loading.gguf import holds_q4
+        from .loading.hub import resolve
         from .quant.gptq import read_prompts
 
         prompts = read_prompts(calibration)  # a bad file fails before any loading
+        path = resolve(model, revision)
+        if adapter is None and path.suffix == ".gguf" and holds_q4(path):
+            # rounding the file's own 4-bit values again can only move further from its float weights
+            logging.getLogger("fastdllm.quant").warning(
+                "%s already holds 4-bit codes: int4-gptq keeps them, as int4 does", path.name)
+            gptq, mode = False, "int4"
     elif calibration is not None:
         raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
     load_dt, load_mode = (torch.float32, None) if gptq else (dt, mode)

@@ -312,3 +312,20 @@ def test_unsupported_architecture(tmp_path):
     w.close()
     with pytest.raises(UnsupportedModelError, match="'gpt2'"):
         load_checkpoint(path)
+
+
+def test_int4_gptq_keeps_the_codes_of_a_q4_file(tmp_path, caplog):
+    """A file that already holds 4-bit codes: int4-gptq keeps them, with a warning, as int4 does."""
+    import fastdllm
+    from fastdllm.loading.gguf import holds_q4
+
+    q4 = write_gguf(tmp_path / "q4.gguf", tiny_hf_model("llama"), "llama", Q.Q4_1, tokenizer=False)
+    f32 = write_gguf(tmp_path / "f32.gguf", tiny_hf_model("llama"), "llama", Q.F32, tokenizer=False)
+    assert holds_q4(q4) and not holds_q4(f32)
+    with caplog.at_level("WARNING", logger="fastdllm.quant"):
+        gptq = fastdllm.load(str(q4), quantize="int4-gptq", calibration=["unused"])
+    assert "already holds 4-bit codes" in caplog.text
+    plain = fastdllm.load(str(q4), quantize="int4")
+    for lin in ("gate_up_proj", "down_proj"):
+        a, b = getattr(gptq.model.layers[1].mlp, lin), getattr(plain.model.layers[1].mlp, lin)
+        assert torch.equal(a.dequantize(), b.dequantize())

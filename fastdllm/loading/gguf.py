@@ -44,6 +44,13 @@ def read_gguf(path: Path, keep_q4: bool = False) -> tuple[dict, dict[str, torch.
     return config, tensors, load_tokenizer(reader, path)
 
 
+def holds_q4(path: Path) -> bool:
+    """Whether the file holds Q4_0 / Q4_1 matrices (which ``keep_q4`` keeps as int4 codes)."""
+    from gguf import GGMLQuantizationType as Q
+
+    return any(t.tensor_type in (Q.Q4_0, Q.Q4_1) and len(t.shape) == 2 for t in _open(Path(path)).tensors)
+
+
 def _open(path: Path):
     from gguf import GGUFReader
 
