@@ -13,7 +13,7 @@ from fastdllm.errors import ModelLoadError
 from fastdllm.loading import load_checkpoint
 from fastdllm.quant import Int4Linear, Int4Weight, Int8Linear, layer_mode, linear_names
 from fastdllm.quant.gptq import CALIBRATION_PROMPTS, HessianCollector, gptq_int4, read_prompts
-from tests.helpers import make_tiny_word_checkpoint
+from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 
 
 def output_error(w: torch.Tensor, q: Int4Weight, H: torch.Tensor) -> float:
@@ -88,6 +88,9 @@ def test_read_prompts(tmp_path):
     f.write_text("first prompt\n\n  second  \n")
     assert read_prompts(str(f)) == ["first prompt", "second"]
     assert read_prompts(["a", " ", "b"]) == ["a", "b"]
+    assert read_prompts([[1, 2, 3], [], "c"]) == [[1, 2, 3], "c"]  # token ids, for a model without a tokenizer
+    with pytest.raises(ModelLoadError, match="neither text nor"):
+        read_prompts([3.5])
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(ModelLoadError, match="none given"):
         read_prompts(str(tmp_path / "empty.txt"))
@@ -143,3 +146,11 @@ def test_int4_gptq_errors(word_ckpt, tmp_path, capsys):
                    str(tmp_path / "missing.txt"), "hello"])
     assert rc != 0
     assert "missing.txt is not a file" in capsys.readouterr().err
+
+
+def test_int4_gptq_without_a_tokenizer_takes_token_ids(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "m", "qwen2", hidden=64, inter=160)
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
+        fastdllm.load(str(path), quantize="int4-gptq")
+    llm = fastdllm.load(str(path), quantize="int4-gptq", calibration=[[1, 2, 3, 4], [5, 6, 7]])
+    assert isinstance(llm.model.layers[0].mlp.gate_up_proj, Int4Linear)

@@ -53,12 +53,20 @@ CALIBRATION_PROMPTS = (
 )
 
 
-def read_prompts(source: str | Path | list[str] | tuple[str, ...] | None) -> list[str]:
-    """Calibration prompts: the built-in list (None), a list of strings, or a text file with one per line."""
+def read_prompts(source: str | Path | list | tuple | None) -> list:
+    """Calibration prompts: the built-in list (None), a list of strings or of token-id lists (for a
+    model without a tokenizer), or a text file with one prompt per line."""
     if source is None:
         return list(CALIBRATION_PROMPTS)
     if isinstance(source, (list, tuple)):
-        prompts = [str(p) for p in source if str(p).strip()]
+        prompts = []
+        for p in source:
+            if isinstance(p, (list, tuple)) and all(isinstance(t, int) for t in p):
+                prompts += [list(p)] if p else []
+            elif isinstance(p, str):
+                prompts += [p] if p.strip() else []
+            else:
+                raise ModelLoadError(f"calibration prompts: {p!r} is neither text nor a list of token ids")
     else:
         path = Path(source)
         if not path.is_file():
@@ -147,7 +155,7 @@ class HessianCollector:
         self._handles = []
 
 
-def collect_hessians(llm, names: list[str], prompts: list[str], max_new_tokens: int = 128,
+def collect_hessians(llm, names: list[str], prompts: list, max_new_tokens: int = 128,
                      batch_size: int = 8) -> dict[str, torch.Tensor]:
     """Decode ``prompts`` with ``llm`` (float weights) and return H per layer in ``names``."""
     from tqdm.auto import tqdm
@@ -168,11 +176,13 @@ def collect_hessians(llm, names: list[str], prompts: list[str], max_new_tokens: 
     return collector.hessians
 
 
-def gptq_weights(llm, prompts: list[str], group_size: int = 32, max_new_tokens: int = 128) -> dict[str, Int4Weight]:
+def gptq_weights(llm, prompts: list, group_size: int = 32, max_new_tokens: int = 128) -> dict[str, Int4Weight]:
     """GPTQ int4 weights for every layer that int4 quantises from floats (``layer_mode``), by name."""
     from . import layer_mode, linear_names
     from .linear import int4_fits
 
+    if llm.tokenizer is None and any(isinstance(p, str) for p in prompts):
+        raise ModelLoadError("GPTQ calibration: this model has no tokenizer; give the prompts as token-id lists")
     model = llm.model
     names = [n for n in linear_names(model.cfg.num_hidden_layers)
              if layer_mode(n, "int4") == "int4"
