@@ -298,7 +298,7 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
         from .quant.gptq import read_prompts
 
         prompts = read_prompts(calibration)  # a bad file fails before any loading
-        path = resolve(model, revision)
+        model = path = resolve(model, revision)  # resolved once: a hub id is not fetched twice
         if adapter is None and path.suffix == ".gguf" and holds_q4(path):
             # rounding the file's own 4-bit values again can only move further from its float weights
             logging.getLogger("fastdllm.quant").warning(

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import fastdllm
-from fastdllm.attention import DenseAttention, block_causal_mask
 from fastdllm.cli.main import main as cli_main
 from fastdllm.errors import ModelLoadError
 from fastdllm.loading import load_checkpoint
 from fastdllm.quant import Int4Linear, Int4Weight, Int8Linear, layer_mode, linear_names
 from fastdllm.quant.gptq import CALIBRATION_PROMPTS, HessianCollector, gptq_int4, read_prompts
+from fastdllm.reference import _forward
 from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 
 
@@ -103,11 +103,9 @@ def word_ckpt(tmp_path_factory):
     return make_tiny_word_checkpoint(tmp_path_factory.mktemp("gptq") / "m")
 
 
+@torch.no_grad()
 def block_logits(model, ids: list[int]) -> torch.Tensor:
-    pos = torch.arange(len(ids))
-    mask = block_causal_mask(pos, pos, 32)[None, None]
-    with torch.inference_mode():
-        return model(torch.tensor([ids]), pos[None], DenseAttention(mask, model.attn_scale))
+    return _forward(model, ids, 32)[0]  # the oracle's forward: block-causal mask, blocks of 32
 
 
 def test_load_int4_gptq_tiny(word_ckpt):

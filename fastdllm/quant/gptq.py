@@ -121,9 +121,8 @@ def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int = 32,
             Wb[:, j + 1:] -= err[:, None] * Ub[j, j + 1:][None, :]
             errors[:, j] = err
         W[:, b1:] -= errors @ U[b0:b1, b1:]
-    scale32 = scale.float()
     # Int4Weight holds w = (q - 8) * scale + zero, so zero = low + 8 * scale
-    return Int4Weight(codes, scale32, (low + 8 * scale).float())
+    return Int4Weight(codes, scale.float(), (low + 8 * scale).float())
 
 
 class HessianCollector:
