@@ -8,8 +8,8 @@ values into the pool with one ``index_copy_`` per layer, then runs one
 the group's key spans are gathered from the pool into a [segments, Hkv, Kmax, D] batch (one
 ``index_select``) and a boolean mask cuts each segment to its own keys and rule (full, causal,
 block-causal). A group of one segment reads its span as a view, as ``CachedAttention`` does.
-Everything that depends only on the step (write rows, key rows, masks) is built once, at
-construction, not per layer.
+Everything that depends only on the step (write rows, key rows, masks) is built once, by the
+first layer's call, not per layer.
 
 Padding keys to the group's longest span changes the summation order inside the kernel, so
 results equal the per-segment path's up to rounding, not bit for bit. (FlexAttention was
@@ -48,18 +48,35 @@ class PackedAttention:
         self.cache = cache
         self.scale = scale
         self.segments = segments
+        self._groups: list[_Group] | None = None  # built when first needed: a forward through the
+        # quantised C++ stack reads ``row_table`` instead and never calls this back end
+        self._whole = False
+
+    @property
+    def groups(self) -> list[_Group]:
+        if self._groups is None:
+            self._prepare()
+        return self._groups
+
+    @property
+    def whole(self) -> bool:
+        """One group whose queries are the whole packed batch, in order."""
+        return bool(self.groups) and self._whole
+
+    def _prepare(self) -> None:
+        segments, cache = self.segments, self.cache
         dev = cache.data.device
         S = cache.max_len
-        groups: dict[int, list[int]] = {}  # query length -> segment indices, in packed order
+        by_length: dict[int, list[int]] = {}  # query length -> segment indices, in packed order
         for i, s in enumerate(segments):
-            groups.setdefault(s.length, []).append(i)
+            by_length.setdefault(s.length, []).append(i)
         self.write_span = None  # a lone segment writes a contiguous run of rows: no index needed
         if len(segments) == 1:
             s = segments[0]
             self.write_span = (s.slot * S + s.base + s.write_pos, s.slot * S + s.base + s.write_pos + s.length)
             if s.kind == "full":
-                self.groups = [self._group([s], None, None, S, dev)]
-                self.whole = True
+                self._groups = [self._group([s], None, None, S, dev)]
+                self._whole = True
                 return
         # one upload: write rows [N], then per segment (first pool row, kv_end, write_pos, block), then query rows
         flat: list[int] = []
@@ -68,13 +85,13 @@ class PackedAttention:
                 first = s.slot * S + s.base + s.write_pos
                 flat.extend(range(first, first + s.length))
         n = len(flat)
-        order = [i for members in groups.values() for i in members]
+        order = [i for members in by_length.values() for i in members]
         for i in order:
             s = segments[i]
             block = {"full": _FULL, "causal": 1}.get(s.kind, s.block_size)
             flat += [s.slot * S + s.base, s.kv_end, s.write_pos, block]
         gathered = []  # (members, offset of their query rows in ``flat`` or None)
-        for members in groups.values():
+        for members in by_length.values():
             first, last = segments[members[0]], segments[members[-1]]
             contiguous = last.start + last.length - first.start == len(members) * first.length
             if contiguous:
@@ -86,15 +103,16 @@ class PackedAttention:
         meta = upload(flat, torch.long, dev)
         self.write_rows = meta[:n]  # [N]
         table = meta[n:n + 4 * len(order)].view(-1, 4)  # [segments, 4], in group order
-        self.groups: list[_Group] = []
+        groups_out = []
         at = 0
         for members, q_at in gathered:
             segs = [segments[i] for i in members]
             B, T = len(segs), segs[0].length
             q_rows = None if q_at is None else meta[q_at:q_at + B * T]
-            self.groups.append(self._group(segs, table[at:at + B], q_rows, S, dev))
+            groups_out.append(self._group(segs, table[at:at + B], q_rows, S, dev))
             at += B
-        self.whole = len(self.groups) == 1 and self.groups[0].start == 0
+        self._groups = groups_out
+        self._whole = len(groups_out) == 1 and groups_out[0].start == 0
 
     @staticmethod
     def _group(segs: list[Segment], tab: torch.Tensor, q_rows, S: int, dev) -> _Group:
@@ -144,16 +162,17 @@ class PackedAttention:
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: [1, N, Hq, D]; k, v: [1, N, Hkv, D]
+        groups = self.groups
         rows = self.cache.rows(layer)  # [slots * S, 2, Hkv, D]
         new = torch.stack((k[0], v[0]), dim=1)  # [N, 2, Hkv, D]
         if self.write_span is None:
             rows.index_copy_(0, self.write_rows, new)
         else:
             rows[self.write_span[0]:self.write_span[1]] = new
-        if self.whole:
-            return self._attend(self.groups[0], rows, q[0]).unsqueeze(0)
+        if self._whole:
+            return self._attend(groups[0], rows, q[0]).unsqueeze(0)
         out = q.new_empty(q.shape[1], q.shape[2] * q.shape[3])  # [N, Hq*D]
-        for g in self.groups:
+        for g in groups:
             o = self._attend(g, rows, q[0])  # [count * length, Hq*D]
             if g.q_rows is None:
                 out[g.start:g.start + o.shape[0]] = o

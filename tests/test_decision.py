@@ -256,3 +256,48 @@ def test_conformance_steps_decide_as_each_sequence_alone(monkeypatch):
                      stop_token_ids=[case["stop_token"]], mask_token_id=case["mask_id"])
     print(f"{len(margins)} decisions, closest confidence to its threshold: {min(margins):.3g} away")
     assert len(margins) > 500 and min(margins) > 1e-12
+
+
+def test_steps_reuse_a_decision_only_when_their_plans_read_alike(monkeypatch):
+    """A step whose plans read like the last one's (same samplers, rows and thresholds) reuses its
+    ``StepDecision``; any other step builds its own. Decoding is the same as with a fresh decision
+    every step, for a mix of block diffusion, AR and seeded sampling."""
+    from fastdllm.engine.engine import Engine
+
+    llm = random_llm(seed=3)
+    mixed = [
+        (prompt_of(5), dict(max_new_tokens=40)),
+        (prompt_of(40), dict(max_new_tokens=40, use_block_cache=True, threshold=0.5)),
+        (prompt_of(9), dict(max_new_tokens=24, mode="ar")),
+        (prompt_of(33), dict(max_new_tokens=30, temperature=0.9, top_k=50, seed=1)),
+    ]
+    steady = [(prompt_of(7), dict(max_new_tokens=30, mode="ar")), (prompt_of(12), dict(max_new_tokens=30, mode="ar"))]
+
+    def decode(requests) -> tuple[list[list[int]], int]:
+        seqs = []
+        for i, (prompt, opts) in enumerate(requests):
+            (seq,), params = llm.prepare([prompt], stop_token_ids=[], **opts)
+            seq.index, seq.params = i, params
+            seqs.append(seq)
+        steps = sum(1 for e in llm.engine.run(seqs) if e.forward_tokens)
+        return [s.output for s in seqs], steps
+
+    built = []
+    init = StepDecision.__init__
+
+    def counting(self, plans, device):
+        built.append([(id(s), n, t) for s, n, t in plans])
+        init(self, plans, device)
+
+    monkeypatch.setattr(StepDecision, "__init__", counting)
+    reused = {}
+    for name, requests in (("mixed", mixed), ("steady", steady)):
+        built.clear()
+        reused[name], steps = decode(requests)
+        assert all(a != b for a, b in zip(built, built[1:]))  # a new decision only when the plans changed
+        if name == "steady":  # AR steps of the same two sequences read alike: a handful of decisions
+            assert len(built) <= 3 < steps
+    monkeypatch.setattr(Engine, "_decision", lambda self, work: StepDecision(
+        [(s.planner.p.sampler, len(p.logit_rows), p.threshold) for s, p in work], self.runner.device))
+    for name, requests in (("mixed", mixed), ("steady", steady)):
+        assert decode(requests)[0] == reused[name]

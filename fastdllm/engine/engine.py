@@ -58,6 +58,7 @@ class Engine:
         self.model = model
         self.runner = ModelRunner(model)
         self.max_batch_size = max_batch_size
+        self._last_decision: tuple[tuple, StepDecision] | None = None
 
     def run(self, seqs: list[Sequence], params: DecodeParams | None = None) -> Iterator[StepEvent]:
         """Decode ``seqs``, one ``StepEvent`` per forward pass.
@@ -95,9 +96,7 @@ class Engine:
         tokens = sum(len(p.tokens) for _, p in work)
         picks = []
         if work:
-            decision = StepDecision([(s.planner.p.sampler, len(p.logit_rows), p.threshold) for s, p in work],
-                                    self.model.device)
-            picks = decision.resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
+            picks = self._decision(work).resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
         for (seq, plan), picked in zip(work, picks):
             if plan.kind == "prefill":
                 seq.prefill_plans.pop(0)
@@ -113,6 +112,15 @@ class Engine:
         kind = ("mixed" if todo.prefill and todo.decode else "prefill" if todo.prefill
                 else "decode" if todo.decode else "idle")
         return StepEvent(todo.number, kind, rows, tokens)
+
+    def _decision(self, work: list) -> StepDecision:
+        """The step's ``StepDecision``; the last one again when the plans read the same (steady decoding
+        repeats its shape step after step, and building one costs as much as using it)."""
+        plans = [(s.planner.p.sampler, len(p.logit_rows), p.threshold) for s, p in work]
+        key = (self.runner.device, *((id(sampler), n, t) for sampler, n, t in plans))
+        if self._last_decision is None or self._last_decision[0] != key:
+            self._last_decision = (key, StepDecision(plans, self.runner.device))  # holds the samplers: ids stay theirs
+        return self._last_decision[1]
 
     def _emit(self, seq: Sequence, positions: list[int], phase: str) -> RowUpdate:
         """Commit newly contiguous tokens and apply the stop rules."""

@@ -26,10 +26,12 @@ class ModelRunner:
         self.cfg = model.cfg
         self.cache: KVCache | None = None
         self.packed = packed
+        self.device = model.device  # refreshed by ensure_pool, once a step (the model may have moved)
 
     def ensure_pool(self, positions: int) -> KVCache:
         """A cache of at least ``positions`` positions (one slot used as a pool; reused if big enough)."""
         dev, dt = self.model.device, self.model.dtype
+        self.device = dev
         if self.cache is None or not self.cache.fits(1, positions, dt, dev):
             self.cache = None  # free the old one first
             self.cache = KVCache(self.cfg.num_hidden_layers, 1, self.cfg.num_key_value_heads, positions,
@@ -50,7 +52,7 @@ class ModelRunner:
     def run(self, work: list[tuple[int, ForwardPlan]]) -> torch.Tensor:
         """work: (KV base, plan) pairs -> logits [sum of len(plan.logit_rows), vocab], plan after plan."""
         assert self.cache is not None
-        dev = self.model.device
+        dev = self.device
         tokens, positions, rows, segments = [], [], [], []
         offset = 0
         for base, plan in work:
