@@ -91,7 +91,7 @@ class Budget:
     block_size: int = 32       # training block size (bd_size)
     small_block_size: int = 8
     batched: int = 16          # problems at a time for the batched rows
-    n_sweep: int = 100         # held-out problems for choosing the decoding block sizes
+    n_sweep: int = 200         # validation problems for choosing the decoding block sizes (``validation_split``)
     max_new_tokens: int = 320
     # continued adaptation of the complementary-mask model after the matched-steps ablation:
     # (steps, peak lr, warm-up steps, min lr ratio) per stage, each on the next slice of the data
@@ -106,7 +106,7 @@ FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), a
               ar_lr=3e-3, bd_steps=600, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
               bd_more=((400, 1.5e-3, 10, 0.3), (1500, 1e-3, 20, 0.1), (1800, 8e-4, 20, 0.1),
                        (1800, 8e-4, 20, 0.1), (1000, 6e-4, 20, 0.1),
-                       (1000, 5e-4, 20, 0.1)))
+                       (1000, 5e-4, 20, 0.1), (1000, 4e-4, 20, 0.1), (1000, 3e-4, 20, 0.1)))
 QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
                max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
@@ -325,12 +325,30 @@ def matched_label(b: Budget, complementary: bool) -> str:
 
 
 def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log,
-                 all_problems: list[P.Problem] | None = None) -> tuple[list[dict], list[dict]]:
+                 all_problems: list[P.Problem] | None = None,
+                 earlier: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """The full table on ``problems``; and, when ``all_problems`` holds more, the two rows the
-    targets are about (AR parent; BD at threshold 0.9, one problem at a time) on all of them."""
+    targets are about (AR parent; BD at threshold 0.9, one problem at a time) on all of them.
+
+    The ablation models (``bd_matched``, ``bd_nocomp``) are evaluated when they are in ``out``; a
+    partial rerun without them (say, on a model continued from the shipped one) keeps their rows
+    from ``earlier`` (the previous run's evaluations, on the same problems) instead.
+    """
     import fastdllm
 
     rows, headline = [], []
+
+    def ablation(name: str, label: str) -> bool:
+        """Whether ``out / name`` is there to evaluate; if not, its rows from ``earlier`` are kept."""
+        if (out / name).is_dir():
+            return True
+        old = [e for e in earlier or [] if e["model"] == label and e["n"] == len(problems)]
+        if len(old) != len(THRESHOLDS):
+            raise FileNotFoundError(f"{out / name} is missing and no earlier results on these {len(problems)} "
+                                    f"problems hold its rows: run the bd stage")
+        log(f"  {name} is not in {out}: its {len(old)} rows kept from the earlier results")
+        rows.extend(old)
+        return False
 
     def row(label: str, llm, into: list = rows, on: list[P.Problem] = problems, **kw):
         desc = f"{label} {kw.get('mode')} thr={kw.get('threshold')} cache={kw.get('cache', False)} batch={kw.get('batch', 1)}"
@@ -346,13 +364,15 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     for thr in THRESHOLDS:
         for cache in (False, True):
             row("BD, compl. mask", bd, mode="diffusion", threshold=thr, cache=cache)
-    if b.bd_more:  # the ablation compares at equal steps: the complementary-mask model before continuing
+    # the ablation compares at equal steps: the complementary-mask model before continuing
+    if b.bd_more and ablation("bd_matched", matched_label(b, True)):
         matched = fastdllm.load(str(out / "bd_matched"), max_batch_size=b.batched)
         for thr in THRESHOLDS:
             row(matched_label(b, True), matched, mode="diffusion", threshold=thr)
-    nocomp = fastdllm.load(str(out / "bd_nocomp"), max_batch_size=b.batched)
-    for thr in THRESHOLDS:
-        row(matched_label(b, False), nocomp, mode="diffusion", threshold=thr)
+    if ablation("bd_nocomp", matched_label(b, False)):
+        nocomp = fastdllm.load(str(out / "bd_nocomp"), max_batch_size=b.batched)
+        for thr in THRESHOLDS:
+            row(matched_label(b, False), nocomp, mode="diffusion", threshold=thr)
     row("AR parent", ar, mode="ar", batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
     row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
@@ -364,6 +384,13 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
 
 
 SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
+
+
+def validation_split(n: int, seed: int, evaluation: list[P.Problem]) -> list[P.Problem]:
+    """``n`` problems in held-out phrasings, drawn with their own seed and none of ``evaluation``'s:
+    the decoding settings are chosen on these, so the evaluation's problems never pick them."""
+    avoid = {p.question for p in evaluation}
+    return [p for p in P.make_split(n + len(avoid), seed + 1, held_out=True) if p.question not in avoid][:n]
 
 
 def choose_block_sizes(model_dir: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> tuple[dict, list]:
@@ -562,9 +589,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         timings["adapt_more"] = time.perf_counter() - t0
     sweep = chosen = None
     if "sweep" in stages:
-        log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} held-out problems")
+        log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} validation problems")
         t0 = time.perf_counter()
-        chosen, sweep = choose_block_sizes(out / "bd", held[:b.n_sweep], b, progress, log)
+        chosen, sweep = choose_block_sizes(out / "bd", validation_split(b.n_sweep, seed, held_all), b, progress, log)
         for name in ("bd", "bd_matched", "bd_nocomp"):
             if (out / name).is_dir():
                 write_block_sizes(out / name, chosen)
@@ -574,15 +601,16 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
     if "eval" in stages:
         log(f"[5/7] evaluation on {len(held)} held-out problems (held-out phrasings), one at a time and "
             f"{b.batched} at a time")
+        # a partial rerun (say sweep and eval on a model trained earlier) keeps what the earlier run
+        # recorded for the stages it does not repeat: the training results, their timings, a note
+        kept = _kept_results(results_file, stages)
         t0 = time.perf_counter()
-        evals, headline = evaluate_all(out, held, b, progress, log, all_problems=held_all)
+        evals, headline = evaluate_all(out, held, b, progress, log, all_problems=held_all,
+                                       earlier=kept.get("evaluations"))
         timings["eval"] = time.perf_counter() - t0
         rep = out / "report"
         rep.mkdir(exist_ok=True)
         title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
-        # a partial rerun (say sweep and eval on a model trained earlier) keeps what the earlier run
-        # recorded for the stages it does not repeat: the training results, their timings, a note
-        kept = _kept_results(results_file, stages)
         results = {**kept, "quick": quick, "seed": seed, "budget": dataclasses.asdict(b),
                    "threads": torch.get_num_threads(), "machine": _machine(),
                    "ar_pretrain": ar if ar is not None else kept.get("ar_pretrain"),

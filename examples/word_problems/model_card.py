@@ -56,7 +56,8 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
     sweep_md = ""
     if sweep:
         sweep_md = ("Block and sub-block size were chosen by measurement: the adapted model decoded "
-                    f"{sweep[0]['n']} held-out problems at threshold 0.9 with each pair below, and the pair with "
+                    f"{sweep[0]['n']} validation problems (held-out phrasings, drawn apart from the evaluation's "
+                    "problems) at threshold 0.9 with each pair below, and the pair with "
                     "the most tokens/s among those within a point of the best accuracy went into `config.json`.\n\n"
                     "| block size | sub-block size | accuracy | TPF | tokens/s |\n|---|---|---|---|---|\n" +
                     "".join(f"| {s['block_size']} | {s['small_block_size']} | {100 * s['accuracy']:.1f}% | "
