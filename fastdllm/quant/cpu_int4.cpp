@@ -6,12 +6,15 @@
 // per row and group of 32 inputs 16 bytes whose low nibbles hold inputs 0..15 and high nibbles
 // 16..31, so unpacking is a mask and a shift. Half the bytes of int8 for the same rows: decoding
 // one token, which streams every weight once, is bound by memory traffic. Each 8-wide weight
-// vector is dequantised once (one FMA) and serves two input rows; every output is one 8-lane
-// accumulator fed in the same order whatever the tile (batch invariance).
+// vector is dequantised once (one FMA) and serves two input rows, or, from 4 input rows on, a group of
+// 8 weight rows is dequantised once into a float panel that serves them all; every output is one
+// 8-lane accumulator fed in the same order whatever the path and tile (batch invariance).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include <vector>
 
 #include "cpu_quant.h"
 
@@ -70,11 +73,85 @@ inline void tile(const float* X, int64_t K, const uint8_t* P, const float* T, co
   }
 }
 
+// Products with several input rows (block-diffusion steps, prompt chunks) dequantise a group of 8
+// weight rows to float32 once, into a panel W [8][K] (row r's chunk c of 8 inputs at
+// W + (r * K / 8 + c) * 8), and run every input row against it; fewer rows dequantise each weight
+// vector in the tile that uses it. Both feed each output's 8-lane accumulator the same products in
+// the same order, so a row's result is bit for bit the same either way (batch invariance).
+// Unpacking 4-bit codes costs more than reading floats from L1 (32 rows of SmolLM2's layers: 2.1x
+// faster); the int8 kernel's widening is cheap enough that a float panel made it slower.
+constexpr int64_t kPanelRows = 4;  // input rows from which a product takes the panel path
+
+// sums(m, r, s): the dot product of input row m with panel row r over the panel's chunks, for the
+// input rows [m0, m0 + MB) and panel rows [r0, r0 + NB)
+template <int NB, int MB, class Sink>
+inline void panel_tile(const float* X, int64_t K, const float* W, int64_t whole, int64_t m0, int r0, Sink sums) {
+  __m256 acc[NB][MB];
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < whole; ++c) {
+    __m256 wv[NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; ++i) wv[i] = _mm256_loadu_ps(W + ((r0 + i) * whole + c) * 8);
+#pragma GCC unroll 4
+    for (int j = 0; j < MB; ++j) {
+      const __m256 x = _mm256_loadu_ps(X + (m0 + j) * K + c * 8);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], x, acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < MB; ++j) sums(m0 + j, r0 + i, hsum(acc[i][j]));
+}
+
+// Every input row of X [M, K] against the 8 panel rows: tiles of 4 panel rows x 3 input rows
+template <class Sink>
+inline void panel_rows(const float* X, int64_t M, int64_t K, const float* W, int64_t whole, Sink sums) {
+  int64_t m = 0;
+  for (; m + 3 <= M; m += 3)
+    for (int r = 0; r < 8; r += 4) panel_tile<4, 3>(X, K, W, whole, m, r, sums);
+  if (M - m == 2)
+    for (int r = 0; r < 8; r += 4) panel_tile<4, 2>(X, K, W, whole, m, r, sums);
+  else if (M - m == 1)
+    panel_tile<8, 1>(X, K, W, whole, m, 0, sums);
+}
+
 }  // namespace
 
 void int4_gemm(const float* X, int64_t M, int64_t K, const uint8_t* P, const float* T, const float* B, int64_t N,
                float* Y) {
   const int64_t groups = (N + 7) / 8;
+  if (M >= kPanelRows) {
+    const int64_t C = K / kGroup, whole = K / 8;
+    const __m128i low = _mm_set1_epi8(0x0F);
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<float> panel(8 * whole * 8);  // [8 rows][K]
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int r = 0; r < 8; ++r) {  // dequantised exactly as the tile does it: one FMA per vector
+          const int64_t n = g * 8 + r < N ? g * 8 + r : N - 1;
+          for (int64_t c = 0; c < C; ++c) {
+            const __m256 s = _mm256_set1_ps(T[(n * C + c) * 2]), t = _mm256_set1_ps(T[(n * C + c) * 2 + 1]);
+            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(P + ((g * C + c) * 8 + r) * kBytes));
+            const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+            float* dst = panel.data() + (r * whole + c * 4) * 8;
+            _mm256_storeu_ps(dst, _mm256_fmadd_ps(codes_to_float(lo), s, t));
+            _mm256_storeu_ps(dst + 8, _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(lo, 8)), s, t));
+            _mm256_storeu_ps(dst + 16, _mm256_fmadd_ps(codes_to_float(hi), s, t));
+            _mm256_storeu_ps(dst + 24, _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(hi, 8)), s, t));
+          }
+        }
+        panel_rows(X, M, K, panel.data(), whole, [&](int64_t m, int r, float total) {
+          const int64_t n = g * 8 + r;
+          if (n < N) Y[m * N + n] = total + (B ? B[n] : 0.0f);
+        });
+      }
+    });
+    return;
+  }
   at::parallel_for(0, groups, 2, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n = g * 8;
