@@ -32,9 +32,7 @@ from fastdllm.errors import FastDLLMError  # noqa: E402
 from fastdllm.quant import parse_quantize  # noqa: E402
 
 
-def fresh_problems(n: int, avoid: set[str], seed: int) -> list[P.Problem]:
-    """The first ``n`` held-out-phrasing problems of seed ``seed`` whose questions are not in ``avoid``."""
-    return [p for p in P.make_split(n + len(avoid), seed=seed, held_out=True) if p.question not in avoid][:n]
+fresh_problems = P.held_out_except  # (n, avoid, seed): the extra problems, none of the shipped 500
 
 
 def decode(llm, problems: list[P.Problem], batch: int, threshold: float, max_new_tokens: int, desc: str) -> dict:

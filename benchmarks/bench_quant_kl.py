@@ -46,18 +46,30 @@ def masked_inputs(tok, mask_id: int, block: int, n: int, seed: int, rate: float)
 
 
 @torch.no_grad()
-def divergence(ref, model, inputs: list[list[int]], mask_id: int, block: int) -> dict:
-    kl = agree = n = 0.0
+def masked_logprobs(model, inputs: list[list[int]], mask_id: int, block: int) -> list[torch.Tensor | None]:
+    """Per input, the log-probabilities predicting its masked positions (token shift) [masked, V], or None."""
+    out = []
     for ids in inputs:
         rows = torch.tensor([i - 1 for i in range(1, len(ids)) if ids[i] == mask_id], dtype=torch.long)
-        if not len(rows):
+        out.append(_forward(model, ids, block)[0].float().log_softmax(-1)[rows] if len(rows) else None)
+    return out
+
+
+def divergence_from(reference: list[torch.Tensor | None], model, inputs: list[list[int]], mask_id: int,
+                    block: int) -> dict:
+    """KL and top-1 agreement of ``model`` against ``masked_logprobs`` of the reference on the same inputs."""
+    kl = agree = n = 0.0
+    for a, b in zip(reference, masked_logprobs(model, inputs, mask_id, block)):
+        if a is None:
             continue
-        a = _forward(ref, ids, block)[0].float().log_softmax(-1)[rows]  # [masked, V]
-        b = _forward(model, ids, block)[0].float().log_softmax(-1)[rows]
         kl += float((a.exp() * (a - b)).sum())
         agree += float((a.argmax(-1) == b.argmax(-1)).sum())
-        n += len(rows)
+        n += a.shape[0]
     return {"positions": int(n), "kl": kl / n, "top1_agreement": agree / n}
+
+
+def divergence(ref, model, inputs: list[list[int]], mask_id: int, block: int) -> dict:
+    return divergence_from(masked_logprobs(ref, inputs, mask_id, block), model, inputs, mask_id, block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ref = fastdllm.load(dtype="float32")
     block = ref.config.bd_size or 32
     inputs = masked_inputs(ref.tokenizer, ref.mask_token_id, block, args.problems, args.seed, args.mask_rate)
+    reference = masked_logprobs(ref.model, inputs, ref.mask_token_id, block)  # once, for every path
     rows = []
     for path in paths:
         llm = fastdllm.load(dtype="float32", quantize=path)
-        rows.append({"path": path, **divergence(ref.model, llm.model, inputs, ref.mask_token_id, block)})
+        rows.append({"path": path, **divergence_from(reference, llm.model, inputs, ref.mask_token_id, block)})
         r = rows[-1]
         print(f"{path:10s} KL {r['kl']:.5f}  top-1 agreement {100 * r['top1_agreement']:.1f}%  "
               f"({r['positions']} masked positions)", flush=True)

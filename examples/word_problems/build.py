@@ -389,8 +389,7 @@ SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
 def validation_split(n: int, seed: int, evaluation: list[P.Problem]) -> list[P.Problem]:
     """``n`` problems in held-out phrasings, drawn with their own seed and none of ``evaluation``'s:
     the decoding settings are chosen on these, so the evaluation's problems never pick them."""
-    avoid = {p.question for p in evaluation}
-    return [p for p in P.make_split(n + len(avoid), seed + 1, held_out=True) if p.question not in avoid][:n]
+    return P.held_out_except(n, {p.question for p in evaluation}, seed + 1)
 
 
 def choose_block_sizes(model_dir: Path, problems: list[P.Problem], b: Budget, progress: bool, log) -> tuple[dict, list]:

@@ -855,6 +855,12 @@ def make_split(n: int, seed: int = 0, held_out: bool = False, distractor_rate: f
     raise AssertionError("unreachable")
 
 
+def held_out_except(n: int, avoid: set[str], seed: int) -> list[Problem]:
+    """The first ``n`` held-out-phrasing problems of seed ``seed`` whose questions are not in ``avoid``
+    (problems apart from an evaluation set: a validation split, more test problems)."""
+    return [p for p in make_split(n + len(avoid), seed=seed, held_out=True) if p.question not in avoid][:n]
+
+
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
