@@ -165,7 +165,9 @@ class LLM:
         ``self.engine.run`` (what ``generate`` does first; the server batches requests with it)."""
         return self._prepare(prompts, _options(kwargs))
 
-    def _prepare(self, prompts, opts: GenerateOptions) -> tuple[list[Sequence], DecodeParams]:
+    def _prepare(self, prompts, opts: GenerateOptions, defer_text: bool = False) -> tuple[list[Sequence], DecodeParams]:
+        """``defer_text``: nobody reads the text before the end (``generate``): without stop strings it
+        is decoded once then, not token by token."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], (int, dict))):
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -204,8 +206,9 @@ class LLM:
                 raise InvalidRequestError(f"prompt {i} has {len(ids)} tokens; the context holds {cap}")
             limit = min(len(ids) + opts.max_new_tokens, cap)
             seq = Sequence(i, ids, limit - len(ids), limit)
-            if stop_strings or self.tokenizer is not None:
-                seq.detok = IncrementalDetokenizer(self.tokenizer, stop_strings) if self.tokenizer is not None else None
+            if self.tokenizer is not None:
+                seq.detok = IncrementalDetokenizer(self.tokenizer, stop_strings,
+                                                   deferred=defer_text and not stop_strings)
             seqs.append(seq)
         return seqs, params
 
@@ -216,7 +219,7 @@ class LLM:
 
     def generate(self, prompts, progress: bool = False, **kwargs) -> list[GenerationResult]:
         """Generate for one prompt or a list of prompts; returns one result per prompt."""
-        seqs, params = self._prepare(prompts, _options(kwargs))
+        seqs, params = self._prepare(prompts, _options(kwargs), defer_text=True)
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -62,6 +62,9 @@ def test_result_fields_and_single_prompt(qwen_tok_llm):
     assert r.stats.generated_tokens == 20 and r.stats.nfe >= 1 and r.stats.seconds > 0
     assert r.tpf == pytest.approx(20 / r.nfe)
     assert r.prompt_token_ids == qwen_tok_llm.encode("Hello")
+    # generate decodes the text once at the end; a stream token by token: the same text
+    last = list(qwen_tok_llm.stream("Hello", max_new_tokens=20, stop_token_ids=[]))[-1].rows[0].sequence
+    assert not last.detok.deferred and last.detok.text == r.text
 
 
 def test_stop_strings_cut_the_text(qwen_tok_llm):

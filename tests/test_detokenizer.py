@@ -70,6 +70,22 @@ def test_pieces_add_up_to_the_full_decode(tokenizers, name, stream):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_deferred_text_is_the_incremental_text(tokenizers, name):
+    tok = tokenizers[name]
+    for k, text in enumerate(TEXTS):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = ids[:5] + [tok.eos_token_id] + ids[5:]
+        d = IncrementalDetokenizer(tok, deferred=True)
+        assert d.add(ids[:7]) is False and d._stream is None
+        assert d.text == tok.decode(ids[:7], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        d.add(ids[7:])  # read again after more ids: decoded again
+        d.flush()
+        assert d.text == _run(tok, ids, True, k).text
+    with pytest.raises(ValueError, match="stop strings"):
+        IncrementalDetokenizer(tok, ["."], deferred=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_stream_and_window_agree_on_stops_and_held_back_bytes(tokenizers, name):
     tok = tokenizers[name]
     for text in TEXTS:

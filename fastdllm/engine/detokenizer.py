@@ -4,6 +4,10 @@ A fast (Rust) tokenizer decodes with ``tokenizers``' own ``DecodeStream``: one c
 text held back while a UTF-8 character is incomplete. Any other tokenizer decodes only the last
 few tokens at each step (the offsets trick used by serving engines). Either way the per-step cost
 does not grow with the length of the output, and the pieces add up to the same text.
+
+``deferred=True`` (no stop strings: nothing needs the text while decoding, as in a plain
+``generate``) only collects the ids and decodes them all at once when ``text`` is read: one call
+instead of one per token, the same text.
 """
 
 from __future__ import annotations
@@ -22,15 +26,28 @@ def _stream_for(tokenizer):
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, stop: list[str] | None = None, stream: bool = True):
+    def __init__(self, tokenizer, stop: list[str] | None = None, stream: bool = True, deferred: bool = False):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.text = ""
+        self._text = ""
         self.prefix_offset = 0  # ids before this one are context no longer decoded
         self.read_offset = 0    # ids before this one have produced their text
         self.stop = [s for s in (stop or []) if s]
+        if deferred and self.stop:
+            raise ValueError("stop strings are matched while decoding: they cannot be deferred")
+        self.deferred = deferred
         self.stopped_at: int | None = None  # number of ids kept when a stop string matched
-        self._stream = _stream_for(tokenizer) if stream else None
+        self._stream = _stream_for(tokenizer) if stream and not deferred else None
+
+    @property
+    def text(self) -> str:
+        if self.deferred and self.read_offset != len(self.ids):  # decode what came since the last read
+            self._text, self.read_offset = self._decode(self.ids), len(self.ids)
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text = value
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -46,6 +63,9 @@ class IncrementalDetokenizer:
 
     def add(self, new_ids: list[int]) -> bool:
         """Append ids (text is held back while a UTF-8 character is incomplete). True on a stop string."""
+        if self.deferred:
+            self.ids += new_ids
+            return False
         for tok in new_ids:
             self.ids.append(tok)
             piece = self._piece(tok)
@@ -77,6 +97,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> None:
         """Add the text of trailing ids that were held back (end of generation)."""
+        if self.deferred:
+            return  # ``text`` decodes them all
         if self.stopped_at is not None or self.read_offset == len(self.ids):
             return
         rest = self._decode(self.ids[self.prefix_offset:])

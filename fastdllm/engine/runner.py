@@ -30,7 +30,8 @@ class ModelRunner:
 
     def ensure_pool(self, positions: int) -> KVCache:
         """A cache of at least ``positions`` positions (one slot used as a pool; reused if big enough)."""
-        dev, dt = self.model.device, self.model.dtype
+        weight = self.model.embed_tokens.weight  # the model's device and dtype, read once
+        dev, dt = weight.device, weight.dtype
         self.device = dev
         if self.cache is None or not self.cache.fits(1, positions, dt, dev):
             self.cache = None  # free the old one first
@@ -64,8 +65,10 @@ class ModelRunner:
             segments.append(Segment(0, offset, n, plan.write_pos, plan.kv_end, mask, base, plan.mask, plan.block_size))
             offset += n
         n = len(tokens)
-        meta = upload(tokens + positions + rows, torch.long, dev)  # one upload: ids, positions, read rows
-        ids, pos, read = meta[:n][None], meta[n:2 * n][None], meta[2 * n:]  # [1, N], [1, N], [R]
+        every = len(rows) == n and rows == list(range(n))  # every row read in order (AR steps): no selection
+        meta = upload(tokens + positions + ([] if every else rows), torch.long, dev)  # one upload
+        ids, pos = (meta if every else meta[:2 * n]).view(2, 1, n).unbind(0)  # [1, N] each
+        read = None if every else meta[2 * n:]  # [R]
         if self.packed:
             attend = PackedAttention(self.cache, segments, self.model.attn_scale)
         else:

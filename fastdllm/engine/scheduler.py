@@ -157,8 +157,10 @@ class Scheduler:
         with self._cv:
             self.steps += 1
             step = ScheduledStep(self.steps)
-            self._end_early(step)
-            self._admit(step)
+            if self._ending:
+                self._end_early(step)
+            if self._waiting:
+                self._admit(step)
         step.prefill, step.decode = self._split()
         return step
 
@@ -221,6 +223,8 @@ class Scheduler:
 
     def _split(self) -> tuple[list[Sequence], list[Sequence]]:
         prefilling = [s for s in self.running if s.prefill_plans]
+        if not prefilling:  # steady decoding
+            return [], list(self.running)
         decoding = [s for s in self.running if not s.prefill_plans]
         if prefilling and not self.interleave_prefill:
             return prefilling[:1], []
