@@ -142,13 +142,11 @@ class Transformer(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
         """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
-        cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
         stack = self._stack_for(x, attend)
-        if stack is not None:
+        if stack is not None:  # rotary embedding, every layer and the final norm in one C++ call
             B, T, H = x.shape
-            rows = stack.forward(x.reshape(B * T, H), cos.reshape(B * T, -1), sin.reshape(B * T, -1),
-                                 attend.cache.data, attend.row_table())  # [B*T, hidden]
-            return self.norm(rows.view(B, T, H))
+            return stack.forward(x.view(B * T, H), positions, attend.cache.data, attend.row_table()).view(B, T, H)
+        cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
         if self.quantization is None and cpu_kernels.applies(x):
             return self.norm(self._decode_layers(x, cos, sin, attend))
         for i, layer in enumerate(self.layers):

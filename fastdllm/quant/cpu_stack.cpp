@@ -2,11 +2,12 @@
 //
 // In eager PyTorch a decode step spends longer dispatching each layer's dozen small ops than
 // in the quantised products themselves. Here all layers of a forward run in C++: RMSNorm, the
-// four products (int8_gemm or int4_gemm, as each layer is quantised), rotary embedding, the
-// KV-cache write, attention of each query row over its own span of the cache, SiLU gating and
-// the residual adds.
+// four products (int8_gemm or int4_gemm, as each layer is quantised), rotary embedding (cos and
+// sin of each row's position from the model's inverse frequencies), the KV-cache write, attention
+// of each query row over its own span of the cache, SiLU gating, the residual adds, and the
+// model's final norm.
 // Float32 throughout; results equal the eager quantised path up to rounding (the summation order
-// of norms and attention differs; the products are the same kernels).
+// of norms and attention differs, cos and sin come from libm; the products are the same kernels).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -184,11 +185,16 @@ inline void rope(float* x, const float* cos, const float* sin, int64_t D, float*
 
 class QuantStack {
  public:
-  QuantStack(const std::vector<torch::Tensor>& w, int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
+  QuantStack(const std::vector<torch::Tensor>& w, const torch::Tensor& final_norm, const torch::Tensor& inv_freq,
+             int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
       : n_q_(n_q), n_kv_(n_kv), d_(head_dim), eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
     TORCH_CHECK(!w.empty() && w.size() % kPerLayer == 0, "QuantStack: ", kPerLayer, " tensors per layer");
     TORCH_CHECK(n_q > 0 && n_kv > 0 && n_q % n_kv == 0 && head_dim % 2 == 0, "QuantStack: bad head layout");
     hidden_ = w[0].numel();
+    norm_ = final_norm.to(torch::kFloat32).contiguous();
+    inv_freq_ = inv_freq.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(norm_.numel() == hidden_ && inv_freq_.numel() == head_dim / 2,
+                "QuantStack: final norm [hidden] and inverse frequencies [head_dim / 2]");
     for (size_t i = 0; i < w.size(); i += kPerLayer) {
       Layer l;
       l.ln1 = w[i].to(torch::kFloat32).contiguous();
@@ -208,17 +214,17 @@ class QuantStack {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
-  // x [M, H] float32: the embedded rows of a forward; cos, sin [M, D]; kv: the KV cache's buffer
-  // [layers, slots, S, 2, Hkv, D]; rows int64 [M, 3]: per query row, the cache row (slot * S +
-  // position) its keys and values are written to, the cache row of its sequence's position 0,
-  // and how many positions from there it attends to. Returns the last layer's output [M, H].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        torch::Tensor kv, const torch::Tensor& rows) const {
+  // x [M, H] float32: the embedded rows of a forward; positions int64, M of them: each row's
+  // position in its sequence; kv: the KV cache's buffer [layers, slots, S, 2, Hkv, D]; rows int64
+  // [M, 3]: per query row, the cache row (slot * S + position) its keys and values are written
+  // to, the cache row of its sequence's position 0, and how many positions from there it attends
+  // to. Returns the final norm of the last layer's output [M, H].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor kv,
+                        const torch::Tensor& rows) const {
     const int64_t M = x.size(0), H = hidden_, D = d_, L = num_layers();
     TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.size(1) == H,
                 "x: float32 [M, ", H, "] on the CPU");
-    TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
-                cos.numel() == M * D && sin.numel() == M * D, "cos, sin: float32 [M, ", D, "]");
+    TORCH_CHECK(positions.scalar_type() == torch::kLong && positions.numel() == M, "positions: int64, ", M, " of them");
     TORCH_CHECK(kv.scalar_type() == torch::kFloat32 && kv.is_contiguous() && kv.dim() == 6 && kv.size(0) == L &&
                 kv.size(3) == 2 && kv.size(4) == n_kv_ && kv.size(5) == D,
                 "kv: contiguous float32 [", L, ", slots, S, 2, ", n_kv_, ", ", D, "]");
@@ -234,9 +240,22 @@ class QuantStack {
                   R[3 * m + 1] + R[3 * m + 2] <= pool, "rows: a cache row out of range at query row ", m);
       longest = std::max(longest, R[3 * m + 2]);
     }
-    auto cc = cos.contiguous(), sc = sin.contiguous();
-    const float* C = cc.data_ptr<float>();
-    const float* S = sc.data_ptr<float>();
+    // cos and sin as model.RotaryEmbedding makes them: float32 position times inverse frequency,
+    // the half repeated
+    std::vector<float> cs(M * D), sn(M * D);
+    {
+      auto pc = positions.contiguous();
+      const int64_t* P = pc.data_ptr<int64_t>();
+      const float* F = inv_freq_.data_ptr<float>();
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < D / 2; ++j) {
+          const float a = static_cast<float>(P[m]) * F[j];
+          cs[m * D + j] = cs[m * D + j + D / 2] = std::cos(a);
+          sn[m * D + j] = sn[m * D + j + D / 2] = std::sin(a);
+        }
+    }
+    const float* C = cs.data();
+    const float* S = sn.data();
 
     auto out = x.contiguous().clone();
     float* X = out.data_ptr<float>();
@@ -266,6 +285,7 @@ class QuantStack {
       ly.down.run(act.data(), M, tmp.data());
       for (int64_t i = 0; i < M * H; ++i) X[i] = X[i] + tmp[i];
     }
+    rms_norm(X, norm_.data_ptr<float>(), eps_, M, H, X);  // row by row, each read before it is written
     return out;
   }
 
@@ -293,6 +313,7 @@ class QuantStack {
 
   int64_t n_q_, n_kv_, d_, hidden_ = 0;
   float eps_, scale_;
+  torch::Tensor norm_, inv_freq_;  // float32 [H], [D / 2]
   std::vector<Layer> layers_;
 };
 
@@ -300,7 +321,8 @@ class QuantStack {
 
 void bind_stack(pybind11::module& m) {
   pybind11::class_<QuantStack>(m, "QuantStack")
-      .def(pybind11::init<const std::vector<torch::Tensor>&, int64_t, int64_t, int64_t, double, double>())
+      .def(pybind11::init<const std::vector<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&, int64_t,
+                          int64_t, int64_t, double, double>())
       .def("num_layers", &QuantStack::num_layers)
       .def("forward", &QuantStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -5,8 +5,9 @@ of the eager step; most of the rest is PyTorch dispatching a dozen small ops per
 rotary embedding, the cache write, attention, gating). ``QuantStack`` runs every layer of a
 forward in C++ instead, on the same kernels, with attention over each query row's own span of the
 KV cache. The engine's forwards take it when the model is int8 or int4 on the CPU in float32 and
-every decoder projection runs on a native kernel; the embedding, the final norm and the
-vocabulary projection stay in PyTorch. ``FASTDLLM_QUANT_STACK=0`` (or
+every decoder projection runs on a native kernel; the rotary embedding's cos and sin and the
+final norm are computed there too, so the forward's only PyTorch operators are the embedding and
+the vocabulary projection. ``FASTDLLM_QUANT_STACK=0`` (or
 ``model.quant_stack_enabled = False``) turns it off. Results equal the eager quantised path up to
 float rounding (tested on logits and cache contents; the engine against the oracle).
 """
@@ -56,7 +57,9 @@ def build(model):
         return None
     cfg = model.cfg
     eps = {n.eps for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)}
+    eps.add(model.norm.eps)
     if len(eps) != 1:  # one epsilon for every norm, as in every config fastdllm reads
         return None
-    return native.kernels().QuantStack(weights, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                       float(eps.pop()), float(model.attn_scale))
+    return native.kernels().QuantStack(weights, model.norm.weight, model.rotary.inv_freq, cfg.num_attention_heads,
+                                       cfg.num_key_value_heads, cfg.head_dim, float(eps.pop()),
+                                       float(model.attn_scale))
