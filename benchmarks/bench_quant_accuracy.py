@@ -29,7 +29,7 @@ from examples.word_problems import build as B  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
 from fastdllm.models import load_heldout_problems  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
-from fastdllm.quant import parse_quantize  # noqa: E402
+from fastdllm.quant import parse_quantized_list  # noqa: E402
 
 
 fresh_problems = P.held_out_except  # (n, avoid, seed): the extra problems, none of the shipped 500
@@ -67,14 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for p in paths:
-        try:
-            ok = parse_quantize(p) is not None
-        except FastDLLMError:
-            ok = False
-        if not ok:
-            ap.error(f"--paths: {p!r} is not a quantised path (int8, int4, int4-gptq)")
+    try:  # a bad path fails here, not after the float32 model is loaded
+        paths = parse_quantized_list(args.paths)
+    except FastDLLMError as e:
+        ap.error(f"--paths: {e}")
     shipped = [P.Problem(**p) for p in load_heldout_problems()]
     sets = {"shipped 500": shipped}
     if args.fresh:

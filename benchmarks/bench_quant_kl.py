@@ -28,7 +28,7 @@ import fastdllm  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
 from examples.word_problems.build import encode  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
-from fastdllm.quant import parse_quantize  # noqa: E402
+from fastdllm.quant import parse_quantized_list  # noqa: E402
 from fastdllm.reference import _forward  # noqa: E402
 
 
@@ -83,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for p in paths:  # a bad path fails here, not after the float32 model is loaded
-        try:
-            parse_quantize(p)
-        except FastDLLMError as e:
-            ap.error(f"--paths: {e}")
+    try:  # a bad path fails here, not after the float32 model is loaded
+        paths = parse_quantized_list(args.paths)
+    except FastDLLMError as e:
+        ap.error(f"--paths: {e}")
     ref = fastdllm.load(dtype="float32")
     block = ref.config.bd_size or 32
     inputs = masked_inputs(ref.tokenizer, ref.mask_token_id, block, args.problems, args.seed, args.mask_rate)

@@ -15,7 +15,7 @@ from fastdllm.errors import ModelLoadError
 from fastdllm.loading import Checkpoint, load_checkpoint
 from fastdllm.quant import native
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
-                            quantize_model, quantized_linear)
+                            parse_quantized_list, quantize_model, quantized_linear)
 from fastdllm.reference import naive_autoregressive
 from fastdllm.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, random_ids
@@ -79,6 +79,15 @@ def test_parse_quantize(mode):
     assert parse_quantize(None) is None and parse_quantize("none") is None
     with pytest.raises(ModelLoadError, match="int8, int4 or int4-gptq"):
         parse_quantize("int3")
+
+
+def test_parse_quantized_list():
+    """What the benchmarks comparing quantised paths with float32 accept (``--paths``)."""
+    assert parse_quantized_list(" INT8, int4-gptq,,") == ["int8", "int4-gptq"]
+    assert parse_quantized_list("") == []
+    for bad in ("int8,none", "int3"):  # float32 is the reference itself, not a path to compare
+        with pytest.raises(ModelLoadError, match="int8, int4 or int4-gptq"):
+            parse_quantized_list(bad)
 
 
 # ---- layers ---------------------------------------------------------------------------------

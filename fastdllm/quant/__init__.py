@@ -31,8 +31,8 @@ GROUP_SIZE = 32
 INT8_UNDER_INT4 = ("self_attn.qkv_proj", "mlp.down_proj")  # made from floats, int4 keeps these at int8
 
 __all__ = ["MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
-           "as_float", "cat_rows", "linear_names", "parse_quantize", "quantize_model", "quantized_linear",
-           "layer_mode"]
+           "as_float", "cat_rows", "linear_names", "parse_quantize", "parse_quantized_list", "quantize_model",
+           "quantized_linear", "layer_mode"]
 
 
 def parse_quantize(mode: str | None) -> str | None:
@@ -43,6 +43,16 @@ def parse_quantize(mode: str | None) -> str | None:
     if key not in MODES:
         raise ModelLoadError(f"unsupported quantisation {mode!r}: use int8, int4 or int4-gptq (or none)")
     return key
+
+
+def parse_quantized_list(spec: str) -> list[str]:
+    """A comma-separated list of quantisations ("int8,int4"), each one of ``MODES`` (not none);
+    ModelLoadError otherwise. What benchmarks comparing paths against float32 take."""
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    for name in names:
+        if parse_quantize(name) is None:
+            raise ModelLoadError(f"{name!r} is not a quantisation: use int8, int4 or int4-gptq")
+    return [parse_quantize(n) for n in names]
 
 
 def linear_names(num_layers: int) -> list[str]:
