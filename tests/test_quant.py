@@ -383,6 +383,19 @@ def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
 
 
 @needs_native
+def test_quant_stack_past_its_rotary_table(ckpts, monkeypatch):
+    """Positions past the stack's cos/sin table are computed on the spot, to the same results."""
+    from fastdllm.quant import stack
+
+    monkeypatch.setattr(stack, "TABLE_POSITIONS", 20)  # STACK_PARTS run to position 47
+    model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
+    eager, _ = packed_forward(model, STACK_PARTS, stack=False)
+    fused, _ = packed_forward(model, STACK_PARTS, stack=True)
+    assert model._quant_stack
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
 def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
     from fastdllm.kv_cache import KVCache
     from fastdllm.packed_attention import PackedAttention

@@ -3,11 +3,12 @@
 // In eager PyTorch a decode step spends longer dispatching each layer's dozen small ops than
 // in the quantised products themselves. Here all layers of a forward run in C++: RMSNorm, the
 // four products (int8_gemm or int4_gemm, as each layer is quantised), rotary embedding (cos and
-// sin of each row's position from the model's inverse frequencies), the KV-cache write, attention
+// sin of each row's position read from a table made by the model's own RotaryEmbedding, or from
+// libm past its end), the KV-cache write, attention
 // of each query row over its own span of the cache, SiLU gating, the residual adds, and the
 // model's final norm.
 // Float32 throughout; results equal the eager quantised path up to rounding (the summation order
-// of norms and attention differs, cos and sin come from libm; the products are the same kernels).
+// of norms and attention differs; the products are the same kernels).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -186,15 +187,20 @@ inline void rope(float* x, const float* cos, const float* sin, int64_t D, float*
 class QuantStack {
  public:
   QuantStack(const std::vector<torch::Tensor>& w, const torch::Tensor& final_norm, const torch::Tensor& inv_freq,
-             int64_t n_q, int64_t n_kv, int64_t head_dim, double eps, double scale)
+             const torch::Tensor& cos_table, const torch::Tensor& sin_table, int64_t n_q, int64_t n_kv,
+             int64_t head_dim, double eps, double scale)
       : n_q_(n_q), n_kv_(n_kv), d_(head_dim), eps_(static_cast<float>(eps)), scale_(static_cast<float>(scale)) {
     TORCH_CHECK(!w.empty() && w.size() % kPerLayer == 0, "QuantStack: ", kPerLayer, " tensors per layer");
     TORCH_CHECK(n_q > 0 && n_kv > 0 && n_q % n_kv == 0 && head_dim % 2 == 0, "QuantStack: bad head layout");
     hidden_ = w[0].numel();
     norm_ = final_norm.to(torch::kFloat32).contiguous();
     inv_freq_ = inv_freq.to(torch::kFloat32).contiguous();
+    cos_ = cos_table.to(torch::kFloat32).contiguous();
+    sin_ = sin_table.to(torch::kFloat32).contiguous();
     TORCH_CHECK(norm_.numel() == hidden_ && inv_freq_.numel() == head_dim / 2,
                 "QuantStack: final norm [hidden] and inverse frequencies [head_dim / 2]");
+    TORCH_CHECK(cos_.dim() == 2 && cos_.size(1) == head_dim && sin_.sizes() == cos_.sizes(),
+                "QuantStack: cos and sin tables [positions, head_dim]");
     for (size_t i = 0; i < w.size(); i += kPerLayer) {
       Layer l;
       l.ln1 = w[i].to(torch::kFloat32).contiguous();
@@ -240,19 +246,27 @@ class QuantStack {
                   R[3 * m + 1] + R[3 * m + 2] <= pool, "rows: a cache row out of range at query row ", m);
       longest = std::max(longest, R[3 * m + 2]);
     }
-    // cos and sin as model.RotaryEmbedding makes them: float32 position times inverse frequency,
-    // the half repeated
+    // each row's cos and sin: the table's row for its position; past the table, computed as
+    // model.RotaryEmbedding does (float32 position times inverse frequency, the half repeated)
     std::vector<float> cs(M * D), sn(M * D);
     {
       auto pc = positions.contiguous();
       const int64_t* P = pc.data_ptr<int64_t>();
       const float* F = inv_freq_.data_ptr<float>();
-      for (int64_t m = 0; m < M; ++m)
+      const int64_t known = cos_.size(0);
+      for (int64_t m = 0; m < M; ++m) {
+        TORCH_CHECK(P[m] >= 0, "positions: negative at row ", m);
+        if (P[m] < known) {
+          std::copy_n(cos_.data_ptr<float>() + P[m] * D, D, cs.data() + m * D);
+          std::copy_n(sin_.data_ptr<float>() + P[m] * D, D, sn.data() + m * D);
+          continue;
+        }
         for (int64_t j = 0; j < D / 2; ++j) {
           const float a = static_cast<float>(P[m]) * F[j];
           cs[m * D + j] = cs[m * D + j + D / 2] = std::cos(a);
           sn[m * D + j] = sn[m * D + j + D / 2] = std::sin(a);
         }
+      }
     }
     const float* C = cs.data();
     const float* S = sn.data();
@@ -313,7 +327,7 @@ class QuantStack {
 
   int64_t n_q_, n_kv_, d_, hidden_ = 0;
   float eps_, scale_;
-  torch::Tensor norm_, inv_freq_;  // float32 [H], [D / 2]
+  torch::Tensor norm_, inv_freq_, cos_, sin_;  // float32 [H], [D / 2], [positions, D] twice
   std::vector<Layer> layers_;
 };
 
@@ -321,8 +335,8 @@ class QuantStack {
 
 void bind_stack(pybind11::module& m) {
   pybind11::class_<QuantStack>(m, "QuantStack")
-      .def(pybind11::init<const std::vector<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&, int64_t,
-                          int64_t, int64_t, double, double>())
+      .def(pybind11::init<const std::vector<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&,
+                          const torch::Tensor&, const torch::Tensor&, int64_t, int64_t, int64_t, double, double>())
       .def("num_layers", &QuantStack::num_layers)
       .def("forward", &QuantStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -21,6 +21,7 @@ import torch
 from . import native
 from .linear import Int4Linear, Int8Linear
 
+TABLE_POSITIONS = 32768  # cos and sin are tabulated up to here (16 MB at head size 64); computed beyond
 _PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
@@ -60,6 +61,8 @@ def build(model):
     eps.add(model.norm.eps)
     if len(eps) != 1:  # one epsilon for every norm, as in every config fastdllm reads
         return None
-    return native.kernels().QuantStack(weights, model.norm.weight, model.rotary.inv_freq, cfg.num_attention_heads,
-                                       cfg.num_key_value_heads, cfg.head_dim, float(eps.pop()),
-                                       float(model.attn_scale))
+    with torch.inference_mode():  # cos and sin of every position up to TABLE_POSITIONS, made as the eager path makes them
+        cos, sin = model.rotary(torch.arange(min(cfg.max_position_embeddings, TABLE_POSITIONS)), torch.float32)
+    return native.kernels().QuantStack(weights, model.norm.weight, model.rotary.inv_freq, cos, sin,
+                                       cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                                       float(eps.pop()), float(model.attn_scale))
