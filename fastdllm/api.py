@@ -245,9 +245,26 @@ def _options(kwargs: dict) -> GenerateOptions:
     return GenerateOptions(**kwargs)
 
 
+def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
+    """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
+    file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
+    if adapter is not None or dev.type != "cpu" or dt != torch.float32:
+        return model, None
+    from .loading.gguf import holds_q4
+    from .loading.hub import resolve
+    from .quant import native
+
+    path = resolve(model, revision)  # resolved once: a hub id is not fetched twice
+    if path.suffix != ".gguf" or not holds_q4(path) or not native.available():
+        return path, None
+    logging.getLogger("fastdllm.quant").info("%s holds 4-bit codes: loaded as int4 (quantize='none' to "
+                                             "dequantise it to float32)", path.name)
+    return path, "int4"
+
+
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
-         compile: bool | None = None, adapter: str | None = None, quantize: str | None = None,
+         compile: bool | None = None, adapter: str | None = None, quantize: str | None = "auto",
          calibration: str | list[str] | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
@@ -261,9 +278,12 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
     says what was chosen.
 
-    ``quantize``: ``"int8"`` (per output channel) or ``"int4"`` (groups of 32, asymmetric)
-    weight-only quantisation of the linear layers (``fastdllm.quant``); a GGUF file's Q4_0/Q4_1
-    tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the same int4 layers rounded
+    ``quantize``: ``"auto"`` (the default) keeps what the file holds: a GGUF file with Q4_0/Q4_1
+    matrices loads as ``"int4"`` (its own codes, see below) where fastdllm's CPU kernels run them
+    (float32 on the CPU, no adapter), everything else unquantised; ``None`` / ``"none"``:
+    unquantised (a GGUF dequantised to ``dtype``). ``"int8"`` (per output channel) or ``"int4"``
+    (groups of 32, asymmetric) weight-only quantisation of the linear layers (``fastdllm.quant``);
+    a GGUF file's Q4_0/Q4_1 tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the same int4 layers rounded
     with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
     (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
     of its int4 layers are recorded, then is quantised. A GGUF holding 4-bit codes keeps them (as
@@ -280,7 +300,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     from .quant import parse_quantize
 
     dev = parse_device(device)
-    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), parse_quantize(quantize)
+    auto = isinstance(quantize, str) and quantize.lower() == "auto"
+    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
     if compile is not None:
         from . import cpu_kernels
 
@@ -293,6 +314,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
 
         model = DEFAULT_MODEL
     t0 = time.perf_counter()
+    if auto:
+        model, mode = _auto_quantize(model, revision, adapter, dev, dt)
     gptq = mode == "int4-gptq"
     prompts = None
     if gptq:

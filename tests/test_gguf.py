@@ -329,3 +329,27 @@ def test_int4_gptq_keeps_the_codes_of_a_q4_file(tmp_path, caplog):
     for lin in ("gate_up_proj", "down_proj"):
         a, b = getattr(gptq.model.layers[1].mlp, lin), getattr(plain.model.layers[1].mlp, lin)
         assert torch.equal(a.dequantize(), b.dequantize())
+
+
+def test_auto_keeps_a_q4_files_codes_and_dequantises_the_rest(tmp_path, caplog):
+    """quantize="auto" (the default of ``fastdllm.load`` and the CLI): a GGUF holding Q4 blocks loads
+    as int4 with its own codes where the native kernels run; anything else, or quantize="none", does not."""
+    import fastdllm
+    from fastdllm.quant import native
+
+    q4 = write_gguf(tmp_path / "q4.gguf", tiny_hf_model("llama"), "llama", Q.Q4_1, tokenizer=False)
+    f32 = write_gguf(tmp_path / "f32.gguf", tiny_hf_model("llama"), "llama", Q.F32, tokenizer=False)
+    explicit = fastdllm.load(str(q4), quantize="int4")
+    with caplog.at_level("INFO", logger="fastdllm.quant"):
+        auto = fastdllm.load(str(q4))
+    if native.available():
+        assert auto.model.quantization == "int4" and "holds 4-bit codes" in caplog.text
+        a, b = auto.model.layers[0].mlp.down_proj, explicit.model.layers[0].mlp.down_proj
+        assert torch.equal(a.dequantize(), b.dequantize())  # the file's codes, as with int4
+    else:
+        assert auto.model.quantization is None
+    assert fastdllm.load(str(q4), quantize="none").model.quantization is None
+    assert fastdllm.load(str(q4), quantize=None).model.quantization is None
+    assert fastdllm.load(str(q4), dtype="float64").model.quantization is None  # no kernel for float64
+    assert fastdllm.load(str(f32)).model.quantization is None  # nothing quantised to keep
+    assert fastdllm.load().model.quantization is None  # a safetensors checkpoint: as it is

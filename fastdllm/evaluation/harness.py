@@ -41,7 +41,7 @@ class FastDLLMLM(LM):
                  batch_size: int | str = 8, max_gen_toks: int = 256, threshold: float = 0.9,
                  block_size: int | None = None, small_block_size: int | None = None, use_block_cache: bool = False,
                  mode: str | None = None, mask_token_id: int | None = None, add_bos_token: bool = False,
-                 compile: bool | None = None, progress: bool = True, quantize: str | None = None, **unknown):
+                 compile: bool | None = None, progress: bool = True, quantize: str | None = "auto", **unknown):
         super().__init__()
         if unknown:
             raise InvalidRequestError(f"unknown fastdllm model_args: {', '.join(sorted(unknown))}")
