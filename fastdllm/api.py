@@ -283,8 +283,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     (float32 on the CPU, no adapter), everything else unquantised; ``None`` / ``"none"``:
     unquantised (a GGUF dequantised to ``dtype``). ``"int8"`` (per output channel) or ``"int4"``
     (groups of 32, asymmetric) weight-only quantisation of the linear layers (``fastdllm.quant``);
-    a GGUF file's Q4_0/Q4_1 tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the same int4 layers rounded
-    with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
+    a GGUF file's Q4_0/Q4_1 tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the
+    same int4 layers rounded with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
     (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
     of its int4 layers are recorded, then is quantised. A GGUF holding 4-bit codes keeps them (as
     with ``"int4"``, and a warning says so).

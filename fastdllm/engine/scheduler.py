@@ -226,7 +226,7 @@ class Scheduler:
         if not prefilling:  # steady decoding
             return [], list(self.running)
         decoding = [s for s in self.running if not s.prefill_plans]
-        if prefilling and not self.interleave_prefill:
+        if not self.interleave_prefill:
             return prefilling[:1], []
         chosen, budget = [], self.prefill_budget
         for seq in prefilling:

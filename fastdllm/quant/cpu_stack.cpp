@@ -4,9 +4,8 @@
 // in the quantised products themselves. Here all layers of a forward run in C++: RMSNorm, the
 // four products (int8_gemm or int4_gemm, as each layer is quantised), rotary embedding (cos and
 // sin of each row's position read from a table made by the model's own RotaryEmbedding, or from
-// libm past its end), the KV-cache write, attention
-// of each query row over its own span of the cache, SiLU gating, the residual adds, and the
-// model's final norm.
+// libm past its end), the KV-cache write, attention of each query row over its own span of the
+// cache, SiLU gating, the residual adds, and the model's final norm.
 // Float32 throughout; results equal the eager quantised path up to rounding (the summation order
 // of norms and attention differs; the products are the same kernels).
 

@@ -61,7 +61,7 @@ def build(model):
     eps.add(model.norm.eps)
     if len(eps) != 1:  # one epsilon for every norm, as in every config fastdllm reads
         return None
-    with torch.inference_mode():  # cos and sin of every position up to TABLE_POSITIONS, made as the eager path makes them
+    with torch.inference_mode():  # cos and sin up to TABLE_POSITIONS, made as the eager path makes them
         cos, sin = model.rotary(torch.arange(min(cfg.max_position_embeddings, TABLE_POSITIONS)), torch.float32)
     return native.kernels().QuantStack(weights, model.norm.weight, model.rotary.inv_freq, cos, sin,
                                        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
