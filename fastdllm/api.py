@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence as Seq
 
 import torch
@@ -245,17 +246,25 @@ def _options(kwargs: dict) -> GenerateOptions:
     return GenerateOptions(**kwargs)
 
 
+def _resolve_q4(model, revision) -> tuple[Path, bool]:
+    """``model`` as a local path (resolved once: a hub id is not fetched twice), and whether it is a
+    GGUF file holding 4-bit codes (what int4 keeps as they are)."""
+    from .loading.gguf import holds_q4
+    from .loading.hub import resolve
+
+    path = resolve(model, revision)
+    return path, path.suffix == ".gguf" and holds_q4(path)
+
+
 def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
     """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
     file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
     if adapter is not None or dev.type != "cpu" or dt != torch.float32:
         return model, None
-    from .loading.gguf import holds_q4
-    from .loading.hub import resolve
     from .quant import native
 
-    path = resolve(model, revision)  # resolved once: a hub id is not fetched twice
-    if path.suffix != ".gguf" or not holds_q4(path) or not native.available():
+    path, q4 = _resolve_q4(model, revision)
+    if not q4 or not native.available():
         return path, None
     logging.getLogger("fastdllm.quant").info("%s holds 4-bit codes: loaded as int4 (quantize='none' to "
                                              "dequantise it to float32)", path.name)
@@ -284,8 +293,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     unquantised (a GGUF dequantised to ``dtype``). ``"int8"`` (per output channel) or ``"int4"``
     (groups of 32, asymmetric) weight-only quantisation of the linear layers (``fastdllm.quant``);
     a GGUF file's Q4_0/Q4_1 tensors are kept as they are under ``"int4"``. ``"int4-gptq"``: the
-    same int4 layers rounded with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32, decodes ``calibration``
-    (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
+    same int4 layers rounded with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32,
+    decodes ``calibration`` (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
     of its int4 layers are recorded, then is quantised. A GGUF holding 4-bit codes keeps them (as
     with ``"int4"``, and a warning says so).
 
@@ -319,16 +328,14 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     gptq = mode == "int4-gptq"
     prompts = None
     if gptq:
-        from .loading.gguf import holds_q4
-        from .loading.hub import resolve
         from .quant.gptq import read_prompts
 
         prompts = read_prompts(calibration)  # a bad file fails before any loading
-        model = path = resolve(model, revision)  # resolved once: a hub id is not fetched twice
-        if adapter is None and path.suffix == ".gguf" and holds_q4(path):
+        model, q4 = _resolve_q4(model, revision)
+        if adapter is None and q4:
             # rounding the file's own 4-bit values again can only move further from its float weights
             logging.getLogger("fastdllm.quant").warning(
-                "%s already holds 4-bit codes: int4-gptq keeps them, as int4 does", path.name)
+                "%s already holds 4-bit codes: int4-gptq keeps them, as int4 does", model.name)
             gptq, mode = False, "int4"
     elif calibration is not None:
         raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")

@@ -27,6 +27,20 @@ inline __m256 codes_to_float(__m128i codes) {  // the low 8 bytes, 0..15 each ->
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
 }
 
+// One row's 32 weights of a group, q * s + t from its 16 packed bytes, one FMA per vector: w[0..3]
+// hold inputs 0..7, 8..15, 16..23, 24..31. The tiles and the panel both dequantise here, so their
+// products agree bit for bit.
+inline void dequantise(const uint8_t* codes, float s, float t, __m256 w[4]) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+  w[0] = _mm256_fmadd_ps(codes_to_float(lo), vs, vt);
+  w[1] = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(lo, 8)), vs, vt);
+  w[2] = _mm256_fmadd_ps(codes_to_float(hi), vs, vt);
+  w[3] = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(hi, 8)), vs, vt);
+}
+
 // Outputs [m0, m0 + MB) x [n0, n0 + NB), n0..n0 + NB inside one group of 8 rows; NB * MB = 8
 // accumulators, in registers (the loops unroll).
 template <int NB, int MB>
@@ -34,7 +48,6 @@ inline void tile(const float* X, int64_t K, const uint8_t* P, const float* T, co
                  int64_t m0, int64_t n0) {
   const int64_t C = K / kGroup;
   const uint8_t* w = P + ((n0 / 8) * C * 8 + n0 % 8) * kBytes;  // row n0, group 0; a group of 8 rows is 128 bytes
-  const __m128i low = _mm_set1_epi8(0x0F);
   __m256 acc[NB][MB];
 #pragma GCC unroll 8
   for (int i = 0; i < NB; ++i)
@@ -44,20 +57,15 @@ inline void tile(const float* X, int64_t K, const uint8_t* P, const float* T, co
 #pragma GCC unroll 8
     for (int i = 0; i < NB; ++i) {
       const int64_t n = n0 + i < N ? n0 + i : N - 1;  // padding rows of the last group reuse a real row's (s, t)
-      const __m256 s = _mm256_set1_ps(T[(n * C + c) * 2]), t = _mm256_set1_ps(T[(n * C + c) * 2 + 1]);
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (c * 8 + i) * kBytes));
-      const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
-      const __m256 w0 = _mm256_fmadd_ps(codes_to_float(lo), s, t);                      // inputs 0..7
-      const __m256 w1 = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(lo, 8)), s, t);  // 8..15
-      const __m256 w2 = _mm256_fmadd_ps(codes_to_float(hi), s, t);                      // 16..23
-      const __m256 w3 = _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(hi, 8)), s, t);  // 24..31
+      __m256 wv[4];
+      dequantise(w + (c * 8 + i) * kBytes, T[(n * C + c) * 2], T[(n * C + c) * 2 + 1], wv);
 #pragma GCC unroll 2
       for (int j = 0; j < MB; ++j) {
         const float* x = X + (m0 + j) * K + c * kGroup;
-        acc[i][j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc[i][j]);
-        acc[i][j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc[i][j]);
-        acc[i][j] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), acc[i][j]);
-        acc[i][j] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(wv[0], _mm256_loadu_ps(x), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(x + 8), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(x + 16), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(x + 24), acc[i][j]);
       }
     }
   }
@@ -127,21 +135,16 @@ void int4_gemm(const float* X, int64_t M, int64_t K, const uint8_t* P, const flo
   const int64_t groups = (N + 7) / 8;
   if (M >= kPanelRows) {
     const int64_t C = K / kGroup, whole = K / 8;
-    const __m128i low = _mm_set1_epi8(0x0F);
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       std::vector<float> panel(8 * whole * 8);  // [8 rows][K]
       for (int64_t g = g0; g < g1; ++g) {
-        for (int r = 0; r < 8; ++r) {  // dequantised exactly as the tile does it: one FMA per vector
+        for (int r = 0; r < 8; ++r) {  // dequantised as the tile does it
           const int64_t n = g * 8 + r < N ? g * 8 + r : N - 1;
           for (int64_t c = 0; c < C; ++c) {
-            const __m256 s = _mm256_set1_ps(T[(n * C + c) * 2]), t = _mm256_set1_ps(T[(n * C + c) * 2 + 1]);
-            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(P + ((g * C + c) * 8 + r) * kBytes));
-            const __m128i lo = _mm_and_si128(v, low), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+            __m256 wv[4];
+            dequantise(P + ((g * C + c) * 8 + r) * kBytes, T[(n * C + c) * 2], T[(n * C + c) * 2 + 1], wv);
             float* dst = panel.data() + (r * whole + c * 4) * 8;
-            _mm256_storeu_ps(dst, _mm256_fmadd_ps(codes_to_float(lo), s, t));
-            _mm256_storeu_ps(dst + 8, _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(lo, 8)), s, t));
-            _mm256_storeu_ps(dst + 16, _mm256_fmadd_ps(codes_to_float(hi), s, t));
-            _mm256_storeu_ps(dst + 24, _mm256_fmadd_ps(codes_to_float(_mm_srli_si128(hi, 8)), s, t));
+            for (int q = 0; q < 4; ++q) _mm256_storeu_ps(dst + 8 * q, wv[q]);
           }
         }
         panel_rows(X, M, K, panel.data(), whole, [&](int64_t m, int r, float total) {
