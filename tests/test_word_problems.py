@@ -99,6 +99,21 @@ def test_solutions_are_correct_arithmetic(train, held):
         assert max(numbers) <= 1000, p.question
 
 
+def test_split_products_changes_only_the_multiplication_columns(train):
+    split = P.make_split(3000, seed=0, held_out=False, products="split")
+    assert [(p.question, p.answer, p.kind, p.phrasing) for p in split] == \
+        [(p.question, p.answer, p.kind, p.phrasing) for p in train]
+    changed = 0
+    for f, s in zip(train, split):
+        assert s.solution == arithmetic.split_products(f.solution)
+        assert not re.search(r"\d \* \d \+ \d =", s.solution)
+        changed += s.solution != f.solution
+        assert [e for e in EQUATION.findall(s.solution)] == [e for e in EQUATION.findall(f.solution)]
+    assert changed > len(train) // 10  # multiplication is common
+    with pytest.raises(ValueError, match="products must be one of"):
+        P.make_split(3, products="joined")
+
+
 def test_variety(train):
     questions = [p.question for p in train]
     names = set(re.findall(r"\b(" + "|".join(P.BOYS + P.GIRLS) + r")\b", " ".join(questions)))
@@ -142,6 +157,29 @@ def test_column_arithmetic(a, op, b):
         assert int("".join(s.split(" = ")[1] for s in reversed(steps))) == want
     if op == "/":
         assert int("".join(s.split(" = ")[1].split(" r ")[0] for s in steps)) == want
+
+
+@pytest.mark.parametrize("n,k", [(7, 78), (9, 99), (1, 305), (0, 47), (8, 5), (6, 1000)])
+def test_split_products_writes_each_column_as_a_table_fact_and_a_carry(n, k):
+    fused = arithmetic.steps(n, "*", k)
+    split = arithmetic.split_products(fused)
+    assert split.endswith(f"so {n} * {k} = {n * k}") and fused.endswith(f"so {n} * {k} = {n * k}")
+    columns = split.split(", so ")[0].split(", ")
+    assert len(columns) == 2 * len(str(k))
+    carry = 0
+    for fact, add, d in zip(columns[::2], columns[1::2], reversed(str(k))):
+        assert fact == f"{n} * {d} = {n * int(d)}"
+        assert add == f"{n * int(d)} + {carry} = {n * int(d) + carry}"
+        carry = (n * int(d) + carry) // 10
+    # the other operations' columns are left alone
+    text = arithmetic.steps(245, "+", 38) + ". " + fused + ". " + arithmetic.steps(623, "-", 278)
+    assert arithmetic.split_products(text) == (arithmetic.steps(245, "+", 38) + ". " + split + ". "
+                                               + arithmetic.steps(623, "-", 278))
+
+
+def test_split_products_rejects_a_wrong_column():
+    with pytest.raises(ValueError, match="not a multiplication column"):
+        arithmetic.split_products("7 * 8 + 0 = 57")
 
 
 def test_column_arithmetic_rejects_what_it_cannot_write():

@@ -59,6 +59,7 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     for e in evals:
         assert e["n"] == n_table and 0.0 <= e["accuracy"] <= 1.0
         assert e["generated_tokens"] > 0 and e["tokens_per_s"] > 0
+        assert sum(e["errors"].values()) == round(e["n"] * (1 - e["accuracy"]))  # every wrong answer sorted
         if e["mode"] == "ar":
             assert e["tpf"] == 1.0
         else:  # a forward decodes at most one sub-block

@@ -12,9 +12,18 @@ carry, and the result is the last digits read backwards::
 
 Subtraction borrows by writing the top digit plus ten (``13 - 8``) and subtracting the borrow
 in the next column (``- 1``); division is long division from the left (``r`` is the remainder).
+
+``split_products`` rewrites each multiplication column as a times-table fact and then the carry's
+addition (``7 * 7 + 5 = 54`` -> ``7 * 7 = 49, 49 + 5 = 54``): the fused form asks the model for
+one of 810 three-operand facts in one go, and those facts were half of the word-problem AR
+model's wrong answers.
 """
 
 from __future__ import annotations
+
+import re
+
+_PRODUCT_COLUMN = re.compile(r"\b(\d) \* (\d) \+ (\d) = (\d+)")
 
 
 def _digits(n: int) -> list[int]:
@@ -74,6 +83,16 @@ def div_steps(total: int, n: int) -> str:
             break
         chunk, i = r * 10 + digits[i], i + 1
     return ", ".join(steps) + f", so {total} / {n} = {total // n}"
+
+
+def split_products(text: str) -> str:
+    """``text`` with every fused multiplication column ``n * d + c = s`` written as ``n * d = p, p + c = s``."""
+    def one(m: re.Match) -> str:
+        n, d, c, total = (int(g) for g in m.groups())
+        if n * d + c != total:
+            raise ValueError(f"not a multiplication column: {m.group(0)!r}")
+        return f"{n} * {d} = {n * d}, {n * d} + {c} = {total}"
+    return _PRODUCT_COLUMN.sub(one, text)
 
 
 STEPS = {"+": add_steps, "-": sub_steps, "*": mul_steps, "/": div_steps}

@@ -42,6 +42,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make ``examples.word_problems`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples.word_problems import errors as E  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
 from examples.word_problems import tokenizer as T  # noqa: E402
 
@@ -96,6 +97,7 @@ class Budget:
     # continued adaptation of the complementary-mask model after the matched-steps ablation:
     # (steps, peak lr, warm-up steps, min lr ratio) per stage, each on the next slice of the data
     bd_more: tuple[tuple[int, float, int, float], ...] = ()
+    products: str = "fused"    # how the solutions write multiplication columns (``problems.make_split``)
 
     @property
     def bd_total_steps(self) -> int:
@@ -291,6 +293,7 @@ def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None 
             "accuracy": sum(correct) / len(problems), "generated_tokens": gen, "nfe": nfe,
             "tpf": gen / nfe if nfe else 0.0, "seconds": seconds, "tokens_per_s": gen / seconds if seconds else 0.0,
             "answer_lines": sum(P.extract_answer(r.text) is not None for r in results) / len(problems),
+            "errors": E.breakdown(problems, [r.text for r in results]),
             "samples": [{"question": p.question, "expected": p.answer, "output": r.text, "correct": ok}
                         for p, r, ok in list(zip(problems, results, correct))[:3]]}
 
@@ -450,7 +453,25 @@ def report_markdown(evals: list[dict], headline: list[dict]) -> str:
     md = markdown_table(evals)
     if headline:
         md += f"\nOn all {headline[0]['n']} held-out problems, one at a time:\n\n" + markdown_table(headline)
+    errors = errors_table(headline or evals)
+    if errors:
+        md += ("\nWhere the wrong answers first go wrong (`errors.py`; one problem at a time):\n\n" + errors)
     return md
+
+
+def errors_table(evals: list[dict]) -> str:
+    """Wrong answers by first mistake, for the AR rows and block diffusion at threshold 0.9 (batch 1)."""
+    picked = [e for e in evals if e.get("errors") and e["batch"] == 1
+              and (e["mode"] == "ar" or (e["threshold"] == 0.9 and not e["block_cache"]))]
+    if not picked:
+        return ""
+    cols = ["model", "decoding", "problems", "wrong", *E.CATEGORIES]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for e in picked:
+        label = e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}"
+        lines.append("| " + " | ".join([e["model"], label, str(e["n"]), str(sum(e["errors"].values())),
+                                        *(str(e["errors"][c]) for c in E.CATEGORIES)]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def print_table(evals: list[dict], title: str) -> None:
@@ -548,8 +569,10 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
         stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release"), parallel: bool = True,
-        eval_problems: int | None = None) -> dict:
+        eval_problems: int | None = None, products: str | None = None) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
+    if products is not None:
+        b.products = products
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -559,8 +582,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
     t0 = time.perf_counter()
     if "data" in stages:
         log(f"[1/7] data: {b.n_train} training problems, {b.n_heldout} held-out problems; tokenizer")
-        train_problems = P.make_split(b.n_train, seed, held_out=False)
-        held = P.make_split(b.n_heldout, seed, held_out=True)
+        train_problems = P.make_split(b.n_train, seed, held_out=False, products=b.products)
+        held = P.make_split(b.n_heldout, seed, held_out=True, products=b.products)
         P.write_jsonl(train_problems, data_dir / "train.jsonl")
         P.write_jsonl(held, data_dir / "heldout.jsonl")
         tok = T.build(train_problems, tok_dir, b.vocab)
@@ -674,13 +697,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-problems", type=int, default=None, metavar="N",
                    help="the full table on the first N held-out problems only (default: all of them); the "
                         "AR parent and block diffusion at threshold 0.9 are then also measured on all of them")
+    p.add_argument("--products", choices=P.PRODUCTS, default=None,
+                   help="how solutions write a multiplication column: 'fused' (7 * 7 + 5 = 54, the shipped "
+                        "model's data) or 'split' (7 * 7 = 49, 49 + 5 = 54); default: the budget's (fused)")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
     res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel,
-              eval_problems=a.eval_problems)
+              eval_problems=a.eval_problems, products=a.products)
     if res.get("evaluations"):
         print_table(res["evaluations"], f"word problems, {res['evaluations'][0]['n']} held-out problems "
                                         f"(held-out phrasings)")

@@ -33,13 +33,13 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from fastdllm.models import extract_answer
 
-from examples.word_problems.arithmetic import steps
+from examples.word_problems.arithmetic import split_products, steps
 
 # ---- vocabulary of the stories ------------------------------------------------------------------
 
@@ -842,14 +842,24 @@ def _stream(seed: int, held_out: bool, distractor_rate: float) -> Iterator[Probl
             yield p
 
 
-def make_split(n: int, seed: int = 0, held_out: bool = False, distractor_rate: float = 0.2) -> list[Problem]:
-    """``n`` distinct problems of the training (``held_out=False``) or held-out split."""
+PRODUCTS = ("fused", "split")
+
+
+def make_split(n: int, seed: int = 0, held_out: bool = False, distractor_rate: float = 0.2,
+               products: str = "fused") -> list[Problem]:
+    """``n`` distinct problems of the training (``held_out=False``) or held-out split.
+
+    ``products="split"`` writes the multiplication columns of the solutions as a table fact and
+    a carry's addition (``arithmetic.split_products``); the problems themselves do not change.
+    """
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
     seen: set[str] = set()
     out = []
     for p in _stream(seed * 2 + int(held_out), held_out, distractor_rate):
         if p.question not in seen:
             seen.add(p.question)
-            out.append(p)
+            out.append(p if products == "fused" else replace(p, solution=split_products(p.solution)))
             if len(out) == n:
                 return out
     raise AssertionError("unreachable")
