@@ -16,7 +16,7 @@ in the next column (``- 1``); division is long division from the left (``r`` is 
 ``split_products`` rewrites each multiplication column as a times-table fact and then the carry's
 addition (``7 * 7 + 5 = 54`` -> ``7 * 7 = 49, 49 + 5 = 54``): the fused form asks the model for
 one of 810 three-operand facts in one go, and those facts were half of the word-problem AR
-model's wrong answers.
+model's wrong answers on problems in training phrasings.
 """
 
 from __future__ import annotations
