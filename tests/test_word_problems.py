@@ -108,7 +108,7 @@ def test_split_products_changes_only_the_multiplication_columns(train):
         assert s.solution == arithmetic.split_products(f.solution)
         assert not re.search(r"\d \* \d \+ \d =", s.solution)
         changed += s.solution != f.solution
-        assert [e for e in EQUATION.findall(s.solution)] == [e for e in EQUATION.findall(f.solution)]
+        assert EQUATION.findall(s.solution) == EQUATION.findall(f.solution)
     assert changed > len(train) // 10  # multiplication is common
     with pytest.raises(ValueError, match="products must be one of"):
         P.make_split(3, products="joined")

@@ -53,7 +53,7 @@ def test_no_answer_and_restated_wrong(problems):
     assert E.classify(p, p.solution.rsplit("The answer", 1)[0]) == "no answer"
     assert E.classify(p, "") == "no answer"
     head, rest = p.solution.split(". ", 1)
-    n = E.first_sentence_numbers(head)[0]
+    n = P.restated_numbers(head)[0]
     text = head.replace(n, str(int(n) + 1), 1) + ". " + rest.replace(f"is {p.answer}.", f"is {p.answer + 1}.")
     assert E.classify(p, text) == "restated wrong"
     counts = E.breakdown([p, p, p], [text, "", p.solution])

@@ -441,10 +441,14 @@ def table_rows(evals: list[dict]) -> list[tuple[str, ...]]:
     return rows
 
 
-def markdown_table(evals: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(evals)]
+def _markdown(columns, rows) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(evals: list[dict]) -> str:
+    return _markdown(COLUMNS, table_rows(evals))
 
 
 def report_markdown(evals: list[dict], headline: list[dict]) -> str:
@@ -465,13 +469,9 @@ def errors_table(evals: list[dict]) -> str:
               and (e["mode"] == "ar" or (e["threshold"] == 0.9 and not e["block_cache"]))]
     if not picked:
         return ""
-    cols = ["model", "decoding", "problems", "wrong", *E.CATEGORIES]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for e in picked:
-        label = e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}"
-        lines.append("| " + " | ".join([e["model"], label, str(e["n"]), str(sum(e["errors"].values())),
-                                        *(str(e["errors"][c]) for c in E.CATEGORIES)]) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", str(e["n"]),
+             str(sum(e["errors"].values())), *(str(e["errors"][c]) for c in E.CATEGORIES)] for e in picked]
+    return _markdown(["model", "decoding", "problems", "wrong", *E.CATEGORIES], rows)
 
 
 def print_table(evals: list[dict], title: str) -> None:

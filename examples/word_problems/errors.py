@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from typing import Iterable
 
-from examples.word_problems.problems import Problem
+from examples.word_problems.problems import Problem, restated_numbers
 from fastdllm.models import extract_answer
 
 CATEGORIES = ("no answer", "restated wrong", "column +", "column -", "column *", "column /", "other")
@@ -38,10 +38,6 @@ def _holds(m: re.Match) -> tuple[str, bool]:
     return op, value == int(m.group(6))
 
 
-def first_sentence_numbers(text: str) -> list[str]:
-    return re.findall(r"\d+", text.split(". ", 1)[0])
-
-
 def classify(problem: Problem, text: str) -> str | None:
     """None for a right answer, else the category (``CATEGORIES``) of the first mistake."""
     got = extract_answer(text)
@@ -49,7 +45,7 @@ def classify(problem: Problem, text: str) -> str | None:
         return None
     if got is None:
         return "no answer"
-    if first_sentence_numbers(text) != first_sentence_numbers(problem.solution):
+    if restated_numbers(text) != restated_numbers(problem.solution):
         return "restated wrong"
     for m in _COMPUTATION.finditer(text):
         op, ok = _holds(m)

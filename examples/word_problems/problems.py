@@ -828,8 +828,13 @@ KIND_BY_NAME = {k.name: k for k in KINDS}
 HELD_OUT_NUMBERS_MODULUS = 8   # held-out problems: (kind, numbers) hash == 0 mod this
 
 
+def restated_numbers(solution: str) -> list[str]:
+    """The numbers of a solution's first sentence, the one that restates the problem."""
+    return re.findall(r"\d+", solution.split(". ", 1)[0])
+
+
 def _numbers_held_out(problem: Problem) -> bool:
-    key = problem.kind + ":" + ",".join(re.findall(r"\d+", problem.solution.split(". ", 1)[0]))
+    key = problem.kind + ":" + ",".join(restated_numbers(problem.solution))
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") % HELD_OUT_NUMBERS_MODULUS == 0
 
