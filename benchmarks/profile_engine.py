@@ -2,7 +2,8 @@
 
     python benchmarks/profile_engine.py [--model default|CKPT_DIR] [--batch 1 16]
         [--modes diffusion diffusion-cache ar] [--new-tokens 64] [--prompt-len 40] [--repeats 5]
-        [--baseline OLD_TREE] [--lm-scale 40] [--dtype float32] [--quantize int8|int4] [--compile] [--label NAME]
+        [--baseline OLD_TREE | --steps-per-sync 1 8] [--lm-scale 40] [--dtype float32] [--quantize int8|int4]
+        [--compile] [--label NAME]
         [--out benchmarks/results/engine_overhead.json] [--torch-profile] [--cprofile]
 
 ``default`` is the project's default model size (``examples/word_problems/build.py``'s
@@ -15,10 +16,14 @@ detokenisation.
 ``--baseline OLD_TREE`` measures another version of fastdllm in the same process, on the same
 weights and prompts, its runs alternating with this tree's (``git archive OLD | tar -x -C
 /tmp/old``, then ``--baseline /tmp/old``): on a busy machine only such interleaved runs compare.
+``--steps-per-sync 1 8`` compares this tree's engine with that many AR forwards per read
+(``Engine.steps_per_sync``) the same way; one value sets it for every run (default: the
+library's default).
 
 What is measured, per configuration (batch size x mode) and version, over ``--repeats`` decoding
 runs after one warm-up run (the median run by step time is reported):
 
+- ``forwards_per_step``: model forwards per step (more than 1 where AR runs several per read);
 - ``step_ms``: thread CPU time of ``Engine.step`` per step (``time.thread_time``: CPU time of
   the decoding thread, so time the process spends preempted on a busy machine is not counted;
   one torch thread, the default here, keeps all the work on that thread);
@@ -144,7 +149,7 @@ class Meter:
         self.inside = 0  # depth of Transformer.forward
 
     def reset(self):
-        self.steps = 0
+        self.steps = self.forwards = 0
         self.step_cpu = self.forward_cpu = self.attention_cpu = 0.0
         self.syncs = self.forward_syncs = 0
 
@@ -170,6 +175,7 @@ class Meter:
             def forward(model, input_ids, positions, attend, logits_rows=None):
                 t = time.thread_time()
                 meter.inside += 1
+                meter.forwards += 1
                 try:
                     return orig(model, input_ids, positions, TimedAttention(attend, meter), logits_rows)
                 finally:
@@ -228,6 +234,7 @@ def summary(runs: list[dict], counter: OpCounter, op_steps: int) -> dict:
     run = sorted(runs, key=lambda r: r["step_cpu"] / r["steps"])[len(runs) // 2]  # the median run
     n = run["steps"]
     return dict(steps=n, tokens=run["tokens"], tokens_per_step=run["tokens"] / n,
+                forwards_per_step=run["forwards"] / n,
                 step_ms=1e3 * run["step_cpu"] / n, forward_ms=1e3 * run["forward_cpu"] / n,
                 attention_ms=1e3 * run["attention_cpu"] / n,
                 overhead_ms=1e3 * (run["step_cpu"] - run["forward_cpu"]) / n,
@@ -256,8 +263,8 @@ def measure(versions: dict, packages: list, batch: int, mode: str, args) -> dict
                 meter.reset()
                 t = time.perf_counter()
                 res = llm.generate(prompts, **kw)
-                runs[label].append(dict(steps=meter.steps, step_cpu=meter.step_cpu, forward_cpu=meter.forward_cpu,
-                                        attention_cpu=meter.attention_cpu, syncs=meter.syncs,
+                runs[label].append(dict(steps=meter.steps, forwards=meter.forwards, step_cpu=meter.step_cpu,
+                                        forward_cpu=meter.forward_cpu, attention_cpu=meter.attention_cpu, syncs=meter.syncs,
                                         forward_syncs=meter.forward_syncs, wall=time.perf_counter() - t,
                                         tokens=sum(len(r.token_ids) for r in res)))
         for label, llm in versions.items():
@@ -336,6 +343,8 @@ def main() -> int:
     p.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="weight-only quantisation (on the CPU: fastdllm's kernels and C++ layer stack)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")
+    p.add_argument("--steps-per-sync", type=int, nargs="+", default=None,
+                   help="AR forwards per read (Engine.steps_per_sync); two or more values are compared")
     p.add_argument("--label", default=None, help="a name for this run in the JSON (default: the git commit)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_overhead.json"))
     p.add_argument("--torch-profile", action="store_true")
@@ -354,13 +363,21 @@ def main() -> int:
         llm = fastdllm.load(args.model, dtype=args.dtype, quantize=args.quantize)
     packages = {git_commit(ROOT): fastdllm}
     versions = {git_commit(ROOT): llm}
+    if args.baseline and args.steps_per_sync and len(args.steps_per_sync) > 1:
+        raise SystemExit("compare with --baseline or with several --steps-per-sync values, not both")
     if args.baseline:
         base = import_tree(Path(args.baseline).resolve())
         packages = {"before": base, "after": fastdllm}
         versions = {"before": same_model_in(base, llm), "after": llm}
-    for label, pkg in packages.items():
+    elif args.steps_per_sync and len(args.steps_per_sync) > 1:
+        versions = {f"sync/{k}": LLM(llm.checkpoint, mask_token_id=llm.mask_token_id, steps_per_sync=k)
+                    for k in args.steps_per_sync}
+    elif args.steps_per_sync:
+        llm.engine.steps_per_sync = args.steps_per_sync[0]
+    for pkg in packages.values():
         (getattr(pkg, "cpu_kernels", None) or pkg.kernels).set_compile(args.compile)
-        versions[label].engine.max_batch_size = max(args.batch)
+    for version in versions.values():
+        version.engine.max_batch_size = max(args.batch)
     from fastdllm.quant import QuantLinear
 
     params = sum(t.numel() for t in {id(t): t for t in llm.model.parameters()}.values())
@@ -372,14 +389,16 @@ def main() -> int:
           f"{args.threads} thread(s), "
           f"compile={args.compile}, {args.new_tokens} new tokens, prompts {args.prompt_len}+7i tokens; "
           + ", ".join(f"{label}: {Path(pkg.__file__).parent}" for label, pkg in packages.items()))
-    print(f"{'batch':>5} {'mode':<16} {'version':<8} {'steps':>5} {'tok/step':>8} {'step ms':>8} {'fwd ms':>8} "
+    print(f"{'batch':>5} {'mode':<16} {'version':<8} {'steps':>5} {'fwd/step':>8} {'tok/step':>8} {'step ms':>8} "
+          f"{'fwd ms':>8} "
           f"{'attn ms':>8} {'ovh ms':>7} {'ovh %':>6} {'syncs':>6} {'ops out':>8} {'ops fwd':>8}")
     results = []
     for batch in args.batch:
         for mode in args.modes:
             for label, r in measure(versions, list(packages.values()), batch, mode, args).items():
                 results.append(r)
-                print(f"{batch:>5} {mode:<16} {label:<8} {r['steps']:>5} {r['tokens_per_step']:>8.2f} "
+                print(f"{batch:>5} {mode:<16} {label:<8} {r['steps']:>5} {r['forwards_per_step']:>8.2f} "
+                      f"{r['tokens_per_step']:>8.2f} "
                       f"{r['step_ms']:>8.2f} {r['forward_ms']:>8.2f} {r['attention_ms']:>8.2f} "
                       f"{r['overhead_ms']:>7.2f} {r['overhead_pct']:>6.1f} {r['syncs_per_step']:>6.2f} "
                       f"{r['ops_outside']:>8.1f} {r['ops_forward']:>8.1f}", flush=True)
@@ -389,7 +408,9 @@ def main() -> int:
                     print(f"        {row['op']:<50} {row['self_cpu_us']:>9} us {row['calls']:>6} calls")
     record = dict(label=args.label or git_commit(ROOT), commit=git_commit(ROOT), baseline=args.baseline,
                   model=args.model, parameters=params, time=time.strftime("%Y-%m-%d %H:%M:%S"), dtype=args.dtype,
-                  threads=args.threads, compile=args.compile, quantize=args.quantize, new_tokens=args.new_tokens, prompt_len=args.prompt_len,
+                  threads=args.threads, compile=args.compile, quantize=args.quantize,
+                  steps_per_sync=args.steps_per_sync or llm.engine.steps_per_sync, new_tokens=args.new_tokens,
+                  prompt_len=args.prompt_len,
                   repeats=args.repeats, lm_scale=args.lm_scale,
                   machine=dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                                load=os.getloadavg(), torch=torch.__version__),

@@ -80,14 +80,15 @@ class GenerateOptions:
 class LLM:
     """A loaded model ready to generate. Build it with ``fastdllm.load``."""
 
-    def __init__(self, checkpoint: Checkpoint, mask_token_id: int | None = None, max_batch_size: int = 8):
+    def __init__(self, checkpoint: Checkpoint, mask_token_id: int | None = None, max_batch_size: int = 8,
+                 steps_per_sync: int = 8):
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
         self.generation_config = checkpoint.generation_config
         self._mask_token_id = mask_token_id
-        self.engine = Engine(self.model, max_batch_size=max_batch_size)
+        self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
 
     # ---- defaults read from the checkpoint -------------------------------------------------
     @property
@@ -274,7 +275,7 @@ def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype)
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None, quantize: str | None = "auto",
-         calibration: str | list[str] | None = None) -> LLM:
+         calibration: str | list[str] | None = None, steps_per_sync: int = 8) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
@@ -303,6 +304,10 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
 
     ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
     seconds of compilation once per process, then faster decode steps.
+
+    ``steps_per_sync``: AR forwards run back to back before their tokens are read (the engine's
+    multi-step decoding, ``fastdllm.engine.engine``): the same tokens, less per-token work on the
+    host; 1 reads after every forward. Block diffusion reads after every forward regardless.
     """
     from .loading import parse_device, parse_dtype
     from .precision import resolve_dtype
@@ -347,12 +352,12 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
         ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode)
     else:
         ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode)
-    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
+    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
     if gptq:
         from .quant import quantize_model
         from .quant.gptq import gptq_weights
 
         quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts))
-        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size)
+        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
     llm.load_seconds = time.perf_counter() - t0
     return llm

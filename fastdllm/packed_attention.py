@@ -44,10 +44,12 @@ class _Group:
 
 
 class PackedAttention:
-    def __init__(self, cache: KVCache, segments: list[Segment], scale: float):
+    def __init__(self, cache: KVCache, segments: list[Segment], scale: float,
+                 row_table: torch.Tensor | None = None):
         self.cache = cache
         self.scale = scale
         self.segments = segments
+        self._row_table = row_table  # ``row_table()``'s answer when the caller has it already
         self._groups: list[_Group] | None = None  # built when first needed: a forward through the
         # quantised C++ stack reads ``row_table`` instead and never calls this back end
         self._whole = False
@@ -143,6 +145,8 @@ class PackedAttention:
         sequence's position 0, and how many positions from there it attends to (each mask rule
         is a prefix of the sequence's span). int64 [N, 3] on the CPU.
         """
+        if self._row_table is not None:
+            return self._row_table
         S = self.cache.max_len
         table = [0] * (3 * sum(s.length for s in self.segments))
         for s in self.segments:

@@ -43,10 +43,15 @@ def record(llm, prompt, **options):
     seqs, params = llm.prepare([prompt], **options)
     seq = seqs[0]
     decoded_at: dict[int, int] = {}
-    for event in llm.engine.run(seqs, params):
-        for row in event.rows:
-            for p in row.new_positions:
-                decoded_at.setdefault(p, seq.nfe)
+    engine, steps = llm.engine, llm.engine.steps_per_sync
+    engine.steps_per_sync = 1  # the trace needs each forward's tokens apart
+    try:
+        for event in engine.run(seqs, params):
+            for row in event.rows:
+                for p in row.new_positions:
+                    decoded_at.setdefault(p, seq.nfe)
+    finally:
+        engine.steps_per_sync = steps
     result = llm._result(seq)
     ids = result.token_ids
     steps = [decoded_at.get(seq.prompt_len + i, seq.nfe) for i in range(len(ids))]

@@ -45,6 +45,7 @@ class BenchSettings:
     device: str = "cpu"
     mask_token_id: int | None = None
     compile: bool | None = None
+    steps_per_sync: int = 8            # AR forwards per read (``Engine.steps_per_sync``)
     chat: bool = True
     progress: bool = True
 
@@ -64,7 +65,7 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = print) -> dict:
 
     def load(model: str, mask_token_id: int | None = None):
         return fastdllm.load(model, dtype=s.dtype, device=s.device, mask_token_id=mask_token_id,
-                             max_batch_size=max(s.batch_sizes), compile=s.compile)
+                             max_batch_size=max(s.batch_sizes), compile=s.compile, steps_per_sync=s.steps_per_sync)
 
     rows: list[dict] = []
     notes: list[str] = []

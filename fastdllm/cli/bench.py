@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         ar_model=str(ar_model) if ar_model else None, transformers=args.transformers,
         reference_code=args.reference_code, reference_python=args.reference_python,
-        dtype=common.resolved_dtype(args), device=args.device, mask_token_id=args.mask_token_id, compile=args.compile, chat=args.chat,
-        progress=args.progress)
+        dtype=common.resolved_dtype(args), device=args.device, mask_token_id=args.mask_token_id, compile=args.compile,
+        steps_per_sync=args.steps_per_sync, chat=args.chat, progress=args.progress)
     log = lambda msg: print(f"[{common.PROG}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     log(f"{len(prompts)} prompts from {source}; thresholds {', '.join(f'{t:g}' for t in args.thresholds)}; "
         f"batch sizes {', '.join(map(str, settings.batch_sizes))}")

@@ -90,8 +90,18 @@ def local_model_dir(model: str) -> Path | None:
 
 # ---- shared flags ---------------------------------------------------------------------------
 
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return n
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True,
-                        adapter: bool = True, quantize: bool = True) -> argparse._ArgumentGroup:
+                        adapter: bool = True, quantize: bool = True, steps: bool = True) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL",
                        help=f"checkpoint directory, .gguf file, Hugging Face hub id, or a named model: "
@@ -122,6 +132,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compiled CPU decode path: faster steps after a few seconds of compilation "
                             "(default: $FASTDLLM_COMPILE, else off)")
+    if steps:
+        group.add_argument("--steps-per-sync", type=_at_least_one, default=8, metavar="N",
+                           help="AR decoding: forwards run back to back before their tokens are read (the same "
+                                "tokens; 1 reads after every forward) (default: %(default)s)")
     return group
 
 
@@ -204,7 +218,7 @@ def load_model(args: argparse.Namespace, max_batch_size: int = 8):
     return load(model, dtype=args.dtype, device=args.device, mask_token_id=getattr(args, "mask_token_id", None),
                 max_batch_size=max_batch_size, compile=getattr(args, "compile", None),
                 adapter=getattr(args, "adapter", None), quantize=getattr(args, "quantize", None),
-                calibration=getattr(args, "calibration", None))
+                calibration=getattr(args, "calibration", None), steps_per_sync=getattr(args, "steps_per_sync", 8))
 
 
 # ---- output ---------------------------------------------------------------------------------

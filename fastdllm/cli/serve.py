@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "Block-diffusion options (threshold, block_size, small_block_size, use_block_cache, mode, "
                     "top_k) are accepted as extra body fields.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_model_arguments(p)
+    common.add_model_arguments(p, steps=False)  # the server reads after every forward
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")

@@ -1,7 +1,9 @@
 """Autoregressive step planner: causal prefill, then one token per forward.
 
 The baseline the block-diffusion speed-ups are measured against, on the same engine. Each
-forward reads one row; the engine samples it (``decision.py``) and hands the token over.
+forward reads one row; the engine samples it (``decision.py``) and hands the token over, or,
+when it runs several forwards between two reads (``Engine.steps_per_sync``), hands over their
+tokens together (``apply_run``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from .sequence import ForwardPlan, Sequence
 class AutoregressivePlanner:
     def __init__(self, params: DecodeParams):
         self.p = params
-        self._pending: dict[int, int] = {}
+        self._pending: dict[int, list[int]] = {}
 
     def capacity(self, seq: Sequence) -> int:
         return seq.limit
@@ -35,10 +37,16 @@ class AutoregressivePlanner:
     def apply(self, seq: Sequence, plan: ForwardPlan, picks: list[int]) -> list[int]:
         return self._take(seq, picks)
 
+    def apply_run(self, seq: Sequence, tokens: list[int]) -> list[int]:
+        """The tokens of several forwards in a row (each fed the one before); the engine keeps
+        those up to the first stop."""
+        self._pending[seq.index] = tokens
+        first = seq.prompt_len + len(seq.output)
+        return list(range(first, first + len(tokens)))
+
     def _take(self, seq: Sequence, picks: list[int]) -> list[int]:
-        self._pending[seq.index] = picks[0]  # a one-row pick is always accepted
+        self._pending[seq.index] = picks[:1]  # a one-row pick is always accepted
         return [seq.prompt_len + len(seq.output)]
 
     def take_ready(self, seq: Sequence) -> list[int]:
-        tok = self._pending.pop(seq.index, None)
-        return [] if tok is None else [tok]
+        return self._pending.pop(seq.index, [])

@@ -71,17 +71,23 @@ class StepDecision:
             a += n
         return tokens, conf
 
-    def resolve(self, logits: torch.Tensor) -> list[list[int]]:
-        """logits [R, V] of the read rows, plan by plan -> per plan, per row: the token, or -1 if not accepted."""
-        if not self.rows:
-            return [[] for _ in self.sizes]
+    def tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [R, V] of the read rows, plan by plan -> [R] on the device: each row's token, -1 where
+        it is not accepted (nothing is read back: ``ModelRunner.run_steps`` feeds these to the next
+        forward)."""
         tokens, conf = self._sample(logits)
         if conf is not None:
             wide = conf if conf.dtype == torch.float64 else conf.double()
             accept = wide > self.threshold  # [R]; compared as Python floats are: float32(0.1) > 0.1
             accept.index_fill_(0, self._most_confident(conf), True)
             tokens = torch.where(accept, tokens, -1)
-        flat = download(tokens)  # the step's one device-to-host copy
+        return tokens
+
+    def resolve(self, logits: torch.Tensor) -> list[list[int]]:
+        """logits [R, V] of the read rows, plan by plan -> per plan, per row: the token, or -1 if not accepted."""
+        if not self.rows:
+            return [[] for _ in self.sizes]
+        flat = download(self.tokens(logits))  # the step's one device-to-host copy
         out, a = [], 0
         for n in self.sizes:
             out.append(flat[a:a + n])

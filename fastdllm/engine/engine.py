@@ -8,6 +8,13 @@ step's only device-to-host synchronisation; each sequence's planner turns its pi
 positions; newly contiguous tokens are committed and the stop rules applied. It returns a
 ``StepEvent``.
 
+AR decoding may run several forwards per step (``steps_per_sync``, as vLLM's multi-step
+scheduling): when every running sequence decodes AR, nothing waits to start or end, and no
+random generator is shared by two of them, up to that many forwards run back to back, each fed
+the tokens the last one picked on the device, and their tokens come back in one read. The
+tokens are the same as one forward per step (a sequence's tokens after its stop are dropped,
+never past ``max_new_tokens``); the step's events just carry several tokens per sequence.
+
 ``Engine.run(seqs, params)`` is the library's entry point (``LLM.generate``, ``LLM.stream``, the
 CLI's live view): a private scheduler sized for ``seqs``, stepped until every one is finished.
 The server keeps one scheduler for its lifetime and steps it from its worker thread.
@@ -19,7 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ..device import download
 from ..model import Transformer
+from ..sampling import GreedySampler
+from .autoregressive import AutoregressivePlanner
 from .decision import StepDecision
 from .params import DecodeParams
 from .runner import ModelRunner
@@ -46,6 +56,7 @@ class StepEvent:
     kind: str                       # "prefill", "decode", "mixed" (both in one forward) or "idle" (no forward)
     rows: list[RowUpdate]           # one per sequence that took part in the forward or ended
     forward_tokens: int = 0         # query tokens of the packed forward (0: no forward ran)
+    forwards: int = 1               # forwards the step ran (several: AR steps run back to back)
 
     @property
     def sequences(self) -> dict[int, Sequence]:
@@ -54,10 +65,13 @@ class StepEvent:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch_size: int = 8):
+    def __init__(self, model: Transformer, max_batch_size: int = 8, steps_per_sync: int = 1):
+        if steps_per_sync < 1:
+            raise ValueError(f"steps_per_sync must be at least 1, got {steps_per_sync}")
         self.model = model
         self.runner = ModelRunner(model)
         self.max_batch_size = max_batch_size
+        self.steps_per_sync = steps_per_sync  # AR forwards a step may run between two reads
         self._last_decision: tuple[tuple, StepDecision] | None = None
 
     def run(self, seqs: list[Sequence], params: DecodeParams | None = None) -> Iterator[StepEvent]:
@@ -94,6 +108,9 @@ class Engine:
                 seq.planner.after_prefill(seq, None)
         work = [(s, s.prefill_plans[0]) for s in todo.prefill] + [(s, s.planner.plan(s)) for s in todo.decode]
         tokens = sum(len(p.tokens) for _, p in work)
+        run = self._run_length(sched, todo, work)
+        if run > 1:
+            return self._ar_run(sched, todo.number, work, rows, run)
         picks = []
         if work:
             picks = self._decision(work).resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
@@ -113,6 +130,34 @@ class Engine:
                 else "decode" if todo.decode else "idle")
         return StepEvent(todo.number, kind, rows, tokens)
 
+    def _run_length(self, sched: Scheduler, todo, work: list) -> int:
+        """Forwards this step may run back to back (1: the usual step)."""
+        if self.steps_per_sync == 1 or todo.prefill or not work:
+            return 1
+        drawing = set()
+        for seq, _ in work:
+            if not isinstance(seq.planner, AutoregressivePlanner):
+                return 1
+            sampler = seq.planner.p.sampler
+            if not isinstance(sampler, GreedySampler):
+                if id(sampler) in drawing:
+                    return 1  # a shared generator would draw for every row of the run, finished or not
+                drawing.add(id(sampler))
+        if not sched.settled():
+            return 1  # a sequence waiting to start or be cancelled gets its turn at the next step
+        return min(self.steps_per_sync, min(s.max_new_tokens - len(s.output) for s, _ in work))
+
+    def _ar_run(self, sched: Scheduler, number: int, work: list, rows: list, run: int) -> StepEvent:
+        """``run`` AR forwards, each fed the last one's tokens; one read; each sequence keeps its
+        tokens up to its stop."""
+        decision = self._decision(work)
+        picked = download(self.runner.run_steps([(s.kv_base, p) for s, p in work], run, decision.tokens))  # [run][N]
+        for i, (seq, _) in enumerate(work):
+            row = self._emit(seq, seq.planner.apply_run(seq, [step[i] for step in picked]), "decode", counted=False)
+            rows.append(row)
+        sched.release([s for s, _ in work if s.finished])
+        return StepEvent(number, "decode", rows, len(work), run)
+
     def _decision(self, work: list) -> StepDecision:
         """The step's ``StepDecision``; the last one again when the plans read the same (steady decoding
         repeats its shape step after step, and building one costs as much as using it)."""
@@ -122,8 +167,9 @@ class Engine:
             self._last_decision = (key, StepDecision(plans, self.runner.device))  # holds the samplers: ids stay theirs
         return self._last_decision[1]
 
-    def _emit(self, seq: Sequence, positions: list[int], phase: str) -> RowUpdate:
-        """Commit newly contiguous tokens and apply the stop rules."""
+    def _emit(self, seq: Sequence, positions: list[int], phase: str, counted: bool = True) -> RowUpdate:
+        """Commit newly contiguous tokens and apply the stop rules. ``counted=False``: the tokens of
+        an AR run, one forward each (``nfe`` and ``positions`` count those kept, up to the stop)."""
         planner = seq.planner
         kept = []
         for tok in planner.take_ready(seq):
@@ -142,5 +188,8 @@ class Engine:
             seq.finish("stop")
         if seq.finished and seq.detok is not None:
             seq.detok.flush()
+        if not counted:  # one forward per token kept; the ones after the stop were never needed
+            seq.nfe += len(kept)
+            positions = positions[:len(kept)]
         return RowUpdate(seq.index, positions, kept, seq.block_start, list(seq.block), seq.finished,
                          seq.finish_reason, phase, seq)

@@ -5,10 +5,13 @@ runs for all sequences at once, each against its own span of the KV pool (``Pack
 ``packed=False`` runs it one sequence at a time, ``CachedAttention``), so sequences of
 different lengths and phases (prefill chunks, decode steps) share a forward without padding the
 matrix work. Logits are computed only for the rows the plans read. Everything the forward needs
-from the host goes up before it starts; nothing is read back here.
+from the host goes up before it starts; nothing is read back here. ``run_steps`` runs several AR
+decode forwards back to back, each fed the tokens the last one picked, on the device.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -69,8 +72,42 @@ class ModelRunner:
         meta = upload(tokens + positions + ([] if every else rows), torch.long, dev)  # one upload
         ids, pos = (meta if every else meta[:2 * n]).view(2, 1, n).unbind(0)  # [1, N] each
         read = None if every else meta[2 * n:]  # [R]
+        return self.model(ids, pos, self._attention(segments), read)  # [R, V]
+
+    def _attention(self, segments: list[Segment]):
         if self.packed:
-            attend = PackedAttention(self.cache, segments, self.model.attn_scale)
-        else:
-            attend = CachedAttention(self.cache, segments, self.model.attn_scale)
-        return self.model(ids, pos, attend, read)  # [R, V]
+            return PackedAttention(self.cache, segments, self.model.attn_scale)
+        return CachedAttention(self.cache, segments, self.model.attn_scale)
+
+    @torch.inference_mode()
+    def run_steps(self, work: list[tuple[int, ForwardPlan]], steps: int,
+                  pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """AR decode plans (one token, one read row, no mask each) for ``steps`` forwards in a row:
+        each forward feeds every sequence the token ``pick`` chose from the last one's logits
+        ([N, V] -> [N]), on the device. -> [steps, N] the picked tokens, not read back."""
+        assert self.cache is not None
+        n = len(work)
+        for _, plan in work:
+            if len(plan.tokens) != 1 or plan.logit_rows != [0] or plan.mask != "full":
+                raise ValueError("run_steps takes AR decode plans only")
+        first = [plan.write_pos for _, plan in work]
+        meta = upload([plan.tokens[0] for _, plan in work] + [w + j for j in range(steps) for w in first],
+                      torch.long, self.device)  # one upload: the first ids, then every step's positions
+        ids = meta[:n].view(1, n)  # [1, N]
+        pos = meta[n:].view(steps, 1, n).unbind(0)  # steps x [1, N]
+        picked = []
+        tables = None
+        for j in range(steps):
+            segments = [Segment(0, i, 1, plan.write_pos + j, plan.kv_end + j, None, base, "full", 0)
+                        for i, (base, plan) in enumerate(work)]
+            if not self.packed:
+                attend = CachedAttention(self.cache, segments, self.model.attn_scale)
+            else:
+                if tables is None:  # each step writes the next row and sees one key more: steps x [N, 3]
+                    first = PackedAttention(self.cache, segments, self.model.attn_scale).row_table()  # [N, 3]
+                    tables = (first + torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])).unbind(0)
+                attend = PackedAttention(self.cache, segments, self.model.attn_scale, tables[j])
+            logits = self.model(ids, pos[j], attend, None)  # [N, V]
+            ids = pick(logits).view(1, n)  # [1, N]
+            picked.append(ids)
+        return torch.cat(picked)  # [steps, N]

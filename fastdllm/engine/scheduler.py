@@ -121,6 +121,11 @@ class Scheduler:
     def _has_work(self) -> bool:
         return bool(self._waiting or self.running or self._ending)
 
+    def settled(self) -> bool:
+        """Nothing waits to start or end: the next steps would run the same sequences."""
+        with self._cv:
+            return not (self._waiting or self._ending)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until there is something to schedule (or ``timeout``); True if there is."""
         with self._cv:
