@@ -28,7 +28,8 @@ runs after one warm-up run (the median run by step time is reported):
   the decoding thread, so time the process spends preempted on a busy machine is not counted;
   one torch thread, the default here, keeps all the work on that thread);
 - ``forward_ms``: thread CPU time inside ``Transformer.forward`` (the matrix work, attention,
-  the logits); ``attention_ms``: the part spent in the attention back end (0 with ``--quantize``
+  the logits) and ``Transformer.greedy_run`` (a quantised model's greedy AR run: its forwards
+  and picks in one C++ call); ``attention_ms``: the part spent in the attention back end (0 with ``--quantize``
   on the CPU, where attention runs inside the C++ layer stack);
 - ``overhead_ms`` = step - forward: scheduling, planning, packing, sampling, the accept rule,
   bookkeeping, detokenisation; ``overhead_pct`` = its share of the step;
@@ -158,6 +159,7 @@ class Meter:
         meter = self
         classes = [(p.engine.engine.Engine, p.model.Transformer) for p in packages]
         saved = [(e, t, e.step, t.forward) for e, t in classes]
+        runs = [(t, t.greedy_run) for _, t in classes if hasattr(t, "greedy_run")]
         methods = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
         own = {m for m in SYNC_METHODS if m in vars(torch.Tensor)}  # the others are inherited: delete to restore
 
@@ -183,6 +185,20 @@ class Meter:
                     meter.forward_cpu += time.thread_time() - t
             return forward
 
+        def timed_run(orig):  # several forwards in one C++ call (greedy AR runs): all of it is forward time
+            def greedy_run(model, input_ids, positions, attend, steps, excluded):
+                t = time.thread_time()
+                meter.inside += 1
+                try:
+                    out = orig(model, input_ids, positions, attend, steps, excluded)
+                    if out is not None:
+                        meter.forwards += steps
+                    return out
+                finally:
+                    meter.inside -= 1
+                    meter.forward_cpu += time.thread_time() - t
+            return greedy_run
+
         def counting(orig):
             def f(self, *a, **k):
                 if meter.inside:
@@ -194,6 +210,8 @@ class Meter:
 
         for e, t, step, forward in saved:
             e.step, t.forward = timed_step(step), timed_forward(forward)
+        for t, run in runs:
+            t.greedy_run = timed_run(run)
         for m, orig in methods.items():
             setattr(torch.Tensor, m, counting(orig))
         try:
@@ -201,6 +219,8 @@ class Meter:
         finally:
             for e, t, step, forward in saved:
                 e.step, t.forward = step, forward
+            for t, run in runs:
+                t.greedy_run = run
             for m in SYNC_METHODS:
                 if m in own:
                     setattr(torch.Tensor, m, methods[m])

@@ -175,6 +175,24 @@ class Transformer(nn.Module):
                 rows = cpu_kernels.post_attention(rows, out, *layer.post_weights())
         return rows.view(B, T, H)
 
+    def greedy_run(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn, steps: int,
+                   excluded: int | None) -> torch.Tensor | None:
+        """``steps`` greedy AR forwards of one token per sequence, each fed the last one's picks (the first
+        maximum of the logits but column ``excluded``), in one call of a quantised model's C++ stack:
+        input_ids, positions [1, N] and ``attend`` of the first -> tokens [steps, N]; None where the
+        stack or a native vocabulary projection is not there (the caller runs the forwards itself)."""
+        emb = self.embed_tokens.weight
+        stack = self._stack_for(emb, attend)
+        if stack is None or not emb.is_contiguous():
+            return None
+        from .quant.stack import head_tensors
+
+        head = head_tensors(self)
+        if head is None:
+            return None
+        return stack.greedy_run(input_ids.reshape(-1), positions.reshape(-1), attend.cache.data, attend.row_table(),
+                                steps, emb, *head, -1 if excluded is None else excluded)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
                 logits_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for the flattened rows ``logits_rows`` of [B*T] (all rows when None): [n, vocab]."""

@@ -133,14 +133,44 @@ def test_stop_strings_inside_a_run(tmp_path):
         assert stop not in b.text and b.finish_reason == "stop"
 
 
+@pytest.fixture(scope="module")
+def quant_dir(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("q") / "q", "qwen2", hidden=64, inter=160)
+
+
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_quantised_layer_stack_runs(tmp_path, mode):
-    d = make_tiny_checkpoint(tmp_path / "q", "qwen2", hidden=64, inter=160)
+def test_quantised_greedy_runs_in_one_call(quant_dir, mode, monkeypatch):
+    """Greedy runs of a quantised model go through ``QuantStack.greedy_run`` (embedding, layers,
+    projection and pick in C++): the same tokens as the stack's one forward per step."""
+    from fastdllm.model import Transformer
+
     prompts = [prompt_of(n, vocab=500) for n in (6, 30)]
     kw = dict(max_new_tokens=33, stop_token_ids=[], mode="ar")
-    one = fastdllm.load(str(d), quantize=mode, steps_per_sync=1)
-    run = fastdllm.load(str(d), quantize=mode, steps_per_sync=8)
-    assert [r.token_ids for r in run.generate(prompts, **kw)] == [r.token_ids for r in one.generate(prompts, **kw)]
+    one = fastdllm.load(str(quant_dir), quantize=mode, steps_per_sync=1)
+    run = fastdllm.load(str(quant_dir), quantize=mode, steps_per_sync=8)
+    expected = [r.token_ids for r in one.generate(prompts, **kw)]
+    calls = {"forward": 0, "greedy_run": 0}
+    for name in calls:
+        orig = getattr(Transformer, name)
+
+        def counted(self, *a, _orig=orig, _name=name, **k):
+            out = _orig(self, *a, **k)
+            calls[_name] += out is not None
+            return out
+        monkeypatch.setattr(Transformer, name, counted)
+    assert [r.token_ids for r in run.generate(prompts, **kw)] == expected
+    assert calls == {"forward": 1, "greedy_run": 4}  # both prompts in one prefill; 32 tokens = 4 runs of 8
+
+
+def test_quantised_greedy_runs_never_pick_the_excluded_token(quant_dir):
+    kw = dict(max_new_tokens=40, stop_token_ids=[], mode="ar")
+    prompt = prompt_of(9, vocab=500)
+    free = fastdllm.load(str(quant_dir), quantize="int8").generate([prompt], **kw)[0].token_ids
+    banned = max(set(free[1:]), key=free[1:].count)  # the model's favourite token after the prefill's
+    one = fastdllm.load(str(quant_dir), quantize="int8", mask_token_id=banned, steps_per_sync=1)
+    run = fastdllm.load(str(quant_dir), quantize="int8", mask_token_id=banned, steps_per_sync=8)
+    a, b = one.generate([prompt], **kw)[0].token_ids, run.generate([prompt], **kw)[0].token_ids
+    assert a == b and banned not in b and len(b) == 40
 
 
 def test_trace_records_each_forward(qwen):

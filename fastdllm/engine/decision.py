@@ -45,6 +45,11 @@ class StepDecision:
             ids = [i for i, n in enumerate(counts) for _ in range(n)]
             self.segment = upload(ids, torch.long, device)  # [R] segment of each row, non-empty segments only
 
+    @property
+    def greedy_only(self) -> bool:
+        """Every row is picked by the batched greedy pick (the argmax but ``greedy_mask``)."""
+        return self.batched and all(self._is_batched(s) for s, n in zip(self.samplers, self.sizes) if n)
+
     def _is_batched(self, sampler: Sampler) -> bool:
         return self.batched and isinstance(sampler, GreedySampler) and sampler.mask_token_id == self.greedy_mask
 

@@ -151,7 +151,8 @@ class Engine:
         """``run`` AR forwards, each fed the last one's tokens; one read; each sequence keeps its
         tokens up to its stop."""
         decision = self._decision(work)
-        picked = download(self.runner.run_steps([(s.kv_base, p) for s, p in work], run, decision.tokens))  # [run][N]
+        picked = download(self.runner.run_steps([(s.kv_base, p) for s, p in work], run, decision.tokens,
+                                                decision.greedy_only, decision.greedy_mask))  # [run][N]
         for i, (seq, _) in enumerate(work):
             row = self._emit(seq, seq.planner.apply_run(seq, [step[i] for step in picked]), "decode", counted=False)
             rows.append(row)

@@ -80,11 +80,13 @@ class ModelRunner:
         return CachedAttention(self.cache, segments, self.model.attn_scale)
 
     @torch.inference_mode()
-    def run_steps(self, work: list[tuple[int, ForwardPlan]], steps: int,
-                  pick: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def run_steps(self, work: list[tuple[int, ForwardPlan]], steps: int, pick: Callable[[torch.Tensor], torch.Tensor],
+                  greedy: bool = False, excluded: int | None = None) -> torch.Tensor:
         """AR decode plans (one token, one read row, no mask each) for ``steps`` forwards in a row:
         each forward feeds every sequence the token ``pick`` chose from the last one's logits
-        ([N, V] -> [N]), on the device. -> [steps, N] the picked tokens, not read back."""
+        ([N, V] -> [N]), on the device. -> [steps, N] the picked tokens, not read back.
+        ``greedy``: ``pick`` is the argmax but column ``excluded``, which a quantised model's C++
+        stack can run with the forwards in one call (``Transformer.greedy_run``)."""
         assert self.cache is not None
         n = len(work)
         for _, plan in work:
@@ -103,9 +105,15 @@ class ModelRunner:
             if not self.packed:
                 attend = CachedAttention(self.cache, segments, self.model.attn_scale)
             else:
-                if tables is None:  # each step writes the next row and sees one key more: steps x [N, 3]
-                    first = PackedAttention(self.cache, segments, self.model.attn_scale).row_table()  # [N, 3]
-                    tables = (first + torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])).unbind(0)
+                if tables is None:
+                    attend = PackedAttention(self.cache, segments, self.model.attn_scale)
+                    if greedy:
+                        run = self.model.greedy_run(ids, pos[0], attend, steps, excluded)
+                        if run is not None:
+                            return run  # [steps, N]
+                    # each step writes the next row and sees one key more: steps x [N, 3]
+                    shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
+                    tables = (attend.row_table() + shift).unbind(0)
                 attend = PackedAttention(self.cache, segments, self.model.attn_scale, tables[j])
             logits = self.model(ids, pos[j], attend, None)  # [N, V]
             ids = pick(logits).view(1, n)  # [1, N]

@@ -302,6 +302,68 @@ class QuantStack {
     return out;
   }
 
+  // ``steps`` greedy AR forwards of N sequences, one query row each, each step fed the tokens the
+  // last one picked: ids int64 [N], positions int64 [N] and rows int64 [N, 3] (as in forward) of
+  // the first step, every later step one position on; embed float32 [V, H] (the embedding);
+  // head_* the vocabulary projection (as the constructor's projections); each step's token is the
+  // first maximum of its logits over every column but ``excluded`` (a NaN counts as the maximum),
+  // as the engine's greedy pick. Returns the tokens int64 [steps, N].
+  torch::Tensor greedy_run(const torch::Tensor& ids, const torch::Tensor& positions, torch::Tensor kv,
+                           const torch::Tensor& rows, int64_t steps, const torch::Tensor& embed,
+                           const torch::Tensor& head_q, const torch::Tensor& head_s, const torch::Tensor& head_b,
+                           int64_t excluded) const {
+    const int64_t N = ids.numel(), H = hidden_;
+    TORCH_CHECK(steps >= 1 && N >= 1, "greedy_run: at least one step and one sequence");
+    TORCH_CHECK(ids.scalar_type() == torch::kLong && positions.scalar_type() == torch::kLong &&
+                positions.numel() == N && rows.scalar_type() == torch::kLong && rows.dim() == 2 &&
+                rows.size(0) == N && rows.size(1) == 3, "greedy_run: ids and positions int64 [N], rows int64 [N, 3]");
+    TORCH_CHECK(embed.device().is_cpu() && embed.scalar_type() == torch::kFloat32 && embed.dim() == 2 &&
+                embed.size(1) == H && embed.is_contiguous(), "greedy_run: embedding float32 [V, ", H, "]");
+    const Proj head = make_proj(head_q, head_s, head_b, H, "lm_head");
+    const int64_t V = head.n, vocab_in = embed.size(0);
+    auto tokens = torch::empty({steps, N}, torch::kLong);
+    int64_t* T = tokens.data_ptr<int64_t>();
+    auto x = torch::empty({N, H}, torch::kFloat32);
+    auto pos = positions.contiguous().clone();
+    auto r = rows.contiguous().clone();
+    const auto first = ids.contiguous();
+    std::vector<int64_t> cur(first.data_ptr<int64_t>(), first.data_ptr<int64_t>() + N);
+    std::vector<float> logits(N * V);
+    const float* E = embed.data_ptr<float>();
+    for (int64_t step = 0; step < steps; ++step) {
+      float* X = x.data_ptr<float>();
+      for (int64_t m = 0; m < N; ++m) {
+        TORCH_CHECK(cur[m] >= 0 && cur[m] < vocab_in, "greedy_run: token id ", cur[m], " outside the embedding");
+        std::copy_n(E + cur[m] * H, H, X + m * H);
+      }
+      const torch::Tensor h = forward(x, pos, kv, r);
+      head.run(h.data_ptr<float>(), N, logits.data());
+      int64_t* P = pos.data_ptr<int64_t>();
+      int64_t* Rw = r.data_ptr<int64_t>();
+      for (int64_t m = 0; m < N; ++m) {
+        const float* z = logits.data() + m * V;
+        int64_t best = -1;
+        float top = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < V; ++j) {
+          if (j == excluded) continue;
+          if (std::isnan(z[j])) {
+            best = j;
+            break;
+          }
+          if (best < 0 || z[j] > top) {
+            best = j;
+            top = z[j];
+          }
+        }
+        T[step * N + m] = cur[m] = best;
+        P[m] += 1;
+        Rw[3 * m] += 1;
+        Rw[3 * m + 2] += 1;
+      }
+    }
+    return tokens;
+  }
+
  private:
   // softmax(q k^T * scale) v for every (query row, head), each row over its own cache span
   void attend(const float* qkv, const float* cache, const int64_t* R, int64_t M, int64_t longest, float* out) const {
@@ -337,5 +399,6 @@ void bind_stack(pybind11::module& m) {
       .def(pybind11::init<const std::vector<torch::Tensor>&, const torch::Tensor&, const torch::Tensor&,
                           const torch::Tensor&, const torch::Tensor&, int64_t, int64_t, int64_t, double, double>())
       .def("num_layers", &QuantStack::num_layers)
-      .def("forward", &QuantStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def("forward", &QuantStack::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("greedy_run", &QuantStack::greedy_run, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

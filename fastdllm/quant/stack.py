@@ -7,7 +7,9 @@ forward in C++ instead, on the same kernels, with attention over each query row'
 KV cache. The engine's forwards take it when the model is int8 or int4 on the CPU in float32 and
 every decoder projection runs on a native kernel; the rotary embedding's cos and sin and the
 final norm are computed there too, so the forward's only PyTorch operators are the embedding and
-the vocabulary projection. ``FASTDLLM_QUANT_STACK=0`` (or
+the vocabulary projection. Greedy AR runs (``Engine.steps_per_sync``) go further:
+``QuantStack.greedy_run`` does the embedding, the layers, the vocabulary projection and the
+greedy pick of several forwards in one call. ``FASTDLLM_QUANT_STACK=0`` (or
 ``model.quant_stack_enabled = False``) turns it off. Results equal the eager quantised path up to
 float rounding (tested on logits and cache contents; the engine against the oracle).
 """
@@ -46,6 +48,14 @@ def _weights(model) -> list[torch.Tensor] | None:
         qkv, o, gate_up, down = (_tensors(p) for p in projections)
         out += [layer.input_layernorm.weight, *qkv, *o, layer.post_attention_layernorm.weight, *gate_up, *down]
     return out
+
+
+def head_tensors(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The vocabulary projection as ``QuantStack.greedy_run`` takes it; None if it is not on a native kernel."""
+    head = model.lm_head
+    if not isinstance(head, (Int8Linear, Int4Linear)) or not head.native:
+        return None
+    return _tensors(head)
 
 
 def build(model):
