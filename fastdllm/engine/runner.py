@@ -97,24 +97,25 @@ class ModelRunner:
                       torch.long, self.device)  # one upload: the first ids, then every step's positions
         ids = meta[:n].view(1, n)  # [1, N]
         pos = meta[n:].view(steps, 1, n).unbind(0)  # steps x [1, N]
-        picked = []
+        scale = self.model.attn_scale
+
+        def segments(j: int) -> list[Segment]:  # step j writes position write_pos + j and sees j more keys
+            return [Segment(0, i, 1, plan.write_pos + j, plan.kv_end + j, None, base, "full", 0)
+                    for i, (base, plan) in enumerate(work)]
+
         tables = None
+        if self.packed:
+            attend = PackedAttention(self.cache, segments(0), scale)
+            if greedy:
+                run = self.model.greedy_run(ids, pos[0], attend, steps, excluded)
+                if run is not None:
+                    return run  # [steps, N]
+            shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
+            tables = (attend.row_table() + shift).unbind(0)  # steps x [N, 3]
+        picked = []
         for j in range(steps):
-            segments = [Segment(0, i, 1, plan.write_pos + j, plan.kv_end + j, None, base, "full", 0)
-                        for i, (base, plan) in enumerate(work)]
-            if not self.packed:
-                attend = CachedAttention(self.cache, segments, self.model.attn_scale)
-            else:
-                if tables is None:
-                    attend = PackedAttention(self.cache, segments, self.model.attn_scale)
-                    if greedy:
-                        run = self.model.greedy_run(ids, pos[0], attend, steps, excluded)
-                        if run is not None:
-                            return run  # [steps, N]
-                    # each step writes the next row and sees one key more: steps x [N, 3]
-                    shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
-                    tables = (attend.row_table() + shift).unbind(0)
-                attend = PackedAttention(self.cache, segments, self.model.attn_scale, tables[j])
+            attend = (PackedAttention(self.cache, segments(j), scale, tables[j]) if self.packed
+                      else CachedAttention(self.cache, segments(j), scale))
             logits = self.model(ids, pos[j], attend, None)  # [N, V]
             ids = pick(logits).view(1, n)  # [1, N]
             picked.append(ids)
