@@ -82,6 +82,25 @@ def test_reserved_wordings_never_appear_in_training(train, held):
         assert p.question not in {q.question for q in train}
 
 
+def test_unseen_numbers_are_training_phrasings_with_held_out_numbers(train, held):
+    """The phrasings check: training wordings only, numbers on the held-out side, never a training
+    or held-out problem, deterministic."""
+    probe = P.unseen_numbers(300, seed=0)
+    assert probe == P.unseen_numbers(300, seed=0) and probe != P.unseen_numbers(300, seed=1)
+    assert len({p.question for p in probe}) == len(probe) and not any(p.held_out for p in probe)
+    for p in probe:
+        kind = P.KIND_BY_NAME[p.kind]
+        assert all(i < _reserved(kind, form) for form, i in _wordings(p)), p
+        assert P._numbers_held_out(p)
+    assert not {p.question for p in probe} & ({p.question for p in train} | {p.question for p in held})
+    assert set(Counter(p.kind for p in probe)) == set(P.KIND_BY_NAME)
+    split = P.unseen_numbers(20, seed=0, products="split")
+    assert [p.question for p in split] == [p.question for p in probe[:20]]
+    assert any(s.solution != p.solution for s, p in zip(split, probe))
+    with pytest.raises(ValueError, match="products"):
+        P.unseen_numbers(2, products="columns")
+
+
 def test_solutions_are_correct_arithmetic(train, held):
     for p in train + held:
         eqs = EQUATION.findall(p.solution)

@@ -75,6 +75,20 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
                     (e["model"], e["mode"], e["threshold"], False, 1))
         assert e["samples"] == same["samples"]
 
+    # the phrasings check: the same two models on as many problems in training phrasings
+    ph = res["phrasings"]
+    assert [(e["model"], e["mode"], e["threshold"], e["phrasings"], e["n"], e["batch"]) for e in ph] == [
+        (m, mode, thr, split, b.n_heldout, b.batched) for m, mode, thr in (("AR parent", "ar", None),
+                                                                        ("BD, compl. mask", "diffusion", 0.9))
+        for split in ("held-out", "training")]
+    for e in ph:
+        assert sum(e["errors"].values()) == round(e["n"] * (1 - e["accuracy"]))
+        first = (held if e["phrasings"] == "held-out" else P.unseen_numbers(1, 0))[0]
+        assert e["samples"][0]["question"] == first.question
+    for e, h in zip(ph[::2], head):  # the held-out rows, batched, answer as the headline rows one at a time
+        assert e["samples"] == h["samples"] and e["accuracy"] == h["accuracy"]
+    assert "| AR parent | ar | training |" in (tmp_path / "report" / "results.md").read_text()
+
     # report and release
     for f in ("results.json", "results.md", "results.png", "trace.png"):
         assert (tmp_path / "report" / f).is_file(), f
@@ -86,6 +100,7 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert "| AR parent |" in card and build.matched_label(b, False) in card
     assert f"On all {b.n_heldout} held-out problems" in card
     assert f"On {b.n_heldout} held-out problems" in card  # the headline sentence uses all of them
+    assert f"{100 * ph[1]['accuracy']:.1f}% right in wordings it trained on" in card
     shipped = fastdllm.load(str(rel))
     assert shipped.is_block_diffusion
     out = shipped.generate([held[0].messages(with_answer=False)], max_new_tokens=16)[0]
@@ -99,6 +114,8 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert again["evaluations"][0]["n"] == 2
     assert again["adaptation"] == res["adaptation"] and again["ar_pretrain"] == res["ar_pretrain"]
     assert again["chosen"] == res["chosen"] and again["note"] == "made in two invocations"
+    assert "phrasings" not in again  # measured on the models before the rerun: dropped, not kept stale
     t = again["timings_s"]
     assert t["ar_pretrain"] == res["timings_s"]["ar_pretrain"] and t["eval"] != res["timings_s"]["eval"]
+    assert "phrasings" not in t and "phrasings" in res["timings_s"]
     assert t["total"] == sum(t[k] for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))

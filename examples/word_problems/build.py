@@ -19,6 +19,9 @@ Stages (everything goes under ``--out``):
 5. evaluation on the held-out problems, one problem at a time, greedy: the AR parent decoding
    autoregressively, the adapted models by block diffusion at thresholds 1.0 / 0.9 / 0.7 / 0.5,
    with the sub-block cache off and on; then 16 problems at a time;
+   ``phrasings``: the AR parent and block diffusion at threshold 0.9 on as many problems in
+   *training* phrasings with unseen numbers, beside the held-out rows, to tell apart what a
+   wrong answer lacked: reading a new wording or doing the arithmetic;
 6. ``report/``: ``results.json``, ``results.md`` (the table), ``results.png`` (accuracy and TPF
    against the threshold) and ``trace.png`` (one decoding, forward by forward);
 7. ``release/``: what ships in the package (``fastdllm/models/word_problems``): weights and
@@ -451,16 +454,47 @@ def markdown_table(evals: list[dict]) -> str:
     return _markdown(COLUMNS, table_rows(evals))
 
 
-def report_markdown(evals: list[dict], headline: list[dict]) -> str:
+def report_markdown(evals: list[dict], headline: list[dict], phrasings: list[dict] | None = None) -> str:
     """The full table; then, when the full table covers only the first problems, the two headline
-    rows on all of them."""
+    rows on all of them; the wrong answers by first mistake; and the phrasings comparison."""
     md = markdown_table(evals)
     if headline:
         md += f"\nOn all {headline[0]['n']} held-out problems, one at a time:\n\n" + markdown_table(headline)
     errors = errors_table(headline or evals)
     if errors:
         md += ("\nWhere the wrong answers first go wrong (`errors.py`; one problem at a time):\n\n" + errors)
+    if phrasings:
+        md += (f"\nHeld-out phrasings against training phrasings (problems in the wordings the model trained on, "
+               f"with numbers no training problem has; {phrasings[0]['batch']} at a time, which gives the same "
+               f"answers as one at a time on the CPU, and all {phrasings[0]['n']} held-out problems):\n\n" + phrasings_table(phrasings))
     return md
+
+
+def phrasings_table(phrasings: list[dict]) -> str:
+    """Accuracy and wrong answers by first mistake, held-out phrasings against training phrasings."""
+    rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", e["phrasings"],
+             str(e["n"]), f"{100 * e['accuracy']:.1f}%", *(str(e["errors"][c]) for c in E.CATEGORIES)]
+            for e in phrasings]
+    return _markdown(["model", "decoding", "phrasings", "problems", "accuracy", *E.CATEGORIES], rows)
+
+
+def evaluate_phrasings(out: Path, held: list[P.Problem], b: Budget, seed: int, progress: bool, log) -> list[dict]:
+    """The AR parent and block diffusion at threshold 0.9 on the held-out problems and on as many in
+    training phrasings with unseen numbers (``problems.unseen_numbers``), ``b.batched`` at a time."""
+    import fastdllm
+
+    splits = (("held-out", held), ("training", P.unseen_numbers(len(held), seed, products=b.products)))
+    rows = []
+    for label, name, kw in (("AR parent", "ar", dict(mode="ar")),
+                            ("BD, compl. mask", "bd", dict(mode="diffusion", threshold=0.9))):
+        llm = fastdllm.load(str(out / name), max_batch_size=b.batched)
+        for split, problems in splits:
+            e = {"model": label, "phrasings": split, **evaluate(llm, problems, b=b, progress=progress, batch=b.batched,
+                                                                desc=f"{label}, {split} phrasings", **kw)}
+            log(f"  {label} on {len(problems)} problems in {split} phrasings: accuracy {100 * e['accuracy']:.1f}%, "
+                f"TPF {e['tpf']:.2f}")
+            rows.append(e)
+    return rows
 
 
 def errors_table(evals: list[dict]) -> str:
@@ -568,7 +602,8 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
-        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "release"), parallel: bool = True,
+        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "phrasings", "release"),
+        parallel: bool = True,
         eval_problems: int | None = None, products: str | None = None) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
     if products is not None:
@@ -626,6 +661,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         # a partial rerun (say sweep and eval on a model trained earlier) keeps what the earlier run
         # recorded for the stages it does not repeat: the training results, their timings, a note
         kept = _kept_results(results_file, stages)
+        kept.pop("phrasings", None)  # measured on the models as they were; the phrasings stage redoes it
+        kept.get("timings_s", {}).pop("phrasings", None)
         t0 = time.perf_counter()
         evals, headline = evaluate_all(out, held, b, progress, log, all_problems=held_all,
                                        earlier=kept.get("evaluations"))
@@ -642,19 +679,33 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
                    "evaluations": evals, "headline": headline,
                    "timings_s": {**kept.get("timings_s", {}), **timings}}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
-        (rep / "results.md").write_text(report_markdown(evals, headline))
         log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
+    if "phrasings" in stages:
+        if not results_file.exists():
+            raise FileNotFoundError(f"{results_file} is missing: the phrasings stage adds to the eval stage's results")
+        log(f"[5/7] held-out phrasings against training phrasings (unseen numbers): the AR parent and block "
+            f"diffusion at threshold 0.9, {b.batched} at a time")
+        t0 = time.perf_counter()
+        results = json.loads(results_file.read_text())
+        results["phrasings"] = evaluate_phrasings(out, P.read_jsonl(data_dir / "heldout.jsonl"), b, seed, progress,
+                                                  log)
+        timings["phrasings"] = time.perf_counter() - t0
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    full = {"data", "ar", "bd", "sweep", "eval"} <= set(stages)
+    if results.get("evaluations") and {"eval", "phrasings"} & set(stages):
+        (out / "report" / "results.md").write_text(report_markdown(results["evaluations"], results.get("headline") or [],
+                                                                   results.get("phrasings")))
+    full = {"data", "ar", "bd", "sweep", "eval", "phrasings"} <= set(stages)
     if full:
         timings["total"] = time.perf_counter() - t_start
     if results:
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
         if not full:  # a partial rerun: the stages' sum
             t = results["timings_s"]
-            t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))
+            t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval",
+                                                      "phrasings"))
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     if "release" in stages:
         log("[7/7] release files")
@@ -690,8 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the small test-suite version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--stages", default="data,ar,bd,sweep,eval,release",
-                   help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, release")
+    p.add_argument("--stages", default="data,ar,bd,sweep,eval,phrasings,release",
+                   help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, phrasings, "
+                        "release")
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                    help="run the two adaptations side by side, sharing the threads (default: on)")
     p.add_argument("--eval-problems", type=int, default=None, metavar="N",
@@ -712,6 +764,8 @@ def main(argv: list[str] | None = None) -> int:
                                         f"(held-out phrasings)")
     if res.get("headline"):
         print_table(res["headline"], f"on all {res['headline'][0]['n']} held-out problems")
+    if res.get("phrasings"):
+        print("\nheld-out phrasings against training phrasings (unseen numbers):\n" + phrasings_table(res["phrasings"]))
     if res.get("timings_s"):
         print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["timings_s"].items()))
     if a.install:

@@ -29,6 +29,31 @@ def _more(b, t: dict) -> str:
             f"model needs.\n")
 
 
+def _top_mistake(e: dict) -> str:
+    wrong = sum(e["errors"].values())
+    if not wrong:
+        return "no wrong answers"
+    cat = max(e["errors"], key=e["errors"].get)
+    return f"{e['errors'][cat]} of its {wrong} wrong answers start with `{cat}`"
+
+
+def _phrasings_limit(phrasings: list[dict] | None) -> str:
+    """A limits bullet: accuracy on held-out wordings against the wordings it trained on, and where
+    the wrong answers first go wrong in each."""
+    parts = []
+    for model in dict.fromkeys(e["model"] for e in phrasings or []):
+        by = {e["phrasings"]: e for e in phrasings if e["model"] == model}
+        if {"held-out", "training"} <= set(by):
+            what = "the AR parent" if by["training"]["mode"] == "ar" else "block diffusion at threshold 0.9"
+            parts.append(f"{what} answers {100 * by['training']['accuracy']:.1f}% right in wordings it trained on "
+                         f"({_top_mistake(by['training'])}) and {100 * by['held-out']['accuracy']:.1f}% in held-out "
+                         f"ones ({_top_mistake(by['held-out'])})")
+    if not parts:
+        return ""
+    return ("- Wordings it never saw cost it accuracy, and even in the ones it knows it makes arithmetic slips "
+            "with new numbers: " + "; ".join(parts) + " (the phrasings table above).\n")
+
+
 def write_model_card(path: Path, results: dict, budget) -> Path:
     from examples.word_problems import build, problems
 
@@ -39,7 +64,8 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
     mach = results.get("machine", {})
     sweep = results.get("block_sweep")
     chosen = results.get("chosen", {"block_size": b.block_size, "small_block_size": b.small_block_size})
-    table = build.report_markdown(evals, results.get("headline") or []) if evals else "(not evaluated)\n"
+    table = (build.report_markdown(evals, results.get("headline") or [], results.get("phrasings"))
+             if evals else "(not evaluated)\n")
     # the headline sentence uses the rows on all held-out problems when the full table has fewer
     rows = results.get("headline") or evals
     ar = next((e for e in rows if e["mode"] == "ar" and e["batch"] == 1), None)
@@ -125,7 +151,7 @@ the AR parent at the same batch size.
 - It solves word problems like the ones it was trained on and **nothing else**. It is not a chat
   model: any other prompt (a greeting, a question about the world, code) gets a confident-looking
   word-problem solution about nothing, or noise.
-- English only, the vocabulary of the generator (a few dozen names, objects, verbs); arithmetic
+{_phrasings_limit(results.get("phrasings"))}- English only, the vocabulary of the generator (a few dozen names, objects, verbs); arithmetic
   with whole numbers up to about 1000; the 21 problem kinds above. Larger numbers, fractions,
   units it never saw, or more steps than four are out of reach.
 - Wrong answers look exactly like right ones: check them.

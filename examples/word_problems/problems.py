@@ -21,7 +21,7 @@ probability one half), or the reserved one-sentence form, so its phrasing (its t
 sequence of wordings) never occurs in training and it holds at least one sentence form the
 model never saw. Held-out problems also differ from every training problem in their numbers
 (a hash of kind and numbers decides the split). The evaluation thus measures generalisation,
-not recall.
+not recall. ``unseen_numbers`` gives the opposite check: training phrasings, held-out numbers.
 
 Pure Python and deterministic: ``make_split(n, seed, held_out)`` gives the same problems
 every time.
@@ -839,11 +839,13 @@ def _numbers_held_out(problem: Problem) -> bool:
     return int.from_bytes(digest[:8], "little") % HELD_OUT_NUMBERS_MODULUS == 0
 
 
-def _stream(seed: int, held_out: bool, distractor_rate: float) -> Iterator[Problem]:
+def _stream(seed: int, held_out: bool, distractor_rate: float, numbers_held_out: bool | None = None
+            ) -> Iterator[Problem]:
     rng = random.Random(seed)
+    numbers_held_out = held_out if numbers_held_out is None else numbers_held_out
     while True:
         p = rng.choice(KINDS).render(rng, held_out, distractor_rate)
-        if _numbers_held_out(p) == held_out:
+        if _numbers_held_out(p) == numbers_held_out:
             yield p
 
 
@@ -857,11 +859,26 @@ def make_split(n: int, seed: int = 0, held_out: bool = False, distractor_rate: f
     ``products="split"`` writes the multiplication columns of the solutions as a table fact and
     a carry's addition (``arithmetic.split_products``); the problems themselves do not change.
     """
+    return _distinct(_stream(seed * 2 + int(held_out), held_out, distractor_rate), n, products)
+
+
+def unseen_numbers(n: int, seed: int = 0, distractor_rate: float = 0.2, products: str = "fused") -> list[Problem]:
+    """``n`` distinct problems in *training* phrasings whose numbers are on the held-out side of the
+    split, so that none of them is a training problem.
+
+    Beside the held-out split they tell apart the two things a held-out problem asks of a model:
+    reading a wording it never saw, and doing the arithmetic. (They are marked ``held_out=False``:
+    their phrasings are the training ones.)
+    """
+    return _distinct(_stream(seed * 2 + 1 + 10 ** 6, False, distractor_rate, numbers_held_out=True), n, products)
+
+
+def _distinct(stream: Iterator[Problem], n: int, products: str) -> list[Problem]:
     if products not in PRODUCTS:
         raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
     seen: set[str] = set()
     out = []
-    for p in _stream(seed * 2 + int(held_out), held_out, distractor_rate):
+    for p in stream:
         if p.question not in seen:
             seen.add(p.question)
             out.append(p if products == "fused" else replace(p, solution=split_products(p.solution)))
