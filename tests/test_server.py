@@ -157,7 +157,8 @@ def test_bad_chat_requests_get_openai_errors(client, kwargs, status, needle):
 
 def test_raw_http_errors(http, llm):
     r = http.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    err = r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON (at character 1)" in err["message"] and err["param"] is None
     r = http.get("/v1/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     r = http.post("/v1/completions", json={"model": NAME, "prompt": "x " * 400, "max_tokens": 4})

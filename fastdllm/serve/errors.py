@@ -46,9 +46,12 @@ async def _validation_error(request: Request, e: RequestValidationError):
     # a union reports every member's failure: the one that got deepest is the one meant
     first = max(errors, key=lambda err: len(_field_path(err.get("loc", ())))) if errors else {}
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    if first.get("type") == "json_invalid":
-        msg = "the request body is not valid JSON"
     where = _field_path(first.get("loc", ()))
+    if first.get("type") == "json_invalid":  # its loc holds the character offset, not a field
+        at = first.get("loc", ())[-1:]
+        msg = "the request body is not valid JSON" + (f" (at character {at[0]})" if at and isinstance(at[0], int)
+                                                      else "")
+        where = ""
     return JSONResponse(error_body(f"{where}: {msg}" if where else msg, param=where or None), status_code=400)
 
 
