@@ -46,6 +46,7 @@ Prints a table and appends everything (settings, machine, git commit) to ``--out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import importlib.util
 import json
@@ -173,30 +174,30 @@ class Meter:
                     meter.steps += 1
             return step
 
+        @contextlib.contextmanager
+        def forward_time():  # CPU time inside a forward (the syncs it makes count as the forward's)
+            t = time.thread_time()
+            meter.inside += 1
+            try:
+                yield
+            finally:
+                meter.inside -= 1
+                meter.forward_cpu += time.thread_time() - t
+
         def timed_forward(orig):
             def forward(model, input_ids, positions, attend, logits_rows=None):
-                t = time.thread_time()
-                meter.inside += 1
-                meter.forwards += 1
-                try:
+                with forward_time():
+                    meter.forwards += 1
                     return orig(model, input_ids, positions, TimedAttention(attend, meter), logits_rows)
-                finally:
-                    meter.inside -= 1
-                    meter.forward_cpu += time.thread_time() - t
             return forward
 
         def timed_run(orig):  # several forwards in one C++ call (greedy AR runs): all of it is forward time
             def greedy_run(model, input_ids, positions, attend, steps, excluded):
-                t = time.thread_time()
-                meter.inside += 1
-                try:
+                with forward_time():
                     out = orig(model, input_ids, positions, attend, steps, excluded)
                     if out is not None:
                         meter.forwards += steps
                     return out
-                finally:
-                    meter.inside -= 1
-                    meter.forward_cpu += time.thread_time() - t
             return greedy_run
 
         def counting(orig):

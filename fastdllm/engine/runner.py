@@ -110,11 +110,12 @@ class ModelRunner:
                 run = self.model.greedy_run(ids, pos[0], attend, steps, excluded)
                 if run is not None:
                     return run  # [steps, N]
-            shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
-            tables = (attend.row_table() + shift).unbind(0)  # steps x [N, 3]
+            if self.model.quantization is not None:  # only the quantised C++ stack reads the tables
+                shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
+                tables = (attend.row_table() + shift).unbind(0)  # steps x [N, 3]
         picked = []
         for j in range(steps):
-            attend = (PackedAttention(self.cache, segments(j), scale, tables[j]) if self.packed
+            attend = (PackedAttention(self.cache, segments(j), scale, tables and tables[j]) if self.packed
                       else CachedAttention(self.cache, segments(j), scale))
             logits = self.model(ids, pos[j], attend, None)  # [N, V]
             ids = pick(logits).view(1, n)  # [1, N]
