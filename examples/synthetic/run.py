@@ -34,6 +34,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make ``examples.synthetic`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples import report as R  # noqa: E402
 from examples.synthetic import task  # noqa: E402
 
 THRESHOLDS = (1.0, 0.9, 0.7, 0.5)
@@ -178,54 +179,19 @@ def table_rows(evals: list[dict]) -> list[tuple[str, ...]]:
 
 
 def markdown_table(evals: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(evals)]
-    return "\n".join(lines) + "\n"
+    return R.markdown(COLUMNS, table_rows(evals))
 
 
 def print_table(evals: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("model", "decoding") else "right", no_wrap=True)
-    for r in table_rows(evals):
-        t.add_row(*r)
-    Console(width=max(110, Console().width)).print(t)
+    R.print_table(COLUMNS, table_rows(evals), title)
 
 
 def plot_results(evals: list[dict], path: Path, title: str) -> Path:
     """Accuracy and TPF against the threshold, one line per adapted model, the AR parent as a reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     ar = next(e for e in evals if e["mode"] == "ar")
-    ax.axhline(100 * ar["accuracy"], color="black", ls="--", lw=1, label="AR parent")
-    bx.axhline(1.0, color="black", ls="--", lw=1, label="AR parent")
-    for label, marker in (("BD, compl. mask", "o"), ("BD, no compl. mask", "s")):
-        rows = sorted((e for e in evals if e["model"] == label), key=lambda e: e["threshold"])
-        if not rows:
-            continue
-        x = [e["threshold"] for e in rows]
-        ax.plot(x, [100 * e["accuracy"] for e in rows], marker=marker, label=label)
-        bx.plot(x, [e["tpf"] for e in rows], marker=marker, label=label)
-    ax.set_xlabel("threshold")
-    ax.set_ylabel("exact-match accuracy (%)")
-    bx.set_xlabel("threshold")
-    bx.set_ylabel("tokens per forward")
-    for a in (ax, bx):
-        a.invert_xaxis()
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    series = [(label, rows) for label in ("BD, compl. mask", "BD, no compl. mask")
+              if (rows := [e for e in evals if e["model"] == label])]
+    return R.plot_thresholds(path, title, ar, series, "exact-match accuracy (%)")
 
 
 # ---- the pipeline -----------------------------------------------------------------------------

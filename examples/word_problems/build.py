@@ -45,6 +45,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make ``examples.word_problems`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples import report as R  # noqa: E402
 from examples.word_problems import errors as E  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
 from examples.word_problems import tokenizer as T  # noqa: E402
@@ -444,14 +445,8 @@ def table_rows(evals: list[dict]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _markdown(columns, rows) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def markdown_table(evals: list[dict]) -> str:
-    return _markdown(COLUMNS, table_rows(evals))
+    return R.markdown(COLUMNS, table_rows(evals))
 
 
 def report_markdown(evals: list[dict], headline: list[dict], phrasings: list[dict] | None = None) -> str:
@@ -475,7 +470,7 @@ def phrasings_table(phrasings: list[dict]) -> str:
     rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", e["phrasings"],
              str(e["n"]), f"{100 * e['accuracy']:.1f}%", *(str(e["errors"][c]) for c in E.CATEGORIES)]
             for e in phrasings]
-    return _markdown(["model", "decoding", "phrasings", "problems", "accuracy", *E.CATEGORIES], rows)
+    return R.markdown(["model", "decoding", "phrasings", "problems", "accuracy", *E.CATEGORIES], rows)
 
 
 def evaluate_phrasings(out: Path, held: list[P.Problem], b: Budget, seed: int, progress: bool, log) -> list[dict]:
@@ -505,54 +500,21 @@ def errors_table(evals: list[dict]) -> str:
         return ""
     rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", str(e["n"]),
              str(sum(e["errors"].values())), *(str(e["errors"][c]) for c in E.CATEGORIES)] for e in picked]
-    return _markdown(["model", "decoding", "problems", "wrong", *E.CATEGORIES], rows)
+    return R.markdown(["model", "decoding", "problems", "wrong", *E.CATEGORIES], rows)
 
 
 def print_table(evals: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("model", "decoding") else "right", no_wrap=True)
-    for r in table_rows(evals):
-        t.add_row(*r)
-    Console(width=max(120, Console().width)).print(t)
+    R.print_table(COLUMNS, table_rows(evals), title, min_width=120)
 
 
 def plot_results(evals: list[dict], path: Path, title: str) -> Path:
     """Accuracy and TPF against the threshold (one problem at a time), the AR parent as a reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     ar = next(e for e in evals if e["mode"] == "ar" and e["batch"] == 1)
-    ax.axhline(100 * ar["accuracy"], color="black", ls="--", lw=1, label="AR parent")
-    bx.axhline(ar["tpf"], color="black", ls="--", lw=1, label="AR parent")
-    series = list(dict.fromkeys((e["model"], e["block_cache"]) for e in evals
-                                if e["mode"] == "diffusion" and e["batch"] == 1))  # in table order
-    for (label, cache), marker in zip(series, "o^sDvP"):
-        rows = sorted((e for e in evals if e["model"] == label and e["block_cache"] == cache and e["batch"] == 1),
-                      key=lambda e: e["threshold"])
-        name = label + (", sub-block cache" if cache else "")
-        x = [e["threshold"] for e in rows]
-        ax.plot(x, [100 * e["accuracy"] for e in rows], marker=marker, label=name)
-        bx.plot(x, [e["tpf"] for e in rows], marker=marker, label=name)
-    ax.set_xlabel("threshold")
-    ax.set_ylabel("exact-answer accuracy (%)")
-    bx.set_xlabel("threshold")
-    bx.set_ylabel("tokens per forward")
-    for a in (ax, bx):
-        a.invert_xaxis()
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    one = [e for e in evals if e["mode"] == "diffusion" and e["batch"] == 1]
+    series = [(label + (", sub-block cache" if cache else ""),
+               [e for e in one if (e["model"], e["block_cache"]) == (label, cache)])
+              for label, cache in dict.fromkeys((e["model"], e["block_cache"]) for e in one)]  # in table order
+    return R.plot_thresholds(path, title, ar, series, "exact-answer accuracy (%)")
 
 
 def decoding_picture(model_dir: Path, problem: P.Problem, path: Path, b: Budget) -> Path:
