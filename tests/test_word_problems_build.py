@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from examples.word_problems import build
 from examples.word_problems import problems as P
 
@@ -18,6 +20,25 @@ def test_data_slice_wraps_around(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text("".join(f"{i}\n" for i in range(5)))
     assert build.data_slice(src, 3, 4, tmp_path / "s.jsonl").read_text() == "3\n4\n0\n1\n"
+
+
+def test_stages_are_checked_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown stage.*'evaluate'"):
+        build.check_stages(tmp_path, ("data", "evaluate"))
+    with pytest.raises(FileNotFoundError, match="the bd stage needs .*ar, which the ar stage makes"):
+        build.check_stages(tmp_path, ("data", "bd"))
+    with pytest.raises(FileNotFoundError, match="phrasings stage needs .*results.json, which the eval stage"):
+        build.check_stages(tmp_path, ("data", "ar", "bd", "phrasings"))
+    build.check_stages(tmp_path, build.STAGES)  # each stage's inputs come from an earlier one
+    (tmp_path / "ar").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bd_train.jsonl").write_text("")
+    (tmp_path / "tokenizer").mkdir()
+    build.check_stages(tmp_path, ("bd",))  # or from an earlier run in the same directory
+    with pytest.raises(SystemExit) as e:
+        build.main(["--out", str(tmp_path), "--stages", "sweep"])
+    assert e.value.code == 2 and "the sweep stage needs" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()  # nothing ran
 
 
 def test_quick_build_end_to_end(tmp_path, two_threads):

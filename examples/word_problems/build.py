@@ -563,14 +563,39 @@ def install(rel: Path, target: Path = PACKAGE_DIR) -> Path:
 
 # ---- the pipeline -----------------------------------------------------------------------------------
 
+STAGES = ("data", "ar", "bd", "sweep", "eval", "phrasings", "release")
+# what each stage reads from an earlier one (so a partial rerun fails before it starts, saying why)
+NEEDS = {"ar": ("data/ar_train.jsonl", "tokenizer"), "bd": ("data/bd_train.jsonl", "tokenizer", "ar"),
+         "sweep": ("data/heldout.jsonl", "bd"), "eval": ("data/heldout.jsonl", "ar", "bd"),
+         "phrasings": ("data/heldout.jsonl", "ar", "bd", "report/results.json"),
+         "release": ("data/heldout.jsonl", "ar", "bd")}
+MADE_BY = {"data/ar_train.jsonl": "data", "data/bd_train.jsonl": "data", "data/heldout.jsonl": "data",
+           "tokenizer": "data", "ar": "ar", "bd": "bd", "report/results.json": "eval"}
+
+
+def check_stages(out: Path, stages: tuple[str, ...]) -> None:
+    """Unknown stage names, and inputs that neither ``out`` holds nor an earlier stage of this run
+    makes, raise ValueError / FileNotFoundError up front."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown))}; the stages are {', '.join(STAGES)}")
+    for stage in stages:
+        for need in NEEDS.get(stage, ()):
+            maker = MADE_BY[need]
+            made_here = maker in stages and STAGES.index(maker) < STAGES.index(stage)
+            if not made_here and not (out / need).exists():
+                raise FileNotFoundError(f"the {stage} stage needs {out / need}, which the {maker} stage makes: "
+                                        f"add {maker} to --stages or point --out at a run that has it")
+
+
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, log=print,
-        stages: tuple[str, ...] = ("data", "ar", "bd", "sweep", "eval", "phrasings", "release"),
-        parallel: bool = True,
+        stages: tuple[str, ...] = STAGES, parallel: bool = True,
         eval_problems: int | None = None, products: str | None = None) -> dict:
     b = dataclasses.replace(QUICK if quick else FULL)
     if products is not None:
         b.products = products
     out = Path(out)
+    check_stages(out, stages)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -589,7 +614,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
                                     b.block_size), data_dir / "bd_train.jsonl")
         timings["data"] = time.perf_counter() - t0
-    held_all = P.read_jsonl(data_dir / "heldout.jsonl")
+    held_all = P.read_jsonl(data_dir / "heldout.jsonl") if (data_dir / "heldout.jsonl").exists() else []
     held = held_all[:eval_problems or None]
 
     ar = bd = None
@@ -703,9 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the small test-suite version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--stages", default="data,ar,bd,sweep,eval,phrasings,release",
-                   help="comma-separated stages to run (default: all): data, ar, bd, sweep, eval, phrasings, "
-                        "release")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated stages to run (default: all): {', '.join(STAGES)}")
     p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                    help="run the two adaptations side by side, sharing the threads (default: on)")
     p.add_argument("--eval-problems", type=int, default=None, metavar="N",
@@ -719,6 +743,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
+    try:
+        check_stages(a.out, stages)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel,
               eval_problems=a.eval_problems, products=a.products)
     if res.get("evaluations"):
