@@ -459,9 +459,10 @@ def report_markdown(evals: list[dict], headline: list[dict], phrasings: list[dic
     if errors:
         md += ("\nWhere the wrong answers first go wrong (`errors.py`; one problem at a time):\n\n" + errors)
     if phrasings:
-        md += (f"\nHeld-out phrasings against training phrasings (problems in the wordings the model trained on, "
-               f"with numbers no training problem has; {phrasings[0]['batch']} at a time, which gives the same "
-               f"answers as one at a time on the CPU, and all {phrasings[0]['n']} held-out problems):\n\n" + phrasings_table(phrasings))
+        n, batch = phrasings[0]["n"], phrasings[0]["batch"]
+        md += (f"\nHeld-out phrasings against training phrasings: all {n} held-out problems, and {n} in the "
+               f"wordings the model trained on with numbers no training problem has; {batch} at a time, which gives "
+               f"the same answers as one at a time on the CPU:\n\n" + phrasings_table(phrasings))
     return md
 
 
@@ -682,8 +683,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if results.get("evaluations") and {"eval", "phrasings"} & set(stages):
-        (out / "report" / "results.md").write_text(report_markdown(results["evaluations"], results.get("headline") or [],
-                                                                   results.get("phrasings")))
+        md = report_markdown(results["evaluations"], results.get("headline") or [], results.get("phrasings"))
+        (out / "report" / "results.md").write_text(md)
     full = {"data", "ar", "bd", "sweep", "eval", "phrasings"} <= set(stages)
     if full:
         timings["total"] = time.perf_counter() - t_start
