@@ -466,11 +466,15 @@ def report_markdown(evals: list[dict], headline: list[dict], phrasings: list[dic
     return md
 
 
+def _decoding(e: dict) -> str:
+    """An evaluation's decoding, as the error tables name it: ``ar`` or ``diffusion, 0.9``."""
+    return e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}"
+
+
 def phrasings_table(phrasings: list[dict]) -> str:
     """Accuracy and wrong answers by first mistake, held-out phrasings against training phrasings."""
-    rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", e["phrasings"],
-             str(e["n"]), f"{100 * e['accuracy']:.1f}%", *(str(e["errors"][c]) for c in E.CATEGORIES)]
-            for e in phrasings]
+    rows = [[e["model"], _decoding(e), e["phrasings"], str(e["n"]), f"{100 * e['accuracy']:.1f}%",
+             *(str(e["errors"][c]) for c in E.CATEGORIES)] for e in phrasings]
     return R.markdown(["model", "decoding", "phrasings", "problems", "accuracy", *E.CATEGORIES], rows)
 
 
@@ -499,8 +503,8 @@ def errors_table(evals: list[dict]) -> str:
               and (e["mode"] == "ar" or (e["threshold"] == 0.9 and not e["block_cache"]))]
     if not picked:
         return ""
-    rows = [[e["model"], e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}", str(e["n"]),
-             str(sum(e["errors"].values())), *(str(e["errors"][c]) for c in E.CATEGORIES)] for e in picked]
+    rows = [[e["model"], _decoding(e), str(e["n"]), str(sum(e["errors"].values())),
+             *(str(e["errors"][c]) for c in E.CATEGORIES)] for e in picked]
     return R.markdown(["model", "decoding", "problems", "wrong", *E.CATEGORIES], rows)
 
 
@@ -670,15 +674,12 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
         decoding_picture(out / "bd", held[0], rep / "trace.png", b)
-    if "phrasings" in stages:
-        if not results_file.exists():
-            raise FileNotFoundError(f"{results_file} is missing: the phrasings stage adds to the eval stage's results")
+    if "phrasings" in stages:  # check_stages made sure the eval stage's results are there
         log(f"[5/7] held-out phrasings against training phrasings (unseen numbers): the AR parent and block "
             f"diffusion at threshold 0.9, {b.batched} at a time")
         t0 = time.perf_counter()
         results = json.loads(results_file.read_text())
-        results["phrasings"] = evaluate_phrasings(out, P.read_jsonl(data_dir / "heldout.jsonl"), b, seed, progress,
-                                                  log)
+        results["phrasings"] = evaluate_phrasings(out, held_all, b, seed, progress, log)
         timings["phrasings"] = time.perf_counter() - t0
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
