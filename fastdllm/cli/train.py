@@ -23,6 +23,7 @@ examples:
 """
 
 GROUPS = {"model": "model", "data": "data", "objective": "objective (block diffusion)",
+          "recipe": "adaptation levers (block diffusion; all off by default)",
           "optimisation": "optimisation", "lora": "LoRA", "hardware": "hardware and scale-out", "output": "output"}
 METAVARS = {"data": "FILE", "output_dir": "DIR", "device": "DEVICE", "model_config": "FILE"}
 
@@ -67,7 +68,7 @@ def _default_text(default) -> str:
     if isinstance(default, bool):
         return f" (default: {'on' if default else 'off'})"
     if isinstance(default, list):
-        return f" (default: {','.join(default)})"
+        return f" (default: {','.join(map(str, default)) or 'none'})"
     return f" (default: {default})"
 
 

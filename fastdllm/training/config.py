@@ -54,6 +54,29 @@ class TrainConfig:
     block_size: int = opt(32, "diffusion block size (saved as bd_size)", "objective")
     complementary_mask: bool = opt(True, "also train every sample with the complementary mask", "objective")
     noise_eps: float = opt(1e-3, "mask ratios t are drawn from U(eps, 1) per block", "objective")
+    # ---- the adaptation's levers (all off by default: the Fast-dLLM v2 recipe as released)
+    block_curriculum: list = opt([], "block-size curriculum: smaller block sizes (divisors of --block-size, "
+                                     "increasing) to train with first, each for an equal share of "
+                                     "--block-curriculum-steps, then --block-size (e.g. 4,8,16)", "recipe")
+    block_curriculum_steps: int = opt(0, "steps the block-size curriculum spans", "recipe")
+    attention_anneal_steps: int = opt(0, "attention annealing: the in-block attention starts causal (the AR "
+                                         "model's) and opens to bidirectional over this many steps, each "
+                                         "in-block pair (q, k > q) attending with probability step / N; 0 = off",
+                                      "recipe")
+    ar_loss_weight: float = opt(0.0, "auxiliary AR loss: alpha in (alpha * AR loss on the clean sequence + "
+                                     "diffusion loss) / (1 + alpha); costs one more forward and backward over "
+                                     "the clean tokens per step; 0 = off", "recipe")
+    mask_position_tilt: float = opt(0.0, "position-dependent masking in [0, 1]: a block's later positions are "
+                                         "masked more often (position j of B at t (1 + tilt (2 j / (B - 1) - 1)), "
+                                         "same mean); 0 = every position at the block's ratio", "recipe")
+    mask_rate: str = opt("uniform", "how a block's mask ratio t is drawn: uniform U(eps, 1); clipped "
+                                    "U(--mask-rate-low, --mask-rate-high); logit_normal: eps + (1 - eps) "
+                                    "sigmoid(N(--mask-rate-mean, --mask-rate-std)), bell-shaped", "recipe",
+                         ("uniform", "clipped", "logit_normal"))
+    mask_rate_low: float = opt(0.2, "clipped mask ratio: lowest t", "recipe")
+    mask_rate_high: float = opt(0.8, "clipped mask ratio: highest t", "recipe")
+    mask_rate_mean: float = opt(0.0, "logit-normal mask ratio: mean of the logit", "recipe")
+    mask_rate_std: float = opt(1.0, "logit-normal mask ratio: standard deviation of the logit", "recipe")
     attention: str = opt("auto", "attention for the training mask: flex (CUDA), split (one SDPA for the clean copy "
                                  "and one for the noisy streams, skipping the scores the mask removes), dense "
                                  "(SDPA with the full boolean mask) or auto (flex on CUDA, split elsewhere)",
@@ -122,6 +145,13 @@ class TrainConfig:
     def is_diffusion(self) -> bool:
         return self.objective == "diffusion"
 
+    def mask_rates(self):
+        """The noise options as a ``noise.MaskRates``."""
+        from .noise import MaskRates
+
+        return MaskRates(eps=self.noise_eps, rate=self.mask_rate, low=self.mask_rate_low, high=self.mask_rate_high,
+                         mean=self.mask_rate_mean, std=self.mask_rate_std, tilt=self.mask_position_tilt)
+
     def validate(self) -> "TrainConfig":
         """Raise ``TrainConfigError`` (one line) for a bad or missing option; returns self."""
         _check_types(self)
@@ -134,7 +164,8 @@ class TrainConfig:
         if self.output_dir is None:
             raise TrainConfigError("no output directory: pass --output-dir DIR")
         for name, choices in (("objective", ("diffusion", "ar")), ("attention", ("auto", "dense", "flex", "split")),
-                              ("schedule", ("constant", "cosine"))):
+                              ("schedule", ("constant", "cosine")),
+                              ("mask_rate", ("uniform", "clipped", "logit_normal"))):
             if getattr(self, name) not in choices:
                 raise TrainConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         positive = ["block_size", "seq_len", "micro_batch_size", "grad_accum", "log_every", "loss_chunk_size",
@@ -163,11 +194,42 @@ class TrainConfig:
             raise TrainConfigError(f"stop_after_steps must be positive, got {self.stop_after_steps}")
         if self.mask_token_id is not None and self.mask_token_id < 0:
             raise TrainConfigError(f"mask_token_id must be >= 0, got {self.mask_token_id}")
+        self._validate_recipe()
         if self.lora and not self.lora_target_modules:
             raise TrainConfigError("lora_target_modules is empty")
         if self.lora and self.init_from_scratch:
             raise TrainConfigError("LoRA needs pretrained weights: do not combine --lora with --init-from-scratch")
         return self
+
+
+    def _validate_recipe(self) -> None:
+        """The adaptation levers; the curriculum's sizes become ints (flags give strings)."""
+        try:
+            sizes = [int(x) for x in self.block_curriculum]
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"block_curriculum must be whole block sizes, got {self.block_curriculum!r}") from None
+        if any(b <= 0 or self.block_size % b or b >= self.block_size for b in sizes) or sizes != sorted(set(sizes)):
+            raise TrainConfigError(f"block_curriculum must be increasing divisors of block_size ({self.block_size}) "
+                                   f"below it, got {sizes}")
+        self.block_curriculum = sizes
+        for name in ("block_curriculum_steps", "attention_anneal_steps"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if sizes and not self.block_curriculum_steps:
+            raise TrainConfigError("block_curriculum needs block_curriculum_steps (how many steps it spans)")
+        if self.ar_loss_weight < 0:
+            raise TrainConfigError(f"ar_loss_weight must be >= 0, got {self.ar_loss_weight}")
+        if not 0.0 <= self.mask_position_tilt <= 1.0:
+            raise TrainConfigError(f"mask_position_tilt must be in [0, 1], got {self.mask_position_tilt}")
+        if not 0.0 <= self.mask_rate_low < self.mask_rate_high <= 1.0:
+            raise TrainConfigError(f"mask_rate_low and mask_rate_high must satisfy 0 <= low < high <= 1, got "
+                                   f"{self.mask_rate_low} and {self.mask_rate_high}")
+        if not self.mask_rate_std > 0:
+            raise TrainConfigError(f"mask_rate_std must be positive, got {self.mask_rate_std}")
+        levers = [n for n in ("block_curriculum", "attention_anneal_steps", "ar_loss_weight", "mask_position_tilt")
+                  if getattr(self, n)] + (["mask_rate"] if self.mask_rate != "uniform" else [])
+        if levers and not self.is_diffusion:
+            raise TrainConfigError(f"{', '.join(levers)} only apply to --objective diffusion")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -43,8 +43,16 @@ class FlexAttention:
     """``attend(layer, q, k, v)`` for the model, with the block-diffusion BlockMask."""
 
     def __init__(self, n: int, block_size: int, device: torch.device, scale: float, compiled: bool | None = None,
-                 streams: int = 1):
-        self.mask = block_mask(n, block_size, str(device), streams)
+                 streams: int = 1, open_pairs: torch.Tensor | None = None):
+        if open_pairs is None:
+            self.mask = block_mask(n, block_size, str(device), streams)
+        else:  # attention annealing: a fresh draw every step, so no cache
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            total = (streams + 1) * n
+            mod = block_diffusion_mask_mod(n, block_size, streams, open_pairs.to(device))
+            self.mask = create_block_mask(mod, None, None, total, total, device=str(device),
+                                          _compile=device.type == "cuda")
         self.scale = scale
         self.compiled = device.type == "cuda" if compiled is None else compiled
 

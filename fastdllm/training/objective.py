@@ -6,6 +6,11 @@ copy is shared, see ``masks.py``); the vocabulary projection runs only on the no
 predict a target (row i - 1 for the target at i), so the [R, 2L, V] logits never exist.
 AR: the model reads x_0 under the causal mask, same gathering. Both return the *sum* of the
 cross-entropies; the trainer divides by the global target count.
+
+A diffusion batch with ``ar_targets`` (the auxiliary AR loss) also runs the clean samples
+through the model once more under the causal mask and returns the pair (diffusion sum, AR
+sum): one extra forward and backward over the clean tokens (L beside the 3L of a
+complementary pair).
 """
 
 from __future__ import annotations
@@ -74,19 +79,23 @@ class TrainingObjective(nn.Module):
         self.attention = attention
         self.loss_chunk_size = loss_chunk_size
 
-    def attend(self, n: int, device: torch.device, streams: int = 1):
+    def attend(self, n: int, device: torch.device, streams: int = 1, block_size: int | None = None,
+               open_pairs: torch.Tensor | None = None):
         scale = self.model.attn_scale
         if self.objective == "ar":
             return DenseAttention(_dense_mask(n, None, str(device)), scale)
+        bs = block_size or self.block_size
         if self.attention == "flex":
             from .flex import FlexAttention
 
-            return FlexAttention(n, self.block_size, device, scale, streams=streams)
+            return FlexAttention(n, bs, device, scale, streams=streams, open_pairs=open_pairs)
         if self.attention == "split":
             from .split import SplitAttention
 
-            return SplitAttention(n, self.block_size, device, scale, streams=streams)
-        return DenseAttention(_dense_mask(n, self.block_size, str(device), streams), scale)
+            return SplitAttention(n, bs, device, scale, streams=streams, open_pairs=open_pairs)
+        if open_pairs is not None:  # a fresh draw every step: not cached
+            return DenseAttention(block_diffusion_mask(n, bs, device, streams, open_pairs)[None, None], scale)
+        return DenseAttention(_dense_mask(n, bs, str(device), streams), scale)
 
     def hidden(self, batch: Batch) -> torch.Tensor:
         """Final hidden states: [R / S, (S + 1) L, H] (diffusion, S = batch.streams) or [R, L, H] (AR)."""
@@ -101,11 +110,24 @@ class TrainingObjective(nn.Module):
             ids = torch.cat([noisy, batch.clean[::S]], dim=1)  # [R / S, (S + 1) L]
             positions = pos.repeat(S + 1)  # [(S + 1) L]
         ids = ids.to(device)
-        return self.model.hidden_states(ids, positions[None].expand(ids.shape[0], -1), self.attend(L, device, S))
+        attend = self.attend(L, device, S, batch.block_size, batch.open_pairs)
+        return self.model.hidden_states(ids, positions[None].expand(ids.shape[0], -1), attend)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        h = self.hidden(batch)  # [R / S, T, H]
-        rows, flat = prediction_rows(batch.targets, h.shape[1], batch.streams if batch.noisy is not None else 1)
-        labels = batch.clean.flatten()[flat].to(h.device)  # [N]
+    def _ce(self, h: torch.Tensor, targets: torch.Tensor, clean: torch.Tensor, streams: int) -> torch.Tensor:
+        rows, flat = prediction_rows(targets, h.shape[1], streams)
+        labels = clean.flatten()[flat].to(h.device)  # [N]
         picked = h.flatten(0, 1).index_select(0, rows.to(h.device))  # [N, H]
         return chunked_ce_sum(self.model.lm_head, picked, labels, self.loss_chunk_size)
+
+    def forward(self, batch: Batch) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(batch)  # [R / S, T, H]
+        diffusion = batch.noisy is not None
+        loss = self._ce(h, batch.targets, batch.clean, batch.streams if diffusion else 1)
+        if not diffusion or batch.ar_targets is None:
+            return loss
+        clean = batch.clean[::batch.streams]  # [R / S, L] one clean row per sample
+        L, device = clean.shape[1], self.model.device
+        pos = torch.arange(L, device=device)
+        h_ar = self.model.hidden_states(clean.to(device), pos[None].expand(clean.shape[0], -1),
+                                        DenseAttention(_dense_mask(L, None, str(device)), self.model.attn_scale))
+        return loss, self._ce(h_ar, batch.ar_targets, clean, 1)  # h_ar: [R / S, L, H]

@@ -25,18 +25,30 @@ import torch.nn.functional as F
 @lru_cache(maxsize=16)
 def split_masks(n: int, block_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean [n, n], noisy [n, 2n]) bool masks, True = may attend; noisy keys are [x_0 ; x_t]."""
-    blk = torch.arange(n, device=device) // block_size  # [n]
-    clean = blk[None, :] <= blk[:, None]  # [n, n] block-causal
-    noisy = torch.cat([blk[None, :] < blk[:, None], blk[None, :] == blk[:, None]], dim=1)  # [n, 2n]
-    return clean, noisy
+    return _split_masks(n, block_size, device)
+
+
+def _split_masks(n: int, block_size: int, device: str,
+                 open_pairs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.arange(n, device=device)
+    blk = pos // block_size  # [n]
+    before = blk[None, :] < blk[:, None]  # [n, n] key in an earlier block
+    same = blk[None, :] == blk[:, None]  # [n, n]
+    if open_pairs is not None:  # attention annealing (see masks.py)
+        same = same & ((pos[None, :] <= pos[:, None]) | open_pairs.to(device))
+    return before | same, torch.cat([before, same], dim=1)  # clean [n, n] block-causal, noisy [n, 2n]
 
 
 class SplitAttention:
     """``attend(layer, q, k, v)`` for [x_t1 ; ... ; x_tS ; x_0] rows of ``n`` tokens per stream."""
 
-    def __init__(self, n: int, block_size: int, device: torch.device, scale: float, streams: int = 1):
+    def __init__(self, n: int, block_size: int, device: torch.device, scale: float, streams: int = 1,
+                 open_pairs: torch.Tensor | None = None):
         self.n, self.streams, self.scale = n, streams, scale
-        self.clean_mask, self.noisy_mask = split_masks(n, block_size, str(device))
+        if open_pairs is None:
+            self.clean_mask, self.noisy_mask = split_masks(n, block_size, str(device))
+        else:
+            self.clean_mask, self.noisy_mask = _split_masks(n, block_size, str(device), open_pairs)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n, S = self.n, self.streams

@@ -25,7 +25,7 @@ from .data import SampleOrder, load_samples, micro_batch_indices
 from .distributed import Layout, all_sum, barrier, setup, teardown
 from .export import export_model, write_extras
 from .metrics import MetricsLog, bar_postfix, plot_loss, progress_bar
-from .noise import ar_batch, diffusion_batch
+from .noise import ar_batch, block_size_at, diffusion_batch, open_pairs_at
 from .objective import TrainingObjective
 from .optim import make_optimizer, make_scheduler
 from .parallel import Parallel
@@ -79,6 +79,8 @@ class Trainer:
         self.parallel = Parallel(self.objective, self.layout, cfg.fsdp, cfg.lora)
         self.optimizer = make_optimizer(self.objective.parameters(), cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        self.rates = cfg.mask_rates()
+        self.ar_loss: float | None = None  # the auxiliary AR loss of the last step (when on)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
 
     # ---- setup helpers ----------------------------------------------------------------------
@@ -87,7 +89,9 @@ class Trainer:
         if kind == "auto":
             from .flex import available
 
-            return "flex" if dev.type == "cuda" and available() else "split"
+            # annealing draws a new mask every step: flex would rebuild its block mask each time
+            flex = dev.type == "cuda" and available() and not self.cfg.attention_anneal_steps
+            return "flex" if flex else "split"
         if kind == "flex" and dev.type != "cuda" and self.cfg.is_diffusion:
             raise TrainConfigError("flex attention has no backward pass on the CPU in this torch; "
                                    "use --attention split, dense or auto")
@@ -100,30 +104,52 @@ class Trainer:
         return c.pad_token_id if c.pad_token_id is not None else (c.eos_token_id[0] if c.eos_token_id else 0)
 
     # ---- data -------------------------------------------------------------------------------
-    def micro_batch(self, step: int, accum: int):
+    def block_size_at(self, step: int) -> int:
+        """The block size of step ``step`` (the curriculum's, then ``block_size``)."""
+        cfg = self.cfg
+        return block_size_at(step, cfg.block_curriculum, cfg.block_curriculum_steps, cfg.block_size)
+
+    def micro_batch(self, step: int, accum: int, open_pairs: torch.Tensor | None = None):
         cfg, lay = self.cfg, self.layout
         idx = micro_batch_indices(step, accum, lay.rank, cfg.micro_batch_size, lay.world, cfg.grad_accum)
         samples = [self.samples[self.order[g]] for g in idx]
         if self.mask is None:
             return ar_batch(samples, self.pad_id)
-        return diffusion_batch(samples, idx, cfg.block_size, self.mask.id, cfg.noise_eps, cfg.seed,
-                               cfg.complementary_mask)
+        return diffusion_batch(samples, idx, cfg.block_size, self.mask.id, self.rates, cfg.seed,
+                               cfg.complementary_mask, noise_block=self.block_size_at(step), open_pairs=open_pairs,
+                               ar_targets=cfg.ar_loss_weight > 0)
 
     # ---- one optimizer step -----------------------------------------------------------------
     def train_step(self, step: int) -> tuple[float, int]:
-        """Run step ``step`` (0-based); returns (loss, sample tokens) over the global batch."""
+        """Run step ``step`` (0-based); returns (loss, sample tokens) over the global batch.
+
+        With the auxiliary AR loss the step minimises (alpha AR + diffusion) / (1 + alpha), each
+        the mean over its own targets; the loss returned stays the diffusion loss (the AR loss
+        goes to ``self.ar_loss``), so runs with and without it compare.
+        """
         cfg, lay = self.cfg, self.layout
-        batches = [self.micro_batch(step, a) for a in range(cfg.grad_accum)]
+        pairs = None
+        if self.mask is not None and cfg.attention_anneal_steps:
+            pairs = open_pairs_at(step, cfg.attention_anneal_steps, cfg.seq_len, cfg.seed)
+        batches = [self.micro_batch(step, a, pairs) for a in range(cfg.grad_accum)]
         count = all_sum(sum(b.n_targets for b in batches), lay)
         scale = lay.world / max(count, 1.0)  # DDP/FSDP average over processes: undo it
-        loss_sum = 0.0
+        alpha = cfg.ar_loss_weight if self.mask is not None else 0.0
+        ar_count = all_sum(sum(b.n_ar_targets for b in batches), lay) if alpha else 0.0
+        loss_sum = ar_sum = 0.0
         for a, batch in enumerate(batches):
             last = a == cfg.grad_accum - 1
             with self.parallel.sync(last):  # DDP skips the all-reduce except on the last micro-batch
                 with torch.autocast(lay.device.type, torch.bfloat16, enabled=self.use_bf16):
                     s = self.parallel(batch)
-                (s * scale).backward()
+                if alpha:
+                    s, s_ar = s
+                    ((s * scale + alpha * lay.world / max(ar_count, 1.0) * s_ar) / (1 + alpha)).backward()
+                    ar_sum += float(s_ar.detach())
+                else:
+                    (s * scale).backward()
             loss_sum += float(s.detach())
+        self.ar_loss = all_sum(ar_sum, lay) / max(ar_count, 1.0) if alpha else None
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad],
                                            cfg.max_grad_norm)
@@ -191,8 +217,13 @@ class Trainer:
                 tps = run_tokens / max(time.perf_counter() - t0, 1e-9)
                 lr = self.scheduler.get_last_lr()[0]
                 if main and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                    log.append({"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
-                                "tokens_per_s": tps, "elapsed": self.elapsed})
+                    row = {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": tps,
+                           "elapsed": self.elapsed}
+                    if self.ar_loss is not None:
+                        row["ar_loss"] = self.ar_loss
+                    if cfg.block_curriculum:
+                        row["block_size"] = self.block_size_at(self.step - 1)
+                    log.append(row)
                 bar.set_postfix(bar_postfix(loss, tps, lr), refresh=False)
                 bar.update(1)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
