@@ -140,3 +140,46 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert t["ar_pretrain"] == res["timings_s"]["ar_pretrain"] and t["eval"] != res["timings_s"]["eval"]
     assert "phrasings" not in t and "phrasings" in res["timings_s"]
     assert t["total"] == sum(t[k] for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval"))
+
+
+def test_build_killed_twice_resumes_to_the_same_files(tmp_path):
+    """Killed inside the AR stage, then inside the adaptation, and run again: the build continues
+    from its last checkpoints and ends with the files of a build that ran through."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from fastdllm.training.checkpoint import checkpoint_root, latest
+    from fastdllm.training.metrics import read_metrics
+
+    script = Path(build.__file__)
+    cmd = [sys.executable, str(script), "--quick", "--threads", "1", "--no-parallel", "--stages", "data,ar,bd"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(cmd + ["--out", str(ref)], check=True, capture_output=True, timeout=900)
+    logs = []
+    for stage, step in (("ar", 8), ("bd_matched", 4)):
+        log = tmp_path / f"{stage}.log"
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=f, stderr=subprocess.STDOUT)
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                last = latest(checkpoint_root(out / stage))
+                if last is not None and int(last.name.split("-")[1]) >= step:
+                    break
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        logs.append(log.read_text())
+    done = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "data: made in an earlier run, kept" in logs[1]
+    assert "resumed at step" in logs[1]                       # the AR stage went on from its checkpoint
+    assert "ar: finished in an earlier run, kept" in done.stdout
+    assert "resumed at step" in done.stderr                   # and so did the adaptation
+    for name in ("ar", "bd_matched", "bd_nocomp", "bd"):
+        assert (out / name / "model.safetensors").read_bytes() == (ref / name / "model.safetensors").read_bytes(), name
+        losses = [[(r["step"], r["loss"]) for r in read_metrics(d / name / "metrics.jsonl")] for d in (ref, out)]
+        assert losses[0] == losses[1], name

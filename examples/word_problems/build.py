@@ -4,6 +4,11 @@
     python examples/word_problems/build.py --out runs/word_problems --install  # ... and ship it
     python examples/word_problems/build.py --out /tmp/wp --quick               # the test-suite version
 
+Run again after a stop (Ctrl-C, a killed process), a build keeps the stages it finished and
+continues the one it was in: a training stage from its last checkpoint (every ``save_every``
+steps), the evaluation from its last finished row; it ends with the same files as a build that
+ran through. ``--fresh`` redoes everything.
+
 Stages (everything goes under ``--out``):
 
 1. ``data/``: training problems and 500 held-out problems (held-out phrasings, unseen numbers;
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import random
 import shutil
@@ -102,6 +108,10 @@ class Budget:
     # (steps, peak lr, warm-up steps, min lr ratio) per stage, each on the next slice of the data
     bd_more: tuple[tuple[int, float, int, float], ...] = ()
     products: str = "fused"    # how the solutions write multiplication columns (``problems.make_split``)
+    # ``fastdllm train`` lever options of the adaptation (``TrainConfig`` names): the schedule-like
+    # ones (curriculum, attention annealing) apply to the first adaptation, the others to every stage
+    recipe: dict = dataclasses.field(default_factory=dict)
+    save_every: int = 100      # steps between resumable checkpoints of every training stage
 
     @property
     def bd_total_steps(self) -> int:
@@ -115,7 +125,8 @@ FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), a
                        (1000, 5e-4, 20, 0.1), (1000, 4e-4, 20, 0.1), (1000, 3e-4, 20, 0.1)))
 QUICK = Budget(n_train=3_000, n_heldout=12, vocab=512, model=model_config(64, 2, 4, 2, 192, 512), ar_steps=60,
                ar_batch=16, ar_lr=3e-3, bd_steps=12, bd_batch=8, bd_lr=1e-3, warmup=5, batched=4, n_sweep=4,
-               max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),))
+               max_new_tokens=64, bd_more=((6, 1e-3, 2, 0.3),), save_every=4)
+SCHEDULED = ("block_curriculum", "block_curriculum_steps", "attention_anneal_steps")  # first adaptation only
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -172,15 +183,40 @@ def write_records(records: list[dict], path: Path) -> Path:
 
 # ---- training ---------------------------------------------------------------------------------------
 
-def run_trainer(log, **options) -> dict:
+STAGE_DONE, STAGE_STARTED = "build_stage.json", "build_options.json"  # resumability markers (never released)
+
+
+def run_trainer(log, save_every: int = 0, **options) -> dict:
+    """One training stage, resumable: a stage that finished with the same options is not redone
+    (its result is read back), an unfinished one continues from its newest checkpoint (one every
+    ``save_every`` steps), and one started with other options starts afresh."""
     from fastdllm.training import TrainConfig, train
 
+    out = Path(options["output_dir"])
+    key = {k: v for k, v in options.items() if k not in ("progress", "num_threads")}
+    done = _read_json(out / STAGE_DONE)
+    if done and done["options"] == key:
+        log(f"  {out.name}: finished in an earlier run, kept")
+        return done["result"]
+    if _read_json(out / STAGE_STARTED) != key and out.exists():
+        shutil.rmtree(out)  # another stage's leftovers: its checkpoints must not be resumed
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STAGE_STARTED).write_text(json.dumps(key))
     shown = {k: v for k, v in options.items() if k not in ("model_config", "progress")}
     log("  fastdllm.training.train(TrainConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + "))")
-    t0 = time.perf_counter()
-    r = train(TrainConfig(**options))
-    return {"output_dir": str(r.output_dir), "loss": r.loss, "steps": r.steps, "tokens": r.tokens,
-            "tokens_per_s": r.tokens_per_s, "seconds": time.perf_counter() - t0}
+    r = train(TrainConfig(**options, save_every=save_every, keep_checkpoints=1, resume=True))
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    result = {"output_dir": str(r.output_dir), "loss": r.loss, "steps": r.steps, "tokens": r.tokens,
+              "tokens_per_s": r.tokens / max(last["elapsed"], 1e-9), "seconds": last["elapsed"]}
+    (out / STAGE_DONE).write_text(json.dumps({"options": key, "result": result}))
+    return result
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def common_options(b: Budget, seed: int, progress: bool) -> dict:
@@ -190,9 +226,9 @@ def common_options(b: Budget, seed: int, progress: bool) -> dict:
 
 
 def pretrain_ar(b: Budget, data: Path, tok_dir: Path, out: Path, seed: int, progress: bool, log) -> dict:
-    return run_trainer(log, init_from_scratch=True, model_config=b.model, tokenizer=str(tok_dir), objective="ar",
-                       data=str(data), output_dir=str(out), max_steps=b.ar_steps, micro_batch_size=b.ar_batch,
-                       lr=b.ar_lr, **common_options(b, seed, progress))
+    return run_trainer(log, b.save_every, init_from_scratch=True, model_config=b.model, tokenizer=str(tok_dir),
+                       objective="ar", data=str(data), output_dir=str(out), max_steps=b.ar_steps,
+                       micro_batch_size=b.ar_batch, lr=b.ar_lr, **common_options(b, seed, progress))
 
 
 def adapt(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: int, complementary: bool,
@@ -200,9 +236,10 @@ def adapt(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: i
     opts = common_options(b, seed, progress)
     if b.bd_warmup is not None:
         opts["warmup_steps"] = b.bd_warmup
-    return run_trainer(log, model=str(parent), tokenizer=str(tok_dir), data=str(data), output_dir=str(out),
-                       objective="diffusion", block_size=b.block_size, complementary_mask=complementary,
-                       max_steps=b.bd_steps, micro_batch_size=b.bd_batch, lr=b.bd_lr, **opts)
+    return run_trainer(log, b.save_every, model=str(parent), tokenizer=str(tok_dir), data=str(data),
+                       output_dir=str(out), objective="diffusion", block_size=b.block_size,
+                       complementary_mask=complementary, max_steps=b.bd_steps, micro_batch_size=b.bd_batch, lr=b.bd_lr,
+                       **opts, **b.recipe)
 
 
 def _adapt_job(b: Budget, parent: Path, data: Path, tok_dir: Path, out: Path, seed: int, complementary: bool,
@@ -262,9 +299,10 @@ def adapt_more(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progr
         log(f"[3/7] continued adaptation {k + 1}/{len(b.bd_more)} ({src.name} -> {dst.name}): {steps} steps x "
             f"{b.bd_batch} problems, peak lr {lr}")
         opts = common_options(b, seed + k + 1, progress) | dict(warmup_steps=warmup, min_lr_ratio=min_lr)
-        res.append(run_trainer(log, model=str(src), tokenizer=str(tok_dir), data=str(part), output_dir=str(dst),
-                               objective="diffusion", block_size=b.block_size, complementary_mask=True,
-                               max_steps=steps, micro_batch_size=b.bd_batch, lr=lr, **opts))
+        opts |= {k: v for k, v in b.recipe.items() if k not in SCHEDULED}
+        res.append(run_trainer(log, b.save_every, model=str(src), tokenizer=str(tok_dir), data=str(part),
+                               output_dir=str(dst), objective="diffusion", block_size=b.block_size,
+                               complementary_mask=True, max_steps=steps, micro_batch_size=b.bd_batch, lr=lr, **opts))
         src, seen = dst, seen + steps * b.bd_batch
     if not b.bd_more:
         if (out / "bd").exists():
@@ -357,37 +395,60 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
         rows.extend(old)
         return False
 
-    def row(label: str, llm, into: list = rows, on: list[P.Problem] = problems, **kw):
+    models: dict = {}
+
+    def row(label: str, name: str, into: list = rows, on: list[P.Problem] = problems, **kw):
+        """One evaluation of the model ``out / name``; a finished one is kept in ``report/rows``, so
+        an evaluation stopped part-way continues from its last finished row."""
         desc = f"{label} {kw.get('mode')} thr={kw.get('threshold')} cache={kw.get('cache', False)} batch={kw.get('batch', 1)}"
         if on is not problems:
             desc += f" on all {len(on)}"
-        e = {"model": label, **evaluate(llm, on, b=b, progress=progress, desc=desc, **kw)}
+
+        def measure() -> dict:
+            if name not in models:
+                models[name] = fastdllm.load(str(out / name), max_batch_size=b.batched)
+            return {"model": label, **evaluate(models[name], on, b=b, progress=progress, desc=desc, **kw)}
+
+        e = cached_row(out / "report" / "rows", out / name, f"{desc} {[p.question for p in on]}", measure)
         log(f"  {desc}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, {e['tokens_per_s']:.0f} tok/s")
         into.append(e)
 
-    ar = fastdllm.load(str(out / "ar"), max_batch_size=b.batched)
-    row("AR parent", ar, mode="ar")
-    bd = fastdllm.load(str(out / "bd"), max_batch_size=b.batched)
+    row("AR parent", "ar", mode="ar")
     for thr in THRESHOLDS:
         for cache in (False, True):
-            row("BD, compl. mask", bd, mode="diffusion", threshold=thr, cache=cache)
+            row("BD, compl. mask", "bd", mode="diffusion", threshold=thr, cache=cache)
     # the ablation compares at equal steps: the complementary-mask model before continuing
     if b.bd_more and ablation("bd_matched", matched_label(b, True)):
-        matched = fastdllm.load(str(out / "bd_matched"), max_batch_size=b.batched)
         for thr in THRESHOLDS:
-            row(matched_label(b, True), matched, mode="diffusion", threshold=thr)
+            row(matched_label(b, True), "bd_matched", mode="diffusion", threshold=thr)
     if ablation("bd_nocomp", matched_label(b, False)):
-        nocomp = fastdllm.load(str(out / "bd_nocomp"), max_batch_size=b.batched)
         for thr in THRESHOLDS:
-            row(matched_label(b, False), nocomp, mode="diffusion", threshold=thr)
-    row("AR parent", ar, mode="ar", batch=b.batched)
-    row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, batch=b.batched)
-    row("BD, compl. mask", bd, mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
+            row(matched_label(b, False), "bd_nocomp", mode="diffusion", threshold=thr)
+    row("AR parent", "ar", mode="ar", batch=b.batched)
+    row("BD, compl. mask", "bd", mode="diffusion", threshold=0.9, batch=b.batched)
+    row("BD, compl. mask", "bd", mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
     if all_problems is not None and len(all_problems) > len(problems):
         log(f"  the AR parent and block diffusion at threshold 0.9 on all {len(all_problems)} held-out problems")
-        row("AR parent", ar, into=headline, on=all_problems, mode="ar")
-        row("BD, compl. mask", bd, into=headline, on=all_problems, mode="diffusion", threshold=0.9)
+        row("AR parent", "ar", into=headline, on=all_problems, mode="ar")
+        row("BD, compl. mask", "bd", into=headline, on=all_problems, mode="diffusion", threshold=0.9)
     return rows, headline
+
+
+def cached_row(cache_dir: Path, model_dir: Path, key: str, measure) -> dict:
+    """``measure()``, or what it gave in an earlier run for the same ``key`` on the same model
+    (weights and config: the sweep stage rewrites the block sizes)."""
+    h = hashlib.sha256()
+    for f in ("model.safetensors", "config.json"):
+        h.update((model_dir / f).read_bytes())
+    h.update(key.encode())
+    path = cache_dir / f"{h.hexdigest()[:24]}.json"
+    kept = _read_json(path)
+    if kept is not None:
+        return kept
+    e = measure()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(e))
+    return e
 
 
 SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
@@ -555,7 +616,8 @@ def _copy_model(src: Path, dst: Path) -> None:
     """A checkpoint's weights, config and tokenizer (not its training logs)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja") and f.name != "train_config.json":
+        if (f.is_file() and f.suffix in (".json", ".safetensors", ".jinja")
+                and f.name not in ("train_config.json", STAGE_DONE, STAGE_STARTED)):
             shutil.copy2(f, dst / f.name)
 
 
@@ -603,12 +665,19 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
     check_stages(out, stages)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    t_start = time.perf_counter()
     data_dir, tok_dir = out / "data", out / "tokenizer"
 
     t0 = time.perf_counter()
-    if "data" in stages:
+    data_key = {"n_train": b.n_train, "n_heldout": b.n_heldout, "vocab": b.vocab, "seed": seed, "products": b.products,
+                "ar_batch": b.ar_batch, "bd_batch": b.bd_batch, "block_size": b.block_size,
+                "small_block_size": b.small_block_size}
+    kept_data = _read_json(data_dir / STAGE_DONE)
+    if "data" in stages and kept_data and kept_data["options"] == data_key:
+        log("[1/7] data: made in an earlier run, kept")
+        timings["data"] = kept_data["seconds"]
+    elif "data" in stages:
         log(f"[1/7] data: {b.n_train} training problems, {b.n_heldout} held-out problems; tokenizer")
+        (data_dir / STAGE_DONE).unlink(missing_ok=True)
         train_problems = P.make_split(b.n_train, seed, held_out=False, products=b.products)
         held = P.make_split(b.n_heldout, seed, held_out=True, products=b.products)
         P.write_jsonl(train_problems, data_dir / "train.jsonl")
@@ -619,6 +688,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         write_records(batched_order(training_records(tok, train_problems, b.small_block_size), b.bd_batch, seed,
                                     b.block_size), data_dir / "bd_train.jsonl")
         timings["data"] = time.perf_counter() - t0
+        (data_dir / STAGE_DONE).write_text(json.dumps({"options": data_key, "seconds": timings["data"]}))
     held_all = P.read_jsonl(data_dir / "heldout.jsonl") if (data_dir / "heldout.jsonl").exists() else []
     held = held_all[:eval_problems or None]
 
@@ -628,14 +698,14 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         ar = pretrain_ar(b, data_dir / "ar_train.jsonl", tok_dir, out / "ar", seed, progress, log)
         timings["ar_pretrain"] = ar["seconds"]
     if "bd" in stages:
-        t0 = time.perf_counter()
         bd = adapt_both(b, out, data_dir / "bd_train.jsonl", tok_dir, seed, progress, log, parallel)
         for name in bd:
             timings[f"adapt_{name}"] = bd[name]["seconds"]
-        timings["adapt"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        # training time (over every invocation of a resumed build): side by side, the longer one
+        both = [bd[name]["seconds"] for name in bd]
+        timings["adapt"] = max(both) if parallel and torch.get_num_threads() >= 2 else sum(both)
         bd["continued"] = adapt_more(b, out, data_dir / "bd_train.jsonl", tok_dir, seed, progress, log)
-        timings["adapt_more"] = time.perf_counter() - t0
+        timings["adapt_more"] = sum(r["seconds"] for r in bd["continued"])
     sweep = chosen = None
     if "sweep" in stages:
         log(f"[4/7] decoding block sizes: {len(SWEEP)} pairs on {b.n_sweep} validation problems")
@@ -686,20 +756,24 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
     if results.get("evaluations") and {"eval", "phrasings"} & set(stages):
         md = report_markdown(results["evaluations"], results.get("headline") or [], results.get("phrasings"))
         (out / "report" / "results.md").write_text(md)
-    full = {"data", "ar", "bd", "sweep", "eval", "phrasings"} <= set(stages)
-    if full:
-        timings["total"] = time.perf_counter() - t_start
-    if results:
+    if results:  # the total is the stages' sum, so a build resumed over several invocations adds up
         results["timings_s"] = {**results.get("timings_s", {}), **timings}
-        if not full:  # a partial rerun: the stages' sum
-            t = results["timings_s"]
-            t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval",
-                                                      "phrasings"))
+        t = results["timings_s"]
+        t["total"] = sum(t.get(k, 0.0) for k in ("data", "ar_pretrain", "adapt", "adapt_more", "sweep", "eval",
+                                                  "phrasings"))
         results_file.write_text(json.dumps(results, indent=2) + "\n")
     if "release" in stages:
         log("[7/7] release files")
         release(out, data_dir / "heldout.jsonl", results, b)
     return results
+
+
+def forget(out: Path) -> None:
+    """Drop the resumability records of a run directory (stage markers, kept evaluation rows)."""
+    for marker in (STAGE_DONE, STAGE_STARTED):
+        for f in out.glob(f"*/{marker}"):
+            f.unlink()
+    shutil.rmtree(out / "report" / "rows", ignore_errors=True)
 
 
 def _kept_results(results_file: Path, stages: tuple[str, ...]) -> dict:
@@ -740,6 +814,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--products", choices=P.PRODUCTS, default=None,
                    help="how solutions write a multiplication column: 'fused' (7 * 7 + 5 = 54, the shipped "
                         "model's data) or 'split' (7 * 7 = 49, 49 + 5 = 54); default: the budget's (fused)")
+    p.add_argument("--fresh", action="store_true",
+                   help="redo every stage asked for: forget what an earlier run in --out finished (without it, a "
+                        "build run again after a stop keeps the finished stages and continues the one it was in "
+                        "from its last checkpoint)")
     p.add_argument("--install", action="store_true", help=f"copy the release files into {PACKAGE_DIR}")
     a = p.parse_args(argv)
     if a.threads:
@@ -749,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         check_stages(a.out, stages)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
+    if a.fresh:
+        forget(a.out)
     res = run(a.out, quick=a.quick, seed=a.seed, stages=stages, parallel=a.parallel,
               eval_problems=a.eval_problems, products=a.products)
     if res.get("evaluations"):
