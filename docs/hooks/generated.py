@@ -2,6 +2,7 @@
 
 - ``<!-- cli-reference -->``: the ``--help`` of ``fastdllm`` and of every subcommand, from the real
   argparse parsers (``fastdllm.cli.main.build_parser``).
+- ``<!-- cli-help: NAME -->`` (alone on a line): ``fastdllm NAME --help``, on the page about it.
 - ``<!-- table: NAME -->`` (alone on a line): a table of measured figures from ``benchmarks/results/`` (``docs/tables.py``).
 
 It also publishes the pictures that live beside the code that draws them (``PICTURES``).
@@ -27,6 +28,7 @@ PICTURES = {
     "examples/synthetic/results/results.png": "synthetic-results.png",
     "examples/synthetic/results/trace.png": "synthetic-trace.png",
 }
+HELP = re.compile(r"^<!-- cli-help: (\w+) -->$", re.MULTILINE)  # one subcommand's --help, on its own page
 TABLE = re.compile(r"^<!-- table: ([\w-]+) -->$", re.MULTILINE)  # a marker alone on its line
 
 
@@ -38,14 +40,26 @@ def _tables():
     return module
 
 
-def cli_reference() -> str:
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width keeps the page stable
     from fastdllm.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, dict(sub.choices)
+
+
+def cli_help(name: str) -> str:
+    commands = _parsers()[1]
+    if name not in commands:
+        raise KeyError(f"no subcommand {name!r}: one of {', '.join(commands)}")
+    return "```text\n" + commands[name].format_help() + "```\n"
+
+
+def cli_reference() -> str:
+    parser, commands = _parsers()
     parts = ["## fastdllm\n", "```text\n" + parser.format_help() + "```\n"]
-    for name, command in sub.choices.items():
+    for name, command in commands.items():
         parts += [f"## fastdllm {name}\n", "```text\n" + command.format_help() + "```\n"]
     return "\n".join(parts)
 
@@ -53,6 +67,7 @@ def cli_reference() -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- cli-reference -->" in markdown:
         markdown = markdown.replace("<!-- cli-reference -->", cli_reference())
+    markdown = HELP.sub(lambda m: cli_help(m.group(1)), markdown)
     if TABLE.search(markdown):
         tables = _tables()
 
