@@ -76,14 +76,14 @@ def machine_of(data) -> str:
 
 
 def markdown(header: list[str], rows: list[list], name: str, data, command: str,
-             machine: str | None = None) -> str:
+             machine: str | None = None, also: tuple[str, ...] = ()) -> str:
     if not rows:
         raise TableError(f"benchmarks/results/{name} gave no rows")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines.append("")
     lines.append(f"*Machine: {machine or machine_of(data)}. Date: {date_of(name, data)}. "
-                 f"Command: `{command}`. Data: `benchmarks/results/{name}`.*")
+                 f"Command: `{command}`. Data: " + ", ".join(f"`benchmarks/results/{n}`" for n in (name, *also)) + ".*")
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +204,8 @@ def decode() -> str:
             rows.append([label, mode, r["generated_tokens"], r["nfe"], f"{r['tpf']:.2f}", f"{r['tokens_per_second']:.1f}"])
     name, d = files[-1][0], load(files[-1][0])
     return markdown(["model", "mode", "tokens", "NFE", "TPF", "tokens/s"], rows, name, d,
-                    "python benchmarks/bench_decode.py --model M --max-new-tokens 128 --threads 2")
+                    "python benchmarks/bench_decode.py --model M --max-new-tokens 128 --threads 2",
+                    also=(files[0][0],))
 
 
 @table("train_small")
