@@ -212,12 +212,11 @@ def release_like_tokenizer(vocab_size: int = 1200):
     BOS and the release's chat template; only the learned merges are fewer (trained here in well
     under a second), so the ids differ from the release's 151643+.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from examples.word_problems import problems as wp
     from examples.word_problems.tokenizer import SPLIT_PATTERN, corpus_texts
-    from tokenizers import Regex
 
     settings = json.loads((RELEASE_7B / "tokenizer_config.json").read_text())
     added = [settings["added_tokens_decoder"][k] for k in sorted(settings["added_tokens_decoder"], key=int)]
@@ -246,8 +245,9 @@ def release_like_tokenizer(vocab_size: int = 1200):
 def make_tiny_chat_checkpoint(directory: str | Path) -> Path:
     """A tiny random, confident Fast-dLLM checkpoint with a release-like tokenizer and the release's chat
     template and generation config (``release_like_tokenizer``). As in the release, the model's
-    vocabulary is padded past the tokenizer's (to a multiple of 64), and config.json carries no mask id
-    beyond the one ``make_tiny_checkpoint`` writes (set here to the tokenizer's ``|<MASK>|``)."""
+    vocabulary is padded past the tokenizer's (to a multiple of 64); config.json's mask, EOS and BOS ids
+    are the tokenizer's ``|<MASK>|``, ``<|im_end|>`` and ``<|endoftext|>``. Needs nothing outside the
+    repository."""
     directory = Path(directory)
     tok = release_like_tokenizer()
     vocab = -(-len(tok) // 64) * 64
