@@ -18,9 +18,12 @@ FAMILIES = ("qwen2", "llama", "fast_dllm")
 
 #: config.json keys the released Fast-dLLM v2 checkpoint carries on top of a Qwen2 config.
 FAST_DLLM_MODEL_TYPE = "Fast_dLLM_Qwen"
-SHARED_7B = Path(__file__).resolve().parents[2] / "shared" / "fast_dllm_v2_7b"
-TOKENIZER_FILES = ["tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
+DATA = Path(__file__).resolve().parent / "data"
+#: The released Fast-dLLM v2 7B's small files (config, weight index, tokenizer settings, chat template);
+#: not its weights, vocab.json or merges.txt (see tests/data/README.md).
+RELEASE_7B = DATA / "fast_dllm_v2_7b"
+#: Decoding vectors recorded with the released decoder on a tiny checkpoint (see its README.md).
+CONFORMANCE_DIR = DATA / "conformance"
 FAST_DLLM_ARCH = "Fast_dLLM_QwenForCausalLM"
 FAST_DLLM_ONLY_KEYS = ("bd_size", "mask_token_id", "auto_map", "conplemenrary_mask")
 
@@ -201,19 +204,65 @@ def random_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (n,), generator=g)
 
 
+def release_like_tokenizer(vocab_size: int = 1200):
+    """A small byte-level BPE tokenizer set up like the released Fast-dLLM v2 (Qwen2.5) one.
+
+    Same pre-tokenizer (Qwen2's split), the release's 23 added tokens in its order and with its
+    special flags (``<|endoftext|>`` ... ``|<MASK>|``), EOS ``<|im_end|>``, pad ``<|endoftext|>``, no
+    BOS and the release's chat template; only the learned merges are fewer (trained here in well
+    under a second), so the ids differ from the release's 151643+.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from examples.word_problems import problems as wp
+    from examples.word_problems.tokenizer import SPLIT_PATTERN, corpus_texts
+
+    settings = json.loads((RELEASE_7B / "tokenizer_config.json").read_text())
+    added = [settings["added_tokens_decoder"][k] for k in sorted(settings["added_tokens_decoder"], key=int)]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # word problems, English prose (the default model's card) and the template's system prompt: so that
+    # the tests' chat prompts take a few dozen tokens, as with the release's tokenizer
+    prose = (Path(__file__).resolve().parents[1] / "fastdllm" / "models" / "word_problems" / "README.md").read_text()
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    tk.train_from_iterator([*corpus_texts(wp.make_split(300, seed=0, held_out=False)), prose, system * 50], trainer)
+    # after the learned vocabulary, as in the release (its added tokens follow the 151643 BPE tokens)
+    tk.add_tokens([AddedToken(a["content"], special=a["special"], normalized=False) for a in added])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=settings["eos_token"],
+                                  pad_token=settings["pad_token"],
+                                  additional_special_tokens=settings["additional_special_tokens"])
+    tok.chat_template = (RELEASE_7B / "chat_template.jinja").read_text()
+    return tok
+
+
 def make_tiny_chat_checkpoint(directory: str | Path) -> Path:
-    """A tiny random, confident Fast-dLLM checkpoint with the released Qwen2.5 tokenizer and chat
-    template (vocabulary 151936). Skips the test when ``../shared/fast_dllm_v2_7b`` is absent."""
-    import shutil
-
-    import pytest
-
-    if not SHARED_7B.exists():
-        pytest.skip("../shared/fast_dllm_v2_7b not present")
-    d = make_tiny_checkpoint(directory, "fast_dllm", vocab=151936, hidden=16, layers=1, heads=2, kv_heads=1,
+    """A tiny random, confident Fast-dLLM checkpoint with a release-like tokenizer and the release's chat
+    template and generation config (``release_like_tokenizer``). As in the release, the model's
+    vocabulary is padded past the tokenizer's (to a multiple of 64); config.json's mask, EOS and BOS ids
+    are the tokenizer's ``|<MASK>|``, ``<|im_end|>`` and ``<|endoftext|>``. Needs nothing outside the
+    repository."""
+    directory = Path(directory)
+    tok = release_like_tokenizer()
+    vocab = -(-len(tok) // 64) * 64
+    d = make_tiny_checkpoint(directory, "fast_dllm", vocab=vocab, hidden=16, layers=1, heads=2, kv_heads=1,
                              inter=32, confident=True, max_pos=256)
-    for f in TOKENIZER_FILES:
-        shutil.copy(SHARED_7B / f, d / f)
+    ids = {name: tok.convert_tokens_to_ids(name) for name in ("<|endoftext|>", "<|im_end|>", "|<MASK>|")}
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(mask_token_id=ids["|<MASK>|"], eos_token_id=ids["<|im_end|>"], bos_token_id=ids["<|endoftext|>"])
+    (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok.save_pretrained(d)
+    # the release's generation settings, its ids mapped to this tokenizer's (EOS: <|im_end|>, then <|endoftext|>)
+    gen = json.loads((RELEASE_7B / "generation_config.json").read_text())
+    gen.update(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+               eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
+    (d / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return d
 
 

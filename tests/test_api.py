@@ -11,7 +11,7 @@ from tests.helpers import make_tiny_chat_checkpoint, make_tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def qwen_tok_llm(tmp_path_factory):
-    """A tiny random Fast-dLLM checkpoint carrying the released Qwen2.5 tokenizer (vocab 151936)."""
+    """A tiny random Fast-dLLM checkpoint with a release-like tokenizer (the release's added tokens and template)."""
     d = make_tiny_chat_checkpoint(tmp_path_factory.mktemp("ck") / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg.pop("mask_token_id")  # as in the released config: the id comes from the tokenizer
@@ -37,8 +37,9 @@ def test_inference_imports_neither_training_nor_peft(ar_llm):
 
 def test_defaults_come_from_the_checkpoint(qwen_tok_llm):
     assert qwen_tok_llm.is_block_diffusion
-    assert qwen_tok_llm.mask_token_id == 151665  # "|<MASK>|" in the tokenizer
-    assert qwen_tok_llm.eos_token_ids[:2] == [151645, 151643]  # generation_config.json
+    ids = qwen_tok_llm.tokenizer.convert_tokens_to_ids
+    assert qwen_tok_llm.mask_token_id == ids("|<MASK>|")  # from the tokenizer: config.json has none
+    assert qwen_tok_llm.eos_token_ids[:2] == [ids("<|im_end|>"), ids("<|endoftext|>")]  # generation_config.json
     assert fastdllm.load(str(qwen_tok_llm.checkpoint.path), mask_token_id=7).mask_token_id == 7
 
 

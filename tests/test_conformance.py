@@ -1,26 +1,21 @@
 """Token-for-token conformance with the reference implementation's recorded outputs.
 
-The vectors in ../shared/conformance were produced by the released Fast-dLLM v2 decoder in
+The vectors in tests/data/conformance were produced by the released Fast-dLLM v2 decoder in
 float64 on a tiny random checkpoint; see that directory's README for the comparison rule.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
 import fastdllm
 from fastdllm.reference import naive_block_diffusion
 from fastdllm.sampling import greedy
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/conformance not present")
+from tests.helpers import CONFORMANCE_DIR
 
 
 def _cases(group):
-    if not SHARED.exists():
-        return []
-    return json.loads((SHARED / "cases.json").read_text())[group]
+    return json.loads((CONFORMANCE_DIR / "cases.json").read_text())[group]
 
 
 def _case_id(c):
@@ -30,7 +25,7 @@ def _case_id(c):
 
 @pytest.fixture(scope="module")
 def llm():
-    return fastdllm.load(str(SHARED / "model"), dtype="float64")
+    return fastdllm.load(str(CONFORMANCE_DIR / "model"), dtype="float64")
 
 
 def _options(c, max_new_tokens):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +13,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastdllm
 from fastdllm.engine.decision import StepDecision
 from fastdllm.sampling import SamplingParams, argmax_excluding, greedy, greedy_pick, make_sampler
+from tests.helpers import CONFORMANCE_DIR
 from tests.test_engine import MASK, prompt_of, random_llm
 
 CPU = torch.device("cpu")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 
 
 def softmax_greedy(mask_token_id):
@@ -224,14 +223,13 @@ def test_a_step_reads_the_device_once(count_reads):
 
 # ---- the confidence formula on the conformance vectors ----------------------------------------------
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/conformance not present")
 def test_conformance_steps_decide_as_each_sequence_alone(monkeypatch):
     """On the conformance cases, every step's batched decisions equal those of the per-sequence rule
     the engine had (a masked softmax, its argmax, host-side threshold and first maximum), and no
     confidence comes near a rounding error of its threshold. (Every case: 5548 decisions, the
     closest confidence 8.2e-6 from its threshold; every third single case here, to keep it short.)"""
-    cases = json.loads((SHARED / "cases.json").read_text())
-    llm = fastdllm.load(str(SHARED / "model"), dtype="float64")
+    cases = json.loads((CONFORMANCE_DIR / "cases.json").read_text())
+    llm = fastdllm.load(str(CONFORMANCE_DIR / "model"), dtype="float64")
     margins = []
     resolve = StepDecision.resolve
 

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from fastdllm.engine.detokenizer import IncrementalDetokenizer
 from fastdllm.models import WORD_PROBLEMS_DIR
 
-from .helpers import SHARED_7B
+from .helpers import release_like_tokenizer
 
 TEXTS = [
     "Mia has 245 shells. She finds 38 more at the beach. The answer is 283.",
@@ -32,7 +32,7 @@ def _metaspace_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
 
 
-NAMES = ["word-problems", "metaspace"] + (["qwen2.5"] if SHARED_7B.exists() else [])
+NAMES = ["word-problems", "metaspace", "release-like"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def tokenizers():
     """Loaded when a test here runs, not when the suite is collected."""
     loaders = {"word-problems": lambda: AutoTokenizer.from_pretrained(WORD_PROBLEMS_DIR),
                "metaspace": _metaspace_tokenizer,
-               "qwen2.5": lambda: AutoTokenizer.from_pretrained(SHARED_7B)}
+               "release-like": release_like_tokenizer}
     return {name: loaders[name]() for name in NAMES}
 
 

@@ -12,8 +12,9 @@ from fastdllm.loading import Checkpoint
 from fastdllm.model import Transformer
 from fastdllm.reference import naive_autoregressive, naive_block_diffusion
 from fastdllm.sampling import SamplingParams, make_sampler
+from tests.helpers import CONFORMANCE_DIR
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "model"
+CONFORMANCE = CONFORMANCE_DIR / "model"
 VOCAB, MASK, EOS = 384, 383, 382
 
 
@@ -36,8 +37,6 @@ def random_llm(model_type="Fast_dLLM_Qwen", seed=0, lm_scale=6.0, dtype=torch.fl
 
 @pytest.fixture(scope="module")
 def conf_llm():
-    if not CONFORMANCE.exists():
-        pytest.skip("conformance checkpoint not present")
     return fastdllm.load(str(CONFORMANCE), dtype="float64", mask_token_id=2047)
 
 

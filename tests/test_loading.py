@@ -16,7 +16,7 @@ from fastdllm.config import ModelConfig
 from fastdllm.errors import ModelLoadError, UnsupportedModelError
 from fastdllm.loading import load_checkpoint
 from fastdllm.loading.weights import expected_hf_shapes
-from tests.helpers import SHARED_7B as REAL_DIR, make_tiny_checkpoint, random_ids
+from tests.helpers import RELEASE_7B as REAL_DIR, make_tiny_checkpoint, random_ids
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +301,6 @@ def test_hub_id_unknown_branch_offline(offline_hub, pristine):
 # The released Fast-dLLM v2 7B config
 
 
-@pytest.mark.skipif(not (REAL_DIR / "config.json").exists(), reason="shared/fast_dllm_v2_7b not present")
 def test_real_fast_dllm_config_and_index():
     cfg = ModelConfig.from_file(REAL_DIR / "config.json")
     assert cfg.model_type == "Fast_dLLM_Qwen" and cfg.is_block_diffusion and cfg.bd_size == 32
@@ -311,10 +310,7 @@ def test_real_fast_dllm_config_and_index():
     assert cfg.rope_theta == 1e6 and cfg.rope_scaling is None
     assert cfg.eos_token_id == [151645]
 
-    index = REAL_DIR / "model.safetensors.index.json"
-    if not index.exists():
-        pytest.skip("no model.safetensors.index.json")
-    names = set(json.loads(index.read_text())["weight_map"])
+    names = set(json.loads((REAL_DIR / "model.safetensors.index.json").read_text())["weight_map"])
     expected = set(expected_hf_shapes(cfg))
     assert names == expected, (f"missing {sorted(expected - names)[:5]}, unexpected {sorted(names - expected)[:5]}")
     assert len(expected) == 3 + 28 * 12

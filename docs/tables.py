@@ -1,0 +1,304 @@
+"""Markdown tables of measured figures, made from the JSON files under ``benchmarks/results/``.
+
+One function per table, registered in ``TABLES`` under the name a docs page uses in a marker
+``<!-- table: NAME -->`` (``docs/hooks/tables.py`` puts the table there at build time). Each table
+ends with a line saying the machine, the date and the command that wrote its JSON. A missing file
+or field raises: the build fails rather than showing an empty table.
+
+    python docs/tables.py            # print every table
+    python docs/tables.py precision  # print one
+    python docs/tables.py --readme   # write the README's headline table again
+
+The README's headline table (``headline``) is made here too, with links to the scripts and JSON
+files; a test checks that the README holds what this makes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TABLES: dict[str, Callable[[], str]] = {}
+
+
+class TableError(RuntimeError):
+    pass
+
+
+def table(name: str):
+    def register(fn):
+        TABLES[name] = fn
+        return fn
+    return register
+
+
+def load(name: str) -> dict | list:
+    path = RESULTS / name
+    if not path.is_file():
+        raise TableError(f"benchmarks/results/{name} is missing ({path}): the table that reads it cannot be made")
+    return json.loads(path.read_text())
+
+
+def date_of(name: str, data) -> str:
+    """The JSON's own timestamp if it has one, else the day the file was last committed."""
+    record = data[-1] if isinstance(data, list) else data
+    for key in ("time", "date"):
+        if isinstance(record, dict) and record.get(key):
+            return str(record[key])[:10]
+    out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", f"benchmarks/results/{name}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode or not out.stdout.strip():
+        raise TableError(f"benchmarks/results/{name} has no date and git knows none (not committed?)")
+    return out.stdout.strip()
+
+
+def machine_of(data) -> str:
+    record = data[-1] if isinstance(data, list) else data
+    m = record.get("machine")
+    if isinstance(m, str):
+        m = {"cpu": m}
+    if not m:
+        raise TableError("the JSON does not say which machine it was measured on")
+    parts = [m.get("cpu", "?")]
+    if m.get("cores"):
+        parts.append(f"{m['cores']} cores")
+    if m.get("threads"):
+        parts.append(f"{m['threads']} threads")
+    torch = m.get("torch") or record.get("torch")
+    if torch:
+        parts.append(f"torch {torch}")
+    return ", ".join(parts)
+
+
+def markdown(header: list[str], rows: list[list], name: str, data, command: str,
+             machine: str | None = None, also: tuple[str, ...] = ()) -> str:
+    if not rows:
+        raise TableError(f"benchmarks/results/{name} gave no rows")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines.append("")
+    lines.append(f"*Machine: {machine or machine_of(data)}. Date: {date_of(name, data)}. "
+                 f"Command: `{command}`. Data: " + ", ".join(f"`benchmarks/results/{n}`" for n in (name, *also)) + ".*")
+    return "\n".join(lines) + "\n"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+@table("precision")
+def precision() -> str:
+    name = "precision.json"
+    d = load(name)
+    rows = []
+    for model, paths in d["results"].items():
+        for path, r in paths.items():
+            if "skipped" in r:
+                rows.append([model, path, f"skipped: {r['skipped']}", "-", "-", "-"])
+                continue
+            fwd = " / ".join(f"{r['forward_ms'][k]:.2f}" for k in ("1", "8", "32"))
+            bd = f"{r['diffusion']['tokens_per_s']:.1f}" if "diffusion" in r else "-"
+            wp = r.get("word_problems")
+            acc = f"{pct(wp['accuracy'])} ({wp['accuracy_delta_points']:+.1f}), TPF {wp['tpf']:.2f}" if wp else "-"
+            rows.append([model, path, fwd, f"{r['ar']['tokens_per_s']:.1f}", bd, acc])
+    return markdown(["model", "path", "forward, 1 / 8 / 32 tokens (ms)", "AR tokens/s", "BD tokens/s",
+                     "word problems at 0.9 (accuracy vs float32, TPF)"], rows, name, d,
+                    "python benchmarks/bench_precision.py --threads 2")
+
+
+@table("quant_accuracy")
+def quant_accuracy() -> str:
+    name = "quant_accuracy.json"
+    d = load(name)
+    sets = list(d["problems"])
+    rows = []
+    for r in d["rows"]:
+        base = r["path"] == "float32"
+        rows.append([r["path"], *(pct(r["sets"][s]["accuracy"]) for s in sets), pct(r["accuracy_all"]),
+                     "-" if base else f"{r['lost']} / {r['gained']}",
+                     "-" if base else f"{r['points']:+.1f}", "-" if base else f"{r['sign_test_p']:.3f}"])
+    return markdown(["path", *sets, "all", "turned wrong / right", "points", "sign test p"], rows, name, d,
+                    "python benchmarks/bench_quant_accuracy.py --threads 2",
+                    machine=f"the 2-core AMD EPYC, {d['settings']['threads']} threads (the JSON records no machine)")
+
+
+@table("quant_kl")
+def quant_kl() -> str:
+    name = "quant_kl.json"
+    d = load(name)
+    rows = [[r["path"], r["positions"], f"{r['kl']:.5f}", pct(r["top1_agreement"])] for r in d["rows"]]
+    return markdown(["path", "masked positions", "KL from float32", "top-1 agreement"], rows, name, d,
+                    "python benchmarks/bench_quant_kl.py --threads 2",
+                    machine="the 2-core AMD EPYC, 2 threads (the JSON records no machine)")
+
+
+@table("bench_default")
+def bench_default() -> str:
+    name = "bench_default.json"
+    d = load(name)
+    rows = [[r["engine"], r["model"], r["decoding"], r["threshold"] if r["threshold"] is not None else "-", r["batch"],
+             pct(r["accuracy"]), r["generated_tokens"], r["nfe"], f"{r['tpf']:.2f}", f"{r['tokens_per_second']:.1f}",
+             f"{r['speedup_vs_ar']:.2f}x"] for r in d["rows"]]
+    return markdown(["engine", "model", "decoding", "threshold", "batch", "accuracy", "tokens", "NFE", "TPF",
+                     "tokens/s", "vs AR"], rows, name, d,
+                    "fastdllm bench --threads 2 --reference-code DIR --reference-python PYTHON")
+
+
+@table("serve_default")
+def serve_default() -> str:
+    name = "serve_default.json"
+    d = load(name)
+    rows = [[r["concurrency"], r["requests"], f"{r['requests_per_second']:.2f}", f"{r['tokens_per_second']:.1f}",
+             f"{r['ttft_mean']:.2f} s / {r['ttft_p90']:.2f} s", f"{r['latency_mean']:.2f} s / {r['latency_p90']:.2f} s"]
+            for r in d["results"]]
+    m = d["memory"]
+    note = (f"\nMemory over {m['requests']} more requests at {m['concurrency']} in flight: RSS "
+            f"{m['rss_before_mib']:.1f} → {m['rss_after_mib']:.1f} MiB; idle afterwards: "
+            f"{m['server_idle']['open_jobs']} open jobs, {m['server_idle']['kv_used']} of "
+            f"{m['server_idle']['kv_size']} KV positions used.\n")
+    return markdown(["requests in flight", "requests", "requests/s", "completion tokens/s",
+                     "time to first token (mean / p90)", "latency (mean / p90)"], rows, name, d,
+                    "python benchmarks/bench_serve.py --model word-problems --concurrency 1,8,32 "
+                    "--max-batch-size 16 --rss-requests 1000 --threads 2") + note
+
+
+def _reference(name: str, command: str) -> str:
+    d = load(name)
+    rows = []
+    for mode, r in d["results"].items():
+        ref, ours = r["reference"], r["fastdllm"]
+        rows.append([mode, f"{ref['tokens_per_second']:.1f}", f"{ours['tokens_per_second']:.1f}",
+                     f"**{ours['tokens_per_second'] / ref['tokens_per_second']:.1f}x**",
+                     f"{ref['nfe']} / {ours['nfe']}", f"{r['identical_outputs']}/{r['prompts']}"])
+    return markdown(["sub-block cache", "reference tokens/s", "fastdllm tokens/s", "speed-up", "NFE (ref / ours)",
+                     "identical outputs"], rows, name, d, command)
+
+
+@table("reference_release")
+def reference_release() -> str:
+    return _reference("reference_random_smollm2_sized_release.json",
+                      "python benchmarks/bench_reference.py --model /tmp/bench_ckpt --reference-code DIR "
+                      "--reference-python /tmp/refenv/bin/python --threads 2")
+
+
+@table("reference_release_vocab49k")
+def reference_release_vocab49k() -> str:
+    return _reference("reference_random_smollm2_vocab49k_release.json",
+                      "python benchmarks/bench_reference.py --model /tmp/bench_ckpt49k --reference-code DIR "
+                      "--reference-python /tmp/refenv/bin/python --threads 2")
+
+
+@table("decode")
+def decode() -> str:
+    rows = []
+    files = [("decode_smollm2_135m_gguf.json", "SmolLM2-135M-Instruct (Q4_1 GGUF, float32)"),
+             ("decode_random_smollm2_sized.json", "random SmolLM2-sized Fast_dLLM_Qwen")]
+    for name, label in files:
+        d = load(name)
+        for mode, r in d["results"].items():
+            rows.append([label, mode, r["generated_tokens"], r["nfe"], f"{r['tpf']:.2f}", f"{r['tokens_per_second']:.1f}"])
+    name, d = files[-1][0], load(files[-1][0])
+    return markdown(["model", "mode", "tokens", "NFE", "TPF", "tokens/s"], rows, name, d,
+                    "python benchmarks/bench_decode.py --model M --max-new-tokens 128 --threads 2",
+                    also=(files[0][0],))
+
+
+@table("train_small")
+def train_small() -> str:
+    name = "train_small.json"
+    d = load(name)
+    rows = [[r["config"], r["forward_tokens"], f"{r['step_s']:.2f}", f"{r['tokens_per_s']:.0f}"] for r in d["rows"]]
+    return markdown(["configuration", "forward tokens per step", "s/step", "tokens/s"], rows, name, d,
+                    "python benchmarks/bench_train.py")
+
+
+def _load_path(rel: str):
+    path = ROOT / rel
+    if not path.is_file():
+        raise TableError(f"{rel} is missing: the README's headline table reads it")
+    return json.loads(path.read_text())
+
+
+def headline() -> str:
+    """The README's headline figures, each linked to the script and the JSON it comes from."""
+    def link(rel: str) -> str:
+        return f"[`{rel.rsplit('/', 1)[-1]}`]({rel})"
+
+    wp_json = "fastdllm/models/word_problems/results.json"
+    wp = _load_path(wp_json)
+    ar, bd = wp["headline"][0], wp["headline"][1]
+    syn_json = "examples/synthetic/results/results.json"
+    syn = {(e["model"], e["threshold"]): e for e in _load_path(syn_json)["evaluations"]}
+    syn_ar, syn_bd = syn[("AR parent", None)], syn[("BD, compl. mask", 0.9)]
+    ref_name = "reference_random_smollm2_sized_release.json"
+    ref = load(ref_name)["results"]["no cache"]
+    prec_name = "precision.json"
+    smol = load(prec_name)["results"]["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    qa_name = "quant_accuracy.json"
+    qa = {r["path"]: r for r in load(qa_name)["rows"]}
+    serve_name = "serve_default.json"
+    serve = {r["concurrency"]: r for r in load(serve_name)["results"]}
+    res = "benchmarks/results/"
+    rows = [
+        ["the default model (1.3M parameters, trained here), 500 held-out word problems",
+         f"**{pct(bd['accuracy'])}** right at **{bd['tpf']:.2f} tokens per forward**, "
+         f"**{bd['tokens_per_s'] / ar['tokens_per_s']:.2f}x** the tokens/s of its AR parent ({pct(ar['accuracy'])})",
+         link("examples/word_problems/build.py"), link(wp_json)],
+        ["the training recipe, AR model adapted to block diffusion (synthetic sorting task)",
+         f"**{pct(syn_bd['accuracy'])}** exact answers against the AR parent's {pct(syn_ar['accuracy'])}, "
+         f"at **{syn_bd['tpf']:.2f}** tokens per forward",
+         link("examples/synthetic/run.py"), link(syn_json)],
+        ["against the released Fast-dLLM v2 `generate`, SmolLM2-sized checkpoint",
+         f"the same tokens on {ref['identical_outputs']} of {ref['prompts']} prompts (the 8th: a prompt the release "
+         f"ignores), **{ref['fastdllm']['tokens_per_second'] / ref['reference']['tokens_per_second']:.1f}x** its tokens/s",
+         link("benchmarks/bench_reference.py"), link(res + ref_name)],
+        ["SmolLM2-135M (Q4_1 GGUF), AR decoding, int8 on fastdllm's kernels",
+         f"**{smol['int8']['ar']['tokens_per_s']:.1f}** tokens/s against llama.cpp's "
+         f"{smol['llama.cpp']['ar']['tokens_per_s']:.1f} on the same ids",
+         link("benchmarks/bench_precision.py"), link(res + prec_name)],
+        ["quantised block diffusion, 1,500 word problems paired with float32",
+         f"int8 **{qa['int8']['points']:+.1f}**, int4-gptq **{qa['int4-gptq']['points']:+.1f}**, "
+         f"plain int4 {qa['int4']['points']:+.1f} points",
+         link("benchmarks/bench_quant_accuracy.py"), link(res + qa_name)],
+        ["`fastdllm serve`, default model, 32 streaming clients",
+         f"**{serve[32]['tokens_per_second']:.0f}** completion tokens/s, "
+         f"{serve[32]['ttft_mean']:.2f} s mean time to first token",
+         link("benchmarks/bench_serve.py"), link(res + serve_name)],
+    ]
+    lines = ["| what | result | script | data |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+README_START, README_END = "<!-- headline: generated by docs/tables.py --readme -->", "<!-- headline end -->"
+
+
+def readme_with_headline(text: str) -> str:
+    """``text`` (the README) with the block between the headline markers made again."""
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        raise TableError("README.md has no headline markers")
+    return text[:i + len(README_START)] + "\n" + headline() + text[j:]
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--readme"]:
+        readme = ROOT / "README.md"
+        readme.write_text(readme_with_headline(readme.read_text()))
+        return 0
+    names = argv or list(TABLES)
+    for n in names:
+        if n not in TABLES:
+            print(f"unknown table {n!r}: one of {', '.join(TABLES)}", file=sys.stderr)
+            return 2
+        print(f"## {n}\n\n{TABLES[n]()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
