@@ -145,9 +145,10 @@ void int8a8_gemm(const float* X, int64_t M, int64_t K, const uint8_t* W, const f
   const A8Args a{q.data(), s.data(), c.data(), M, KB, W, S, B, N, Y};
   const int64_t groups = (N + kA8Outputs - 1) / kA8Outputs;
   auto* fn = isa == kIsaVnni512 ? &int8a8_groups_vnni512 : &int8a8_groups_avx2;
-  // pairs of groups per task (the VNNI tile's width); a group's weights are read once for all rows
-  at::parallel_for(0, (groups + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
-    fn(a, 2 * p0, std::min(2 * p1, groups));
+  // quads of groups per task (the VNNI tiles' widths: 4 for one or two rows, else 2); a group's
+  // weights are read once for all rows
+  at::parallel_for(0, (groups + 3) / 4, 1, [&](int64_t p0, int64_t p1) {
+    fn(a, 4 * p0, std::min(4 * p1, groups));
   });
 }
 

@@ -72,9 +72,9 @@ inline void tile(const A8Args& a, int64_t g0, int64_t m0) {
 
 constexpr int kMaxRows = 6;  // 2 x 6 tiles: 12 int32 + 12 float accumulators + 2 weight vectors of 32 registers
 
+// row tiles as even as possible (8 rows: 4 + 4, 32 rows: 6 + 6 + 5 + 5 + 5 + 5)
 template <int NV>
 inline void rows(const A8Args& a, int64_t g) {
-  // row tiles as even as possible (8 rows: 4 + 4, 32 rows: 6 + 6 + 5 + 5 + 5 + 5)
   const int64_t tiles = (a.M + kMaxRows - 1) / kMaxRows;
   int64_t m = 0;
   for (int64_t t = 0; t < tiles; ++t) {
@@ -95,6 +95,10 @@ inline void rows(const A8Args& a, int64_t g) {
 
 void int8a8_groups_vnni512(const A8Args& a, int64_t g0, int64_t g1) {
   int64_t g = g0;
+  // one or two rows (AR decoding): four groups at a time, so that 4-8 independent chains of
+  // vpdpbusd (latency 5) keep the unit busy while the weights stream in
+  if (a.M <= 2)
+    for (; g + 4 <= g1; g += 4) a.M == 1 ? tile<4, 1>(a, g, 0) : tile<4, 2>(a, g, 0);
   for (; g + 2 <= g1; g += 2) rows<2>(a, g);
   if (g < g1) rows<1>(a, g);
 }
