@@ -1,0 +1,259 @@
+"""Size sweep: per-forward time of every CPU precision path at 1-32 query rows, on random models at
+real shapes, beside the machine's measured peaks, and the break-even tokens per forward (TPF).
+
+    python benchmarks/bench_sweep.py [--quick] [--shapes smollm2-135m,qwen2.5-0.5b,fast-dllm-v2-1.5b]
+        [--paths float32,bfloat16,int8,int8-a8,int4] [--rows 1,2,4,8,16,32] [--contexts 256,1024]
+        [--repeats 7] [--threads N] [--out benchmarks/results/sweep.json] [--plot benchmarks/results/sweep.png]
+
+Shapes are the real configs (random weights, built in memory, nothing downloaded). Paths: float32;
+bfloat16 where the CPU has it natively; int8 weight-only (float32 activations); int8-a8 (int8
+weights x int8 activations per block of 32: ``fastdllm.quant.set_activations``); int4 (groups of
+32; its qkv, down and vocabulary projections int8, as ``quantize="int4"`` makes them). A forward is
+the engine's (the C++ layer stack for quantised models): T query rows after C cached positions,
+logits for the last min(T, 8) rows as a diffusion step reads a sub-block. Time = best of
+``--repeats`` (the minimum: on a shared machine it is the least disturbed run).
+
+Per shape and context the break-even TPF of block diffusion is the time of its forward over R
+rows (R = 8 with the sub-block cache, 32 without) divided by the fastest one-row forward over
+all paths (the fastest AR step): block diffusion beats the fastest AR decoding when its tokens per
+forward exceed it. Forward time only: the step's own overhead (planner, sampling) comes on top.
+``--quick``: SmolLM2 shape only, context 256, 3 repeats. Writes JSON (machine, ISA flags, load,
+date and command included) and one plot: rows against time per forward, a line per path, and the
+AR-equivalent times (TPF x fastest one-row forward) for TPF 1, 2 and 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fastdllm import precision  # noqa: E402
+from fastdllm.attention import Segment  # noqa: E402
+from fastdllm.config import ModelConfig  # noqa: E402
+from fastdllm.kv_cache import KVCache  # noqa: E402
+from fastdllm.model import Transformer  # noqa: E402
+from fastdllm.packed_attention import PackedAttention  # noqa: E402
+from fastdllm.quant import cpu_info, quantize_model, set_activations  # noqa: E402
+
+# the real configs (hidden, intermediate, layers, heads, KV heads, vocabulary, tied embeddings)
+SHAPES = {
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+                         rope_theta=100000.0),
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         rope_theta=1000000.0),
+    "fast-dllm-v2-1.5b": dict(model_type="Fast_dLLM_Qwen", hidden_size=1536, intermediate_size=8960,
+                              num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                              tie_word_embeddings=True, rope_theta=1000000.0, bd_size=32, mask_token_id=151665),
+}
+PATHS = ("float32", "bfloat16", "int8", "int8-a8", "int4")
+SUB_BLOCK, BLOCK = 8, 32  # rows of a block-diffusion forward with / without the sub-block cache
+
+
+def build(shape: str, path: str) -> Transformer | None:
+    cfg = ModelConfig.from_dict({**SHAPES[shape], "max_position_embeddings": 4096, "rms_norm_eps": 1e-6})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = Transformer(cfg).eval()
+        for name, p in model.named_parameters():  # N(0, 1/fan_in) matrices: unit-RMS activations
+            if p.dim() == 2:
+                p.normal_(0, p.shape[1] ** -0.5 if "embed" not in name else 1.0)
+        if path == "bfloat16":
+            return model.to(torch.bfloat16)
+        if path.startswith("int"):
+            model = quantize_model(model, path.split("-")[0], torch.float32)
+            if path == "int8-a8":
+                set_activations(model, "int8")
+    return model
+
+
+@torch.inference_mode()
+def forward_ms(model, rows: int, context: int, repeats: int) -> float:
+    cfg = model.cfg
+    cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, context + rows, cfg.head_dim, model.dtype, "cpu")
+    cache.data.normal_()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (1, rows), generator=g)  # [1, T]
+    pos = torch.arange(context, context + rows)[None]  # [1, T]
+    logit_rows = torch.arange(rows - min(rows, SUB_BLOCK), rows)
+    segments = [Segment(0, 0, rows, context, context + rows)]
+    times = []
+    for i in range(repeats + 1):  # one warm-up call
+        t0 = time.perf_counter()
+        model(ids, pos, PackedAttention(cache, segments, model.attn_scale), logit_rows)
+        if i:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return min(times)
+
+
+def work(cfg, rows: int, context: int, weight_bytes: int) -> dict:
+    """FLOPs of one forward (projections, attention, the vocabulary rows) and its weight bytes."""
+    H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    d, nq, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    per_row = L * (H * (nq + 2 * nkv) * d + nq * d * H + 2 * H * I + I * H)
+    attn = L * nq * d * 2 * rows * (context + rows)
+    return {"flop": 2 * (rows * per_row + attn + min(rows, SUB_BLOCK) * H * V), "weight_bytes": weight_bytes}
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the matrices a forward streams: every linear layer's weights (packed, with scales)."""
+    from fastdllm.quant import QuantLinear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
+        elif isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+    return total
+
+
+def peaks(quick: bool) -> dict:
+    """The machine's measured float32 GEMM rate (torch), W8A8 integer rate (fastdllm, 32 rows) and read bandwidth."""
+    from fastdllm.quant import native
+
+    def best(f, n):
+        f()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    n = 3 if quick else 10
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    out = {"float32_gflops": 2 * 1024 ** 3 / best(lambda: a @ b, n) / 1e9}
+    if native.available():
+        q = torch.randint(-127, 128, (4096, 1024), dtype=torch.int8)
+        p, s, x = native.pack_int8_a8(q), torch.ones(4096), torch.randn(32, 1024)
+        out["int8_a8_gops"] = 2 * 32 * 4096 * 1024 / best(lambda: native.int8a8_linear(x, p, s, None), n) / 1e9
+    big = torch.ones(256 * 2 ** 20 // 4)  # 256 MB, past the caches
+    out["read_gbs"] = big.numel() * 4 / best(lambda: big.sum(), n) / 1e9
+    return out
+
+
+def machine() -> dict:
+    return {"cpu": cpu_info.cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "isa": sorted(f for f, on in cpu_info.isa_summary().items() if on), "w8a8_kernel": cpu_info.w8a8_isa(),
+            "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(s, c) for s in result["shapes"] for c in result["shapes"][s]["contexts"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2), squeeze=False)
+    for ax, (shape, ctx) in zip(axes[0], keys):
+        r = result["shapes"][shape]["contexts"][ctx]
+        for path, times in r["forward_ms"].items():
+            rows = [int(k) for k in times]
+            ax.plot(rows, list(times.values()), marker="o", label=path)
+        ar = r["fastest_ar_ms"]
+        for tpf in (1, 2, 3):
+            ax.axhline(tpf * ar, color="grey", lw=0.8, ls=":" if tpf > 1 else "--")
+            ax.text(1, tpf * ar, f" AR x{tpf}", va="bottom", fontsize=7, color="grey")
+        ax.set(xscale="log", yscale="log", xlabel="query rows per forward", ylabel="ms per forward",
+               title=f"{shape}, context {ctx}")
+        ax.set_xticks(rows, [str(x) for x in rows])
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['machine']['cpu']}, {result['machine']['threads']} threads, {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="SmolLM2 shape, context 256, 3 repeats")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--rows", default="1,2,4,8,16,32")
+    ap.add_argument("--contexts", default="256,1024")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
+    ap.add_argument("--plot", default=None, help="default: --out with .png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shapes, args.contexts, args.repeats = "smollm2-135m", "256", 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [s for s in args.shapes.split(",") if s]
+    bad = [s for s in shapes if s not in SHAPES] + [p for p in args.paths.split(",") if p not in PATHS]
+    if bad:
+        ap.error(f"unknown shape or path: {', '.join(bad)}")
+    rows_list = [int(r) for r in args.rows.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",")]
+    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "peaks": peaks(args.quick), "shapes": {}, "skipped": {}}
+    print(f"peaks: {result['peaks']}  load {os.getloadavg()}", flush=True)
+    for shape in shapes:
+        per_ctx = {str(c): {"forward_ms": {}, "gflops": {}, "gbs": {}} for c in contexts}
+        for path in args.paths.split(","):
+            if path == "bfloat16" and not precision.cpu_has_native_bf16():
+                result["skipped"][path] = "no native bfloat16 on this CPU"
+                continue
+            model = build(shape, path)
+            wb = weight_bytes(model)
+            for c in contexts:
+                r = per_ctx[str(c)]
+                times = {str(n): forward_ms(model, n, c, args.repeats) for n in rows_list}
+                r["forward_ms"][path] = times
+                r["gflops"][path] = {n: work(model.cfg, int(n), c, wb)["flop"] / t / 1e6 for n, t in times.items()}
+                r["gbs"][path] = {n: wb / t / 1e6 for n, t in times.items()}
+                r.setdefault("weight_mb", {})[path] = wb / 1e6
+                print(f"[{shape} ctx {c}] {path:8s} " + "  ".join(f"{n}:{t:.1f}ms" for n, t in times.items())
+                      + f"  load {os.getloadavg()[0]:.1f}", flush=True)
+            del model
+        for c, r in per_ctx.items():
+            one = {p: t["1"] for p, t in r["forward_ms"].items() if "1" in t}
+            if not one:
+                continue
+            fastest = min(one, key=one.get)
+            r["fastest_ar_path"], r["fastest_ar_ms"] = fastest, one[fastest]
+            r["break_even_tpf"] = {p: {f"rows_{n}": t[str(n)] / one[fastest] for n in (SUB_BLOCK, BLOCK) if str(n) in t}
+                                   for p, t in r["forward_ms"].items()}
+        result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after every shape: partial results survive
+    result["machine"]["load_average_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
+    print_tables(result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def print_tables(result: dict) -> None:
+    for shape, s in result["shapes"].items():
+        for c, r in s["contexts"].items():
+            print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
+                  f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
+            rows = list(next(iter(r["forward_ms"].values())))
+            print("| path | " + " | ".join(rows) + " | break-even TPF (8 rows / 32 rows) |")
+            print("|---|" + "---|" * (len(rows) + 1))
+            for p, t in r["forward_ms"].items():
+                be = r["break_even_tpf"][p]
+                print(f"| {p} | " + " | ".join(f"{t[n]:.1f} ({r['gflops'][p][n]:.0f})" for n in rows)
+                      + f" | {be.get('rows_8', float('nan')):.2f} / {be.get('rows_32', float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
