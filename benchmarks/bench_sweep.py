@@ -146,6 +146,47 @@ def peaks(quick: bool) -> dict:
     return out
 
 
+def gemm_table(shape: str, rows_list: list[int], repeats: int) -> dict:
+    """Time of the layer products alone (one layer's qkv, o, gate_up and down, summed), per kernel
+    and row count: best of ``repeats`` x 5 short calls, so a shared machine disturbs it less than
+    whole forwards. ms and GOP/s (multiply-adds x 2)."""
+    from fastdllm.quant import native
+
+    cfg = ModelConfig.from_dict({**SHAPES[shape], "max_position_embeddings": 4096})
+    H, I, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    mats = [((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d, H), (H, cfg.num_attention_heads * d),
+            (2 * I, H), (H, I)]  # [N, K]
+    g = torch.Generator().manual_seed(0)
+    kernels = {"float32 (torch)": [], "int8 (float32 act.)": [], "int8-a8": [], "int4 (float32 act.)": []}
+    for N, K in mats:
+        w = torch.randn(N, K, generator=g) / K ** 0.5
+        q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+        codes = torch.randint(0, 16, (N, K), generator=g, dtype=torch.uint8)
+        p8, pa, p4 = native.pack_int8(q), native.pack_int8_a8(q), native.pack_int4(codes)
+        s8, s4 = torch.rand(N, generator=g) / 100, native.int4_params(torch.rand(N, K // 32) / 100, torch.zeros(N, K // 32))
+        kernels["float32 (torch)"].append(lambda x, w=w: torch.nn.functional.linear(x, w))
+        kernels["int8 (float32 act.)"].append(lambda x, p=p8, s=s8: native.int8_linear(x, p, s, None))
+        kernels["int8-a8"].append(lambda x, p=pa, s=s8: native.int8a8_linear(x, p, s, None))
+        kernels["int4 (float32 act.)"].append(lambda x, p=p4, s=s4: native.int4_linear(x, p, s, None))
+    out = {}
+    for name, fns in kernels.items():
+        out[name] = {}
+        for M in rows_list:
+            total = 0.0
+            for fn, (N, K) in zip(fns, mats):
+                x = torch.randn(M, K, generator=g)
+                fn(x)
+                ts = []
+                for _ in range(5 * repeats):
+                    t0 = time.perf_counter()
+                    fn(x)
+                    ts.append(time.perf_counter() - t0)
+                total += min(ts)
+            mac = M * sum(N * K for N, K in mats)
+            out[name][str(M)] = {"ms": 1e3 * total, "gops": 2 * mac / total / 1e9}
+    return out
+
+
 def machine() -> dict:
     return {"cpu": cpu_info.cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "isa": sorted(f for f, on in cpu_info.isa_summary().items() if on), "w8a8_kernel": cpu_info.w8a8_isa(),
@@ -172,6 +213,7 @@ def plot(result: dict, out: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="query rows per forward", ylabel="ms per forward",
                title=f"{shape}, context {ctx}")
         ax.set_xticks(rows, [str(x) for x in rows])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['machine']['cpu']}, {result['machine']['threads']} threads, {result['date']}", fontsize=9)
     fig.tight_layout()
@@ -230,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             r["fastest_ar_path"], r["fastest_ar_ms"] = fastest, one[fastest]
             r["break_even_tpf"] = {p: {f"rows_{n}": t[str(n)] / one[fastest] for n in (SUB_BLOCK, BLOCK) if str(n) in t}
                                    for p, t in r["forward_ms"].items()}
-        result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx}
+        gemm = gemm_table(shape, rows_list, args.repeats)
+        result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx, "layer_gemm": gemm}
+        print(f"[{shape}] one layer's products: " + "; ".join(
+            f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after every shape: partial results survive
     result["machine"]["load_average_end"] = os.getloadavg()
@@ -243,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(result: dict) -> None:
     for shape, s in result["shapes"].items():
+        print(f"\n{shape}: one layer's four products alone, ms (GOP/s) by rows")
+        gemm = s["layer_gemm"]
+        rows = list(next(iter(gemm.values())))
+        print("| kernel | " + " | ".join(rows) + " |")
+        print("|---|" + "---|" * len(rows))
+        for k, t in gemm.items():
+            print(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
         for c, r in s["contexts"].items():
             print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
