@@ -157,7 +157,8 @@ def gemm_table(shape: str, rows_list: list[int], repeats: int) -> dict:
     mats = [((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d, H), (H, cfg.num_attention_heads * d),
             (2 * I, H), (H, I)]  # [N, K]
     g = torch.Generator().manual_seed(0)
-    kernels = {"float32 (torch)": [], "int8 (float32 act.)": [], "int8-a8": [], "int4 (float32 act.)": []}
+    kernels = {"float32 (torch)": [], "int8 (float32 act.)": [], "int8-a8": [], "int8-a8 (avx2 path)": [],
+               "int4 (float32 act.)": []}
     for N, K in mats:
         w = torch.randn(N, K, generator=g) / K ** 0.5
         q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
@@ -167,6 +168,8 @@ def gemm_table(shape: str, rows_list: list[int], repeats: int) -> dict:
         kernels["float32 (torch)"].append(lambda x, w=w: torch.nn.functional.linear(x, w))
         kernels["int8 (float32 act.)"].append(lambda x, p=p8, s=s8: native.int8_linear(x, p, s, None))
         kernels["int8-a8"].append(lambda x, p=pa, s=s8: native.int8a8_linear(x, p, s, None))
+        # the AVX2 kernel (what a CPU without AVX-512 VNNI runs), forced on this one for comparison
+        kernels["int8-a8 (avx2 path)"].append(lambda x, p=pa, s=s8: native.int8a8_linear(x, p, s, None, "avx2"))
         kernels["int4 (float32 act.)"].append(lambda x, p=p4, s=s4: native.int4_linear(x, p, s, None))
     out = {}
     for name, fns in kernels.items():
