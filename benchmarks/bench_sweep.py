@@ -234,7 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     ap.add_argument("--plot", default=None, help="default: --out with .png")
+    ap.add_argument("--from-json", metavar="JSON", help="measure nothing: the tables and plot of a sweep's JSON "
+                    "(e.g. one cut short: it is written after every shape)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        plot(result, Path(args.plot or Path(args.from_json).with_suffix(".png")))
+        print_tables(result)
+        return 0
     if args.quick:
         args.shapes, args.contexts, args.repeats = "smollm2-135m", "256", 3
     if args.threads:
@@ -291,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(result: dict) -> None:
     for shape, s in result["shapes"].items():
-        print(f"\n{shape}: one layer's four products alone, ms (GOP/s) by rows")
-        gemm = s["layer_gemm"]
-        rows = list(next(iter(gemm.values())))
-        print("| kernel | " + " | ".join(rows) + " |")
-        print("|---|" + "---|" * len(rows))
-        for k, t in gemm.items():
-            print(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
+        gemm = s.get("layer_gemm", {})
+        if gemm:
+            print(f"\n{shape}: one layer's four products alone, ms (GOP/s) by rows")
+            rows = list(next(iter(gemm.values())))
+            print("| kernel | " + " | ".join(rows) + " |")
+            print("|---|" + "---|" * len(rows))
+            for k, t in gemm.items():
+                print(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
         for c, r in s["contexts"].items():
             print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
