@@ -6,7 +6,10 @@ scalar loop. fastdllm's kernels (AVX2 + FMA: ``cpu_int8.cpp``, ``cpu_int4.cpp``)
 activations and take weights packed once into their own layout (``pack_int8``, ``pack_int4``);
 ``cpu_stack.cpp`` runs a quantised model's whole layer stack on them (``stack.py``). They are one
 extension module, compiled with torch's extension builder the first time it is needed (about two
-minutes, then cached under ``TORCH_EXTENSIONS_DIR``). Without a compiler or AVX2, or with
+minutes, then cached under ``TORCH_EXTENSIONS_DIR``; ``fastdllm kernels build`` compiles it now).
+``int8a8_linear`` (``cpu_int8a8.cpp``) multiplies int8 weights by int8 activations, quantised
+per row and block of 32 inside the call, on AVX-512 VNNI where the CPU has it (chosen at run time,
+``cpu_int8a8_vnni.cpp``) and on AVX2 elsewhere, with the same bits on both. Without a compiler or AVX2, or with
 ``FASTDLLM_NATIVE=0``, quantised layers use torch's kernels with bfloat16 activations instead.
 """
 
