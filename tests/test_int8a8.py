@@ -146,3 +146,26 @@ def test_engine_against_oracle_int8_activations():
             agree += sum(a == b for a, b in zip(got, want))
             total += max(len(got), len(want))
     assert agree / total >= 0.9, (agree, total)
+
+
+@needs_native
+def test_set_activations_switches_int8_layers_only(ckpts):  # noqa: F811
+    from fastdllm.errors import ModelLoadError
+    from fastdllm.loading import load_checkpoint
+    from fastdllm.quant import Int4Linear, load_path
+
+    model = load_checkpoint(ckpts["qwen2"], quantize="int4").model
+    L = model.cfg.num_hidden_layers
+    assert set_activations(model, "int8") == 2 * L + 1  # qkv, down and the vocabulary projection stay int8
+    assert all(m.activations == "int8" for m in model.modules() if isinstance(m, Int8Linear))
+    assert all(not hasattr(m, "activations") for m in model.modules() if isinstance(m, Int4Linear))
+    assert set_activations(model, "float32") == 2 * L + 1
+    with pytest.raises(ModelLoadError, match="activations"):
+        set_activations(model, "int4")
+    llm = load_path("int8-a8", str(ckpts["qwen2"]))
+    assert llm.model.quantization == "int8"
+    assert all(m.activations == "int8" for m in llm.model.modules() if isinstance(m, Int8Linear))
+    with pytest.raises(ModelLoadError, match="int3"):
+        load_path("int3-a8", str(ckpts["qwen2"]))
+    with pytest.raises(ModelLoadError, match="not a path"):
+        load_path("none-a8", str(ckpts["qwen2"]))
