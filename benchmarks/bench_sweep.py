@@ -164,7 +164,8 @@ def gemm_table(shape: str, rows_list: list[int], repeats: int) -> dict:
         q = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
         codes = torch.randint(0, 16, (N, K), generator=g, dtype=torch.uint8)
         p8, pa, p4 = native.pack_int8(q), native.pack_int8_a8(q), native.pack_int4(codes)
-        s8, s4 = torch.rand(N, generator=g) / 100, native.int4_params(torch.rand(N, K // 32) / 100, torch.zeros(N, K // 32))
+        s8 = torch.rand(N, generator=g) / 100
+        s4 = native.int4_params(torch.rand(N, K // 32) / 100, torch.zeros(N, K // 32))
         kernels["float32 (torch)"].append(lambda x, w=w: torch.nn.functional.linear(x, w))
         kernels["int8 (float32 act.)"].append(lambda x, p=p8, s=s8: native.int8_linear(x, p, s, None))
         kernels["int8-a8"].append(lambda x, p=pa, s=s8: native.int8a8_linear(x, p, s, None))
