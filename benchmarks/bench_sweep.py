@@ -17,6 +17,10 @@ Per shape and context the break-even TPF of block diffusion is the time of its f
 rows (R = 8 with the sub-block cache, 32 without) divided by the fastest one-row forward over
 all paths (the fastest AR step): block diffusion beats the fastest AR decoding when its tokens per
 forward exceed it. Forward time only: the step's own overhead (planner, sampling) comes on top.
+``--end-to-end``: also AR and block-diffusion tokens/s per path on a block-diffusion model of each
+shape with ``--confidence-scale`` on its vocabulary projection, and the end-to-end break-even TPF
+(TPF x fastest AR tokens/s / BD tokens/s: the step's overhead included). ``--shapes tiny``: a
+two-layer model, to try the benchmark out.
 ``--quick``: SmolLM2 shape only, context 256, 3 repeats. Writes JSON (machine, ISA flags, load,
 date and command included) and one plot: rows against time per forward, a line per path, and the
 AR-equivalent times (TPF x fastest one-row forward) for TPF 1, 2 and 3.
@@ -49,6 +53,10 @@ from fastdllm.quant import cpu_info, quantize_model, set_activations  # noqa: E4
 
 # the real configs (hidden, intermediate, layers, heads, KV heads, vocabulary, tied embeddings)
 SHAPES = {
+    # a two-layer SmolLM2-width model: for trying the benchmark out, not a real shape
+    "tiny": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                 num_attention_heads=9, num_key_value_heads=3, vocab_size=4096, tie_word_embeddings=True,
+                 rope_theta=100000.0),
     "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
                          rope_theta=100000.0),
@@ -63,14 +71,25 @@ PATHS = ("float32", "bfloat16", "int8", "int8-a8", "int4")
 SUB_BLOCK, BLOCK = 8, 32  # rows of a block-diffusion forward with / without the sub-block cache
 
 
-def build(shape: str, path: str) -> Transformer | None:
-    cfg = ModelConfig.from_dict({**SHAPES[shape], "max_position_embeddings": 4096, "rms_norm_eps": 1e-6})
+def build(shape: str, path: str, diffusion_scale: float | None = None) -> Transformer | None:
+    """A random model of ``shape`` on ``path``. ``diffusion_scale``: a block-diffusion model instead
+    (Fast_dLLM_Qwen, blocks of 32, the mask on the last token) whose vocabulary projection is
+    scaled by it, so that some positions pass the 0.9 threshold (as make_random_checkpoint.py's
+    --confidence-scale)."""
+    extra = {}
+    if diffusion_scale is not None:
+        extra = {"model_type": "Fast_dLLM_Qwen", "bd_size": BLOCK, "mask_token_id": SHAPES[shape]["vocab_size"] - 1,
+                 "tie_word_embeddings": False}
+    cfg = ModelConfig.from_dict({**SHAPES[shape], **extra, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6})
     torch.manual_seed(0)
     with torch.no_grad():
         model = Transformer(cfg).eval()
         for name, p in model.named_parameters():  # N(0, 1/fan_in) matrices: unit-RMS activations
             if p.dim() == 2:
                 p.normal_(0, p.shape[1] ** -0.5 if "embed" not in name else 1.0)
+        if diffusion_scale is not None:
+            model.lm_head.weight.mul_(diffusion_scale)
+            model.lm_head.weight[cfg.mask_token_id].zero_()
         if path == "bfloat16":
             return model.to(torch.bfloat16)
         if path.startswith("int"):
@@ -97,6 +116,46 @@ def forward_ms(model, rows: int, context: int, repeats: int) -> float:
         if i:
             times.append(1e3 * (time.perf_counter() - t0))
     return min(times)
+
+
+def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prompts: int) -> dict:
+    """Tokens/s of AR decoding and of block diffusion (sub-block 8, threshold 0.9, greedy, with and
+    without the sub-block cache) per path on a confidence-scaled random block-diffusion model,
+    prompts one at a time; break-even TPF = TPF x AR tokens/s of the fastest AR path / BD tokens/s."""
+    from fastdllm.api import LLM
+    from fastdllm.loading import Checkpoint
+
+    g = torch.Generator().manual_seed(1)
+    ids = [torch.randint(0, SHAPES[shape]["vocab_size"] - 2, (24 + 8 * i,), generator=g).tolist() for i in range(prompts)]
+    out: dict = {}
+    for path in paths:
+        model = build(shape, path, diffusion_scale=scale)
+        llm = LLM(Checkpoint(model, model.cfg, None, Path("."), {}))
+        row = {}
+        for name, kw in {"ar": dict(mode="ar"),
+                         "bd_cache": dict(mode="diffusion", small_block_size=SUB_BLOCK, use_block_cache=True),
+                         "bd_no_cache": dict(mode="diffusion", small_block_size=SUB_BLOCK, use_block_cache=False)}.items():
+            kw = {**kw, "max_new_tokens": new_tokens, "stop_token_ids": [], "temperature": 0.0}
+            if kw["mode"] == "diffusion":
+                kw["threshold"] = 0.9
+            llm.generate(ids[:1], **{**kw, "max_new_tokens": 8})  # warm-up
+            tokens = nfe = 0
+            t0 = time.perf_counter()
+            for p in ids:
+                r = llm.generate([p], **kw)[0]
+                tokens, nfe = tokens + r.stats.generated_tokens, nfe + r.stats.nfe
+            row[name] = {"tokens_per_s": tokens / (time.perf_counter() - t0), "tpf": tokens / max(nfe, 1)}
+        out[path] = row
+        print(f"[{shape} end to end] {path}: " + "  ".join(f"{k} {v['tokens_per_s']:.1f} tok/s (TPF {v['tpf']:.2f})"
+                                                         for k, v in row.items()) + f"  load {os.getloadavg()[0]:.1f}",
+              flush=True)
+        del llm, model
+    best_ar = max(r["ar"]["tokens_per_s"] for r in out.values())
+    for r in out.values():
+        for k in ("bd_cache", "bd_no_cache"):
+            r[k]["break_even_tpf"] = r[k]["tpf"] * best_ar / r[k]["tokens_per_s"]
+    return {"scale": scale, "new_tokens": new_tokens, "prompts": prompts, "fastest_ar_tokens_per_s": best_ar,
+            "paths": out}
 
 
 def work(cfg, rows: int, context: int, weight_bytes: int) -> dict:
@@ -227,7 +286,7 @@ def plot(result: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="SmolLM2 shape, context 256, 3 repeats")
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default=",".join(s for s in SHAPES if s != "tiny"))
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--rows", default="1,2,4,8,16,32")
     ap.add_argument("--contexts", default="256,1024")
@@ -235,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     ap.add_argument("--plot", default=None, help="default: --out with .png")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="also AR and block-diffusion tokens/s per path on confidence-scaled random models")
+    ap.add_argument("--confidence-scale", type=float, default=10.0)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--from-json", metavar="JSON", help="measure nothing: the tables and plot of a sweep's JSON "
                     "(e.g. one cut short: it is written after every shape)")
     args = ap.parse_args(argv)
@@ -285,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                                    for p, t in r["forward_ms"].items()}
         gemm = gemm_table(shape, rows_list, args.repeats)
         result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx, "layer_gemm": gemm}
+        if args.end_to_end:
+            paths = [p for p in args.paths.split(",") if p not in result["skipped"]]
+            result["shapes"][shape]["end_to_end"] = end_to_end(shape, paths, args.confidence_scale, args.new_tokens,
+                                                               args.prompts)
         print(f"[{shape}] one layer's products: " + "; ".join(
             f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +375,16 @@ def print_tables(result: dict) -> None:
             print("|---|" + "---|" * len(rows))
             for k, t in gemm.items():
                 print(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
+        e2e = s.get("end_to_end")
+        if e2e:
+            print(f"\n{shape} end to end (confidence scale {e2e['scale']}, {e2e['new_tokens']} new tokens x "
+                  f"{e2e['prompts']} prompts): tokens/s, TPF, break-even TPF against the fastest AR")
+            print("| path | AR tok/s | BD+cache tok/s (TPF) | break-even | BD tok/s (TPF) | break-even |")
+            print("|---|---|---|---|---|---|")
+            for p, r in e2e["paths"].items():
+                c, n = r["bd_cache"], r["bd_no_cache"]
+                print(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
+                      f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | {n['break_even_tpf']:.2f} |")
         for c, r in s["contexts"].items():
             print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
