@@ -126,15 +126,17 @@ def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prom
     from fastdllm.loading import Checkpoint
 
     g = torch.Generator().manual_seed(1)
-    ids = [torch.randint(0, SHAPES[shape]["vocab_size"] - 2, (24 + 8 * i,), generator=g).tolist() for i in range(prompts)]
+    V = SHAPES[shape]["vocab_size"]
+    ids = [torch.randint(0, V - 2, (24 + 8 * i,), generator=g).tolist() for i in range(prompts)]
     out: dict = {}
     for path in paths:
         model = build(shape, path, diffusion_scale=scale)
         llm = LLM(Checkpoint(model, model.cfg, None, Path("."), {}))
         row = {}
-        for name, kw in {"ar": dict(mode="ar"),
-                         "bd_cache": dict(mode="diffusion", small_block_size=SUB_BLOCK, use_block_cache=True),
-                         "bd_no_cache": dict(mode="diffusion", small_block_size=SUB_BLOCK, use_block_cache=False)}.items():
+        bd = dict(mode="diffusion", small_block_size=SUB_BLOCK)
+        runs = {"ar": dict(mode="ar"), "bd_cache": {**bd, "use_block_cache": True},
+                "bd_no_cache": {**bd, "use_block_cache": False}}
+        for name, kw in runs.items():
             kw = {**kw, "max_new_tokens": new_tokens, "stop_token_ids": [], "temperature": 0.0}
             if kw["mode"] == "diffusion":
                 kw["threshold"] = 0.9
@@ -156,6 +158,30 @@ def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prom
             r[k]["break_even_tpf"] = r[k]["tpf"] * best_ar / r[k]["tokens_per_s"]
     return {"scale": scale, "new_tokens": new_tokens, "prompts": prompts, "fastest_ar_tokens_per_s": best_ar,
             "paths": out}
+
+
+BYTES_PER_PARAM = {"float32": 8, "bfloat16": 6, "int8": 5, "int8-a8": 5, "int4": 5}  # peak while built and run:
+# float32 weights plus the packed copy its oneDNN linear layers keep; the others are built in float32 first
+
+
+def params(shape: str) -> int:
+    c = SHAPES[shape]
+    H, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    d = H // c["num_attention_heads"]
+    nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
+    layer = H * (nq + 2 * nkv) * d + nq * d * H + 3 * H * I
+    return L * layer + V * H * (1 if c["tie_word_embeddings"] else 2)
+
+
+def memory_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def work(cfg, rows: int, context: int, weight_bytes: int) -> dict:
@@ -327,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             if path == "bfloat16" and not precision.cpu_has_native_bf16():
                 result["skipped"][path] = "no native bfloat16 on this CPU"
                 continue
+            need, free = 1.2 * BYTES_PER_PARAM[path] * params(shape), memory_available()
+            if free is not None and need > free:  # an OOM kill would lose the whole run
+                result["skipped"][f"{shape} {path}"] = f"needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available"
+                print(f"[{shape}] {path}: skipped ({result['skipped'][f'{shape} {path}']})", flush=True)
+                continue
             model = build(shape, path)
             wb = weight_bytes(model)
             for c in contexts:
@@ -350,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         gemm = gemm_table(shape, rows_list, args.repeats)
         result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx, "layer_gemm": gemm}
         if args.end_to_end:
-            paths = [p for p in args.paths.split(",") if p not in result["skipped"]]
+            paths = [p for p in args.paths.split(",") if p not in result["skipped"]
+                     and f"{shape} {p}" not in result["skipped"]]
             result["shapes"][shape]["end_to_end"] = end_to_end(shape, paths, args.confidence_scale, args.new_tokens,
                                                                args.prompts)
         print(f"[{shape}] one layer's products: " + "; ".join(
@@ -384,7 +416,8 @@ def print_tables(result: dict) -> None:
             for p, r in e2e["paths"].items():
                 c, n = r["bd_cache"], r["bd_no_cache"]
                 print(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
-                      f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | {n['break_even_tpf']:.2f} |")
+                      f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | "
+                      f"{n['break_even_tpf']:.2f} |")
         for c, r in s["contexts"].items():
             print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
