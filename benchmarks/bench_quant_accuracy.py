@@ -1,7 +1,7 @@
 """Does a quantised path cost the default model accuracy? Paired answers on more problems than one draw.
 
 Decodes the shipped 500 held-out word problems and ``--fresh`` more problems in held-out phrasings
-(drawn with another seed, none of the 500) with each path (float32, int8, int4, int4-gptq), block diffusion
+(drawn with another seed, none of the 500) with each path (float32, int8, int4, int4-gptq; int8-a8: int8 with int8 activations), block diffusion
 at the model's own block sizes, greedy, threshold 0.9. Batches of ``--batch-size`` give the same
 tokens as one problem at a time (tested batch invariance), only faster. Since every path decodes
 the same problems, the table counts per path how many answers it turned wrong and right against
@@ -24,12 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fastdllm  # noqa: E402
 from examples.word_problems import build as B  # noqa: E402
 from examples.word_problems import problems as P  # noqa: E402
 from fastdllm.models import load_heldout_problems  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
-from fastdllm.quant import parse_quantized_list  # noqa: E402
+from fastdllm.quant import A8_SUFFIX, load_path, parse_quantized_list  # noqa: E402
 
 
 fresh_problems = P.held_out_except  # (n, avoid, seed): the extra problems, none of the shipped 500
@@ -68,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:  # a bad path fails here, not after the float32 model is loaded
-        paths = parse_quantized_list(args.paths)
+        paths = args.paths.split(",")
+        parse_quantized_list(",".join(p.removesuffix(A8_SUFFIX) for p in paths))
     except FastDLLMError as e:
         ap.error(f"--paths: {e}")
     shipped = [P.Problem(**p) for p in load_heldout_problems()]
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, dict[str, dict]] = {}
     for path in ["float32", *paths]:
-        llm = fastdllm.load(args.model, quantize=None if path == "float32" else path)
+        llm = load_path(path, args.model)
         runs[path] = {name: decode(llm, probs, args.batch_size, args.threshold, args.max_new_tokens, f"{path} {name}")
                       for name, probs in sets.items()}
 

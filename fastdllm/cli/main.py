@@ -19,7 +19,7 @@ from typing import Sequence
 from .. import __version__
 from . import common
 
-SUBCOMMANDS: tuple[str, ...] = ("generate", "train", "serve", "eval", "bench")
+SUBCOMMANDS: tuple[str, ...] = ("generate", "train", "serve", "eval", "bench", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:

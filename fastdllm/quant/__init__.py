@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from .formats import Int4Weight, Int8Weight, QuantizedWeight, as_float, cat_rows
-from .linear import Int4Linear, Int8Linear, QuantLinear, quantized_linear
+from .linear import ACTIVATIONS, Int4Linear, Int8Linear, QuantLinear, quantized_linear
 
 MODES = ("int8", "int4", "int4-gptq")
 LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
@@ -32,7 +32,7 @@ INT8_UNDER_INT4 = ("self_attn.qkv_proj", "mlp.down_proj")  # made from floats, i
 
 __all__ = ["MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
            "as_float", "cat_rows", "linear_names", "parse_quantize", "parse_quantized_list", "quantize_model",
-           "quantized_linear", "layer_mode"]
+           "quantized_linear", "layer_mode", "set_activations", "load_path"]
 
 
 def parse_quantize(mode: str | None) -> str | None:
@@ -92,3 +92,33 @@ def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None
             p.data = p.data.to(dtype)
     model.quantization = mode
     return model
+
+
+def set_activations(model: nn.Module, activations: str) -> int:
+    """Run the model's int8 layers with ``activations`` "int8" (W8A8: each input row quantised per
+    block of 32 inputs, integer products; ``native.int8a8_linear``) or "float32" (weight-only, the
+    default). Only layers on fastdllm's native CPU kernel switch (int4 layers keep float
+    activations). Returns how many layers run with ``activations`` now; the C++ layer stack is
+    rebuilt on the next forward."""
+    if activations not in ACTIVATIONS:
+        raise ModelLoadError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+    switched = sum(m.set_activations(activations) for m in model.modules() if isinstance(m, Int8Linear))
+    model._quant_stack = None  # it holds the packed weights it was built with
+    return switched
+
+
+A8_SUFFIX = "-a8"  # a benchmark path name: "int8-a8" is quantize="int8" with int8 activations
+
+
+def load_path(path: str, model: str | None = None, **kw):
+    """``fastdllm.load(model, quantize=...)`` for a benchmark path: "float32", a quantisation, or one
+    with ``A8_SUFFIX`` (its int8 layers then take int8 activations: ``set_activations``)."""
+    import fastdllm
+
+    base = path[: -len(A8_SUFFIX)] if path.endswith(A8_SUFFIX) else path
+    if base != "float32" and parse_quantize(base) is None:
+        raise ModelLoadError(f"{path!r} is not a path: float32 or a quantisation, optionally with {A8_SUFFIX}")
+    llm = fastdllm.load(model, quantize=None if base == "float32" else base, **kw)
+    if base != path:
+        set_activations(llm.model, "int8")
+    return llm

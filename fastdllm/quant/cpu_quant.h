@@ -40,4 +40,16 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& packed, c
 torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& params,
                           const c10::optional<torch::Tensor>& bias);
 
+// W8A8: int8 weights [N, K] packed by pack_int8_a8 (native.py) x float32 activations [M, K]
+// quantised to int8 per row and block of 32 inputs inside the call (cpu_int8a8.cpp). ``isa``:
+// kIsaAuto (the best this CPU has) or one path by name, for tests. Same bits on every path.
+enum { kIsaAuto = 0, kIsaAvx2 = 1, kIsaVnni512 = 2 };
+int int8a8_best_isa();
+const char* isa_name(int isa);
+void int8a8_gemm(const float* X, int64_t M, int64_t K, const uint8_t* W, const float* S, const float* B, int64_t N,
+                 float* Y, int isa = kIsaAuto);
+int64_t int8a8_packed_size(int64_t N, int64_t K);
+torch::Tensor int8a8_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                            const c10::optional<torch::Tensor>& bias, int64_t isa);
+
 void bind_stack(pybind11::module& m);

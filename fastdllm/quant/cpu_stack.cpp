@@ -125,14 +125,17 @@ inline void weighted_values(const float* p, int64_t n, const float* values, int6
 }
 
 struct Proj {  // one quantised linear layer
-  // int8: weights packed by pack_int8 and float32 scales [N]; int4: codes packed by pack_int4 and
+  // int8: weights packed by pack_int8 and float32 scales [N]; int8 with int8 activations (a8):
+  // packed by pack_int8_a8 (uint8) and scales [N]; int4: codes packed by pack_int4 (uint8) and
   // float32 (scale, offset) pairs [N, K / 32, 2]. Bias float32 [N] or undefined.
   torch::Tensor q, s, b;
   int64_t n = 0, k = 0;
-  bool int4 = false;
+  bool int4 = false, a8 = false;
   void run(const float* x, int64_t M, float* y) const {
     const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
-    if (int4)
+    if (a8)
+      int8a8_gemm(x, M, k, q.data_ptr<uint8_t>(), s.data_ptr<float>(), bias, n, y);
+    else if (int4)
       int4_gemm(x, M, k, q.data_ptr<uint8_t>(), s.data_ptr<float>(), bias, n, y);
     else
       int8_gemm(x, M, k, q.data_ptr<int8_t>(), s.data_ptr<float>(), bias, n, y);
@@ -142,16 +145,21 @@ struct Proj {  // one quantised linear layer
 Proj make_proj(const torch::Tensor& q, const torch::Tensor& s, const torch::Tensor& b, int64_t k, const char* what) {
   TORCH_CHECK(q.device().is_cpu() && q.is_contiguous() && s.scalar_type() == torch::kFloat32 && s.is_contiguous(),
               what, ": contiguous weights and float32 scales on the CPU");
-  const bool int4 = q.scalar_type() == torch::kUInt8;
+  // uint8 weights are int4 codes with (scale, offset) pairs, or int8 + 128 (W8A8) with one scale per row
+  const bool a8 = q.scalar_type() == torch::kUInt8 && s.dim() == 1;
+  const bool int4 = q.scalar_type() == torch::kUInt8 && !a8;
   const int64_t n = int4 ? s.size(0) : s.numel();
-  if (int4) {
+  if (a8) {
+    TORCH_CHECK(q.numel() == int8a8_packed_size(n, k), what, ": int8 weights [", n, ", ", k,
+                "] packed by pack_int8_a8 with scales [N]");
+  } else if (int4) {
     TORCH_CHECK(s.dim() == 3 && k % 32 == 0 && s.size(1) == k / 32 && q.numel() == int4_packed_size(n, k), what,
                 ": int4 codes [", n, ", ", k, "] packed by pack_int4 with (scale, offset) pairs [N, K / 32, 2]");
   } else {
     TORCH_CHECK(q.scalar_type() == torch::kInt8 && s.dim() == 1 && q.numel() == int8_packed_size(n, k), what,
                 ": int8 weights [", n, ", ", k, "] packed by pack_int8 with scales [N]");
   }
-  Proj p{q, s, torch::Tensor(), n, k, int4};
+  Proj p{q, s, torch::Tensor(), n, k, int4, a8};
   if (b.numel() > 0) {
     TORCH_CHECK(b.scalar_type() == torch::kFloat32 && b.numel() == n, what, ": float32 bias [N]");
     p.b = b.contiguous();

@@ -25,6 +25,7 @@ from .formats import Int4Weight, Int8Weight
 
 CPU_INT8_K_MULTIPLE = 16  # the CPU int8 kernel reads 16 inputs at a time and does not check the tail
 CPU_INT4_N_MULTIPLE = 16  # the CPU int4 packing needs whole blocks of 16 output rows
+ACTIVATIONS = ("float32", "int8")  # what int8 layers on the native kernel multiply their weights with
 
 
 def kernel_dtype(device: torch.device | str, dtype: torch.dtype) -> torch.dtype:
@@ -93,10 +94,15 @@ def _kernel_input(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class Int8Linear(QuantLinear):
+    """``activations``: "float32" (weight-only: the input stays float32) or "int8" (W8A8: fastdllm's
+    kernel quantises each input row per block of 32 inputs and multiplies in integers, on
+    AVX-512 VNNI where the CPU has it, else AVX2; ``native.int8a8_linear``). "int8" applies to
+    layers on the native kernel only; the others keep float activations."""
+
     format = "int8"
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device | str):
+                 device: torch.device | str, activations: str = "float32"):
         device = torch.device(device)
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
@@ -107,17 +113,37 @@ class Int8Linear(QuantLinear):
         q = weight.q.to(device).contiguous()  # [N, K] int8
         # the native kernel's own layout (native.pack_int8), else row-major
         self.packed = self.native
+        self.activations = "float32"
         self.register_buffer("qweight", native.pack_int8(q) if self.packed else q.clone())
         self.register_buffer("scales", weight.scale.to(device, self.kernel_dtype))  # [N]
         self.cpu_kernel = device.type == "cpu" and int8_fits_cpu_kernel((N, K))
+        self.set_activations(activations)
+
+    def set_activations(self, activations: str) -> bool:
+        """Switch between "float32" and "int8" activations (repacks the weight); returns whether the
+        layer now runs with ``activations`` (int8 needs the native kernel and weights in -127..127)."""
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+        if activations == self.activations:
+            return True
+        q = self.weight_rows()  # [N, K]
+        if activations == "int8" and (not self.native or (q.numel() and int(q.min()) < -127)):
+            return False
+        self.activations = activations
+        self.qweight = native.pack_int8_a8(q) if activations == "int8" else native.pack_int8(q)
+        return True
 
     def weight_rows(self) -> torch.Tensor:
         """The int8 weight as [N, K] (a copy when it is held packed)."""
+        if self.packed and self.activations == "int8":
+            return native.unpack_int8_a8(self.qweight, self.out_features, self.in_features)
         if self.packed:
             return native.unpack_int8(self.qweight, self.out_features, self.in_features)
         return self.qweight
 
     def native_linear(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.activations == "int8":
+            return native.int8a8_linear(rows, self.qweight, self.scales, self.bias)
         return native.int8_linear(rows, self.qweight, self.scales, self.bias)
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
@@ -129,6 +155,9 @@ class Int8Linear(QuantLinear):
 
     def dequantize(self) -> torch.Tensor:
         return self.weight_rows().float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activations={self.activations}"
 
 
 class Int4Linear(QuantLinear):

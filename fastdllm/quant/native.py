@@ -6,7 +6,10 @@ scalar loop. fastdllm's kernels (AVX2 + FMA: ``cpu_int8.cpp``, ``cpu_int4.cpp``)
 activations and take weights packed once into their own layout (``pack_int8``, ``pack_int4``);
 ``cpu_stack.cpp`` runs a quantised model's whole layer stack on them (``stack.py``). They are one
 extension module, compiled with torch's extension builder the first time it is needed (about two
-minutes, then cached under ``TORCH_EXTENSIONS_DIR``). Without a compiler or AVX2, or with
+minutes, then cached under ``TORCH_EXTENSIONS_DIR``; ``fastdllm kernels build`` compiles it now).
+``int8a8_linear`` (``cpu_int8a8.cpp``) multiplies int8 weights by int8 activations, quantised
+per row and block of 32 inside the call, on AVX-512 VNNI where the CPU has it (chosen at run time,
+``cpu_int8a8_vnni.cpp``) and on AVX2 elsewhere, with the same bits on both. Without a compiler or AVX2, or with
 ``FASTDLLM_NATIVE=0``, quantised layers use torch's kernels with bfloat16 activations instead.
 """
 
@@ -22,8 +25,10 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
-HEADER = Path(__file__).with_name("cpu_quant.h")
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp",
+                                                "cpu_int8a8_vnni.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
+HEADERS = [Path(__file__).with_name(n) for n in ("cpu_quant.h", "cpu_a8.h")]
+HEADER = HEADERS[0]
 _state: dict[str, object] = {}
 
 
@@ -31,7 +36,7 @@ def build_name() -> str:
     """The name the build is cached under. The header's hash is in it, so editing only the header
     rebuilds too (torch's extension builder hashes the sources it compiles, not what they include)."""
     if "name" not in _state:
-        digest = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, HEADER])).hexdigest()[:10]
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in [*SOURCES, *HEADERS])).hexdigest()[:10]
         _state["name"] = f"fastdllm_cpu_quant_{digest}"
     return _state["name"]
 
@@ -71,8 +76,9 @@ def _clear_stale_lock() -> None:
         pass
 
 
-def kernels():
-    """The compiled extension module, or None where it cannot be used (reason logged once)."""
+def kernels(verbose: bool = False):
+    """The compiled extension module, or None where it cannot be used (reason logged once).
+    ``verbose``: show the compiler's progress (``fastdllm kernels build``)."""
     if "module" in _state:
         return _state["module"]
     module, why = None, None
@@ -80,6 +86,8 @@ def kernels():
         why = "FASTDLLM_NATIVE=0"
     elif not _cpu_supported():
         why = f"the CPU has no AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+    elif not _built() and unbuildable() is not None:
+        why = unbuildable()
     else:
         try:
             from torch.utils.cpp_extension import load
@@ -88,16 +96,37 @@ def kernels():
             if not _built():
                 print("fastdllm: compiling the int8/int4 CPU kernels (once, about two minutes)", file=sys.stderr, flush=True)
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
-            # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way
+            # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way.
+            # AVX2 + FMA for every source; cpu_int8a8_vnni.cpp turns on AVX-512 VNNI for itself
+            # (a pragma) and runs only where the CPU has it (checked at run time).
             flags = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]
-            module = load(build_name(), [str(p) for p in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            module = load(build_name(), [str(p) for p in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                          verbose=verbose)
         except Exception as e:  # no compiler, no ninja, ...: torch's kernel still works
             last = (str(e).strip().splitlines() or [""])[-1][:200]
             why = f"it could not be built ({type(e).__name__}: {last})"
     if why:
         _log.warning("fastdllm: quantised layers use torch's bfloat16-input kernels: %s", why)
+        _state["why"] = why
     _state["module"] = module
     return module
+
+
+def unbuildable() -> str | None:
+    """Why the kernels cannot be compiled here (no C++ compiler or no ninja), or None."""
+    from . import cpu_info
+
+    cxx, what = cpu_info.compiler()
+    if cxx is None:
+        return what
+    if cpu_info.ninja() is None:
+        return "no ninja (torch's extension builder needs it: pip install ninja)"
+    return None
+
+
+def why_unavailable() -> str | None:
+    """After ``kernels()``: why the native kernels are not used, or None when they are."""
+    return _state.get("why")
 
 
 def available() -> bool:
@@ -168,3 +197,51 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor, bia
     """x float32 [M, K], codes packed by ``pack_int4``, ``int4_params`` [N, K/32, 2] -> float32 [M, N] (CPU)."""
     return kernels().int4_linear(x, packed, params, bias)
 
+
+
+A8_BLOCK = 32  # activation inputs per scale in the W8A8 kernels
+A8_OUTPUTS = 16  # outputs per packed group of the W8A8 layout
+ISAS = {"auto": 0, "avx2": 1, "avx512-vnni": 2}  # the W8A8 kernel's paths (cpu_quant.h)
+
+
+def pack_int8_a8(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] (-127..127) -> the W8A8 kernels' layout: uint8 q + 128, [ceil(N/16)][Kp/4][16][4]
+    flat (Kp = K rounded up to 32, zero weights padding): 4 inputs of 16 outputs per 64 bytes, as
+    one vpdpbusd reads them."""
+    if q.numel() and int(q.min()) < -127:
+        raise ValueError("pack_int8_a8: int8 weights must lie in -127..127")
+    N, K = q.shape
+    Np, Kp = -(-N // A8_OUTPUTS) * A8_OUTPUTS, -(-K // A8_BLOCK) * A8_BLOCK
+    padded = torch.zeros(Np, Kp, dtype=torch.int16)
+    padded[:N, :K] = q.to(torch.int16)
+    biased = (padded + 128).to(torch.uint8)  # [Np, Kp]
+    return biased.view(Np // A8_OUTPUTS, A8_OUTPUTS, Kp // 4, 4).permute(0, 2, 1, 3).contiguous().flatten()
+
+
+def unpack_int8_a8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The inverse of ``pack_int8_a8``: int8 [N, K]."""
+    Kp = -(-K // A8_BLOCK) * A8_BLOCK
+    grid = packed.view(-1, Kp // 4, A8_OUTPUTS, 4).permute(0, 2, 1, 3).reshape(-1, Kp)  # [Np, Kp]
+    return (grid[:N, :K].to(torch.int16) - 128).to(torch.int8)
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the W8A8 kernels do to float32 rows [M, K], in torch: int8 [M, Kp] per block of 32
+    (scale max|x| / 127, round half to even, zero-padded) and the scales float32 [M, Kp/32]."""
+    M, K = x.shape
+    Kp = -(-K // A8_BLOCK) * A8_BLOCK
+    xb = torch.zeros(M, Kp, dtype=torch.float32)
+    xb[:, :K] = x
+    xb = xb.view(M, Kp // A8_BLOCK, A8_BLOCK)
+    amax = xb.abs().amax(-1)  # [M, Kp/32]
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
+    q = torch.round(xb * inv[..., None]).clamp(-127, 127).to(torch.int8).view(M, Kp)
+    return q, amax / 127.0
+
+
+def int8a8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                  isa: str = "auto") -> torch.Tensor:
+    """x float32 [M, K] quantised per row and block of 32, weights packed by ``pack_int8_a8``, scale
+    float32 [N] -> float32 [M, N] (CPU). ``isa``: "auto" (the best kernel this CPU has) or a path
+    of ``ISAS`` (tests); every path gives the same bits."""
+    return kernels().int8a8_linear(x, packed, scale, bias, ISAS[isa])
