@@ -18,7 +18,6 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,8 +25,8 @@ from hypothesis import strategies as st
 import fastdllm
 from fastdllm.models import DEFAULT_MODEL
 from fastdllm.serve import create_app
-from fastdllm.serve import http as serve_http
 from fastdllm.serve.limits import TokenBound, _shrink, default_body_limit, token_bound
+from tests.server_helpers import live
 
 NAME = "wp"
 SMALL = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
@@ -36,26 +35,6 @@ SMALL = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many
 @pytest.fixture(scope="module")
 def llm():
     return fastdllm.load(DEFAULT_MODEL, max_batch_size=4)
-
-
-@contextlib.contextmanager
-def live(app, header_timeout: float = 10.0):
-    """``app`` behind uvicorn with fastdllm's guarded protocol, on a free port: yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(serve_http.config(app, header_timeout=header_timeout, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 def error_of(r: httpx.Response) -> dict:

@@ -33,6 +33,9 @@ from .errors import APIError, install_error_handlers
 from .guards import ApiKey, BodyLimit, RequestDeadline, api_path
 from .limits import Limits, TokenBound, default_body_limit, token_bound
 from .metrics import RequestCounter, ServerMetrics
+from .schema import API_ERRORS, GENERATION_ERRORS, SSE, ChatCompletion, Completion, Health, ModelCard, ModelList
+from .schema import errors as error_responses
+from .schema import install_schema
 from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
 from .stream import JobStream
 
@@ -101,17 +104,24 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
         protected = (lambda p: api_path(p) or p in ("/health", "/metrics")) if auth_health_metrics else api_path
         app.add_middleware(ApiKey, key=api_key, protected=protected)
     app.add_middleware(RequestCounter, metrics=metrics)
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/metrics", prometheus, methods=["GET"])
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
-    app.add_api_route("/v1/completions", completions, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    guarded = error_responses(401) if api_key is not None and auth_health_metrics else {}
+    app.add_api_route("/health", health, methods=["GET"], responses={200: {"model": Health}, **guarded})
+    app.add_api_route("/metrics", prometheus, methods=["GET"], responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        **guarded})
+    app.add_api_route("/v1/models", list_models, methods=["GET"], responses={200: {"model": ModelList}, **API_ERRORS})
+    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"],
+                      responses={200: {"model": ModelCard}, **API_ERRORS})
+    app.add_api_route("/v1/completions", completions, methods=["POST"],
+                      responses={200: {"model": Completion, "content": SSE}, **GENERATION_ERRORS})
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                      responses={200: {"model": ChatCompletion, "content": SSE}, **GENERATION_ERRORS})
     from .denoise import install_denoise  # imports this module's helpers
     from .page import install_page
 
     install_denoise(app)
     install_page(app)
+    install_schema(app, model_name, bearer=api_key is not None, guarded_health=auth_health_metrics)
     return app
 
 
