@@ -11,8 +11,9 @@
   if nothing was sent yet, an in-band error event on a stream; its generation is cancelled (the
   routes cancel their job when their task is cancelled).
 
-Every refusal is an OpenAI error body; the refusals that leave a body unread say
-``Connection: close`` (the HTTP layer, ``http.py``, closes such connections anyway).
+Every refusal is an OpenAI error body. A refusal that leaves a body unread does not close the
+connection itself: the HTTP layer (``http.py``) drops the rest of the body for a moment and then
+closes it, so that a client still sending sees its answer rather than a reset.
 FastAPI's own ``max_body_size`` is not used: it answers a too-long ``Content-Length`` with a
 plain-text 413, and it has no read timeout.
 """
@@ -38,18 +39,13 @@ NO_RETRY = {"x-should-retry": "false"}
 class RefusedBody(HTTPException):
     """Raised from ``receive`` while a body is read: the error handlers turn it into its error body."""
 
-    def __init__(self, status: int, message: str, code: str):
-        super().__init__(status, message, headers=CLOSE)
+    def __init__(self, status: int, message: str, code: str, headers: dict | None = None):
+        super().__init__(status, message, headers=headers)
         self.code = code
 
 
 def api_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
-
-
-def _may_have_body(scope) -> bool:
-    h = Headers(scope=scope)
-    return h.get("content-length", "0") != "0" or "transfer-encoding" in h
 
 
 def refusal(status: int, message: str, code: str, headers: dict | None = None,
@@ -72,7 +68,7 @@ class ApiKey:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self._protected(scope["path"]) and not self.authorized(scope):
-            headers = {"WWW-Authenticate": "Bearer", **(CLOSE if _may_have_body(scope) else {})}
+            headers = {"WWW-Authenticate": "Bearer"}
             response = refusal(401, "missing or incorrect API key: send the header 'Authorization: Bearer <key>' "
                                     "with the key the server was started with", "invalid_api_key", headers)
             return await response(scope, receive, send)
@@ -95,7 +91,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await refusal(413, self._too_large(), "request_too_large", CLOSE)(scope, receive, send)
+            return await refusal(413, self._too_large(), "request_too_large")(scope, receive, send)
         deadline = None if self.timeout is None else anyio.current_time() + self.timeout
         received, whole = 0, False
 
@@ -108,7 +104,7 @@ class BodyLimit:
                     message = await receive()
             except TimeoutError:
                 raise RefusedBody(408, f"the request body did not arrive within {self.timeout:g} s of its headers "
-                                       "(--body-timeout)", "request_timeout") from None
+                                       "(--body-timeout)", "request_timeout", CLOSE) from None  # too slow for more
             if message["type"] != "http.request":
                 whole = True
                 return message
@@ -148,7 +144,7 @@ class RequestDeadline:
         if not limit.cancelled_caught:
             return
         if not started:
-            response = refusal(408, self._message(), "request_timeout", {**CLOSE, **NO_RETRY}, "timeout_error")
+            response = refusal(408, self._message(), "request_timeout", NO_RETRY, "timeout_error")
             return await response(scope, receive, send)
         if stream:  # headers are gone: end the stream with an in-band error, as the routes do
             event = f"data: {json.dumps(error_body(self._message(), 'timeout_error', None, 'request_timeout'))}\n\n"

@@ -6,8 +6,10 @@ sends its headers slowly, or never (slowloris). ``GuardedH11Protocol`` adds:
 - a header timeout: a connection whose next request's headers have not arrived whole
   ``header_timeout`` seconds after it opened, or after its previous response, is answered 408
   (if it sent part of a request) and closed;
-- a response that ends before its request's body was read whole (a guard refused it) closes the
-  connection, so the rest of that body is never read.
+- a response that ends before its request's body was read whole (a guard refused it) leaves the
+  connection ``LINGER`` seconds more, during which uvicorn reads and drops the rest of that
+  body, then closes it (closing at once, with the body still arriving, makes the kernel reset
+  the connection, and a client still sending may never see its answer).
 
 The body's own timeout, its size limit and the API key are ASGI guards (``guards.py``).
 """
@@ -23,6 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .protocol import error_body
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+LINGER = 2.0
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -31,6 +34,7 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._header_timer = None
+        self._linger = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -38,17 +42,22 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._linger is not None and self.conn.their_state is not h11.SEND_BODY:
+            self._linger.cancel()  # the refused body ended in time: the connection may serve another request
+            self._linger = None
         self._watch_headers()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self.transport.close()  # the rest of a refused body: not worth reading
+            self._linger = self.loop.call_later(LINGER, self.transport.close)
             return
         self._watch_headers()
 
     def connection_lost(self, exc) -> None:
         self._stop_timer()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def _watch_headers(self) -> None:
