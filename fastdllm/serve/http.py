@@ -7,9 +7,10 @@ sends its headers slowly, or never (slowloris). ``GuardedH11Protocol`` adds:
   ``header_timeout`` seconds after it opened, or after its previous response, is answered 408
   (if it sent part of a request) and closed;
 - a response that ends before its request's body was read whole (a guard refused it) leaves the
-  connection ``LINGER`` seconds more, during which uvicorn reads and drops the rest of that
-  body, then closes it (closing at once, with the body still arriving, makes the kernel reset
-  the connection, and a client still sending may never see its answer).
+  connection open ``LINGER`` seconds more, reading and dropping whatever arrives without parsing
+  it, then closes it: closing at once, with the body still arriving, makes the kernel reset the
+  connection, and a client still sending (most clients send the whole body before they read)
+  would never see its answer.
 
 The body's own timeout, its size limit and the API key are ASGI guards (``guards.py``).
 """
@@ -34,17 +35,16 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._header_timer = None
-        self._linger = None
+        self._linger = None        # set while the rest of a refused body is dropped
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # the rest of a refused body: dropped unread
         super().data_received(data)
-        if self._linger is not None and self.conn.their_state is not h11.SEND_BODY:
-            self._linger.cancel()  # the refused body ended in time: the connection may serve another request
-            self._linger = None
         self._watch_headers()
 
     def on_response_complete(self) -> None:
