@@ -129,6 +129,14 @@ def test_a_client_still_sending_gets_its_413_not_a_reset(llm):
     with live(app) as url:
         for r in asyncio.run(post(url)):
             assert r.status_code == 413 and error_of(r)["code"] == "request_too_large"
+        # a client that sent its whole body may send its next request on the same connection
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(2):
+                r = client.post("/v1/chat/completions", content=body[:5 * LIMIT] + b'"}]}',
+                                headers={"Content-Type": "application/json"})
+                assert r.status_code == 413
+                r = client.post("/v1/chat/completions", json={"model": NAME, "messages": SMALL, "max_tokens": 4})
+                assert r.status_code == 200
 
 
 def test_the_default_body_limit_follows_the_context():

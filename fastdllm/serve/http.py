@@ -7,10 +7,11 @@ sends its headers slowly, or never (slowloris). ``GuardedH11Protocol`` adds:
   ``header_timeout`` seconds after it opened, or after its previous response, is answered 408
   (if it sent part of a request) and closed;
 - a response that ends before its request's body was read whole (a guard refused it) leaves the
-  connection open ``LINGER`` seconds more, reading and dropping whatever arrives without parsing
-  it, then closes it: closing at once, with the body still arriving, makes the kernel reset the
+  connection open ``LINGER`` seconds more, while uvicorn reads and drops the rest of that body,
+  then closes it: closing at once, with the body still arriving, makes the kernel reset the
   connection, and a client still sending (most clients send the whole body before they read)
-  would never see its answer.
+  would never see its answer. A body that ends within ``LINGER`` leaves the connection open for
+  the client's next request, as HTTP/1.1 wants (the answer did not say it would close).
 
 The body's own timeout, its size limit and the API key are ASGI guards (``guards.py``).
 """
@@ -42,9 +43,10 @@ class GuardedH11Protocol(H11Protocol):
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
-        if self._linger is not None:
-            return  # the rest of a refused body: dropped unread
-        super().data_received(data)
+        super().data_received(data)  # while lingering, uvicorn drops the refused body's data
+        if self._linger is not None and self.conn.their_state is not h11.SEND_BODY:
+            self._linger.cancel()  # the refused body has ended: the connection serves the next request
+            self._linger = None
         self._watch_headers()
 
     def on_response_complete(self) -> None:
