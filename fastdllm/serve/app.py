@@ -2,11 +2,13 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both
 with ``stream: true`` as server-sent events, ``stream_options.include_usage`` honoured),
-``GET /health`` and ``GET /metrics`` (Prometheus). A request is validated (``protocol.py``),
-tokenized in a worker thread (never on the event loop), checked against the server's limits
-(``limits.py``) and only then queued for the engine (``batcher.py``); every error is an OpenAI
-error body (``errors.py``). Responses carry the usual ``usage`` plus a ``fastdllm`` object
-with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
+``GET /health`` and ``GET /metrics`` (Prometheus). A request passes the guards first (``guards.py``:
+the API key, the body's size and time, the request's time limit), is validated (``protocol.py``),
+refused if its prompt cannot fit whatever its tokens (``limits.py``), tokenized in a worker thread
+(never on the event loop), checked against the server's limits and only then queued for the
+engine (``batcher.py``); every error is an OpenAI error body (``errors.py``), and
+``/openapi.json`` documents them all (``schema.py``). Responses carry the usual ``usage`` plus a
+``fastdllm`` object with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
 
 The denoising page (``GET /``, ``page.py``) and its event stream (``POST /v1/denoise``,
 ``denoise.py``) go through the same validation, limits and batcher.
@@ -33,10 +35,10 @@ from .errors import APIError, install_error_handlers
 from .guards import ApiKey, BodyLimit, RequestDeadline, api_path
 from .limits import Limits, TokenBound, default_body_limit, token_bound
 from .metrics import RequestCounter, ServerMetrics
+from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
 from .schema import API_ERRORS, GENERATION_ERRORS, SSE, ChatCompletion, Completion, Health, ModelCard, ModelList
 from .schema import errors as error_responses
 from .schema import install_schema
-from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
 from .stream import JobStream
 
 FINISH = {"stop": "stop", "length": "length"}
