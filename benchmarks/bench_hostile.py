@@ -476,7 +476,8 @@ def main(argv=None) -> int:
     finally:
         stop_server(proc)
     result = {
-        "benchmark": "bench_hostile", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "bench_hostile",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "load_average_before": [round(x, 2) for x in load_before],

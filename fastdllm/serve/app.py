@@ -36,9 +36,18 @@ from .guards import ApiKey, BodyLimit, RequestDeadline, api_path
 from .limits import Limits, TokenBound, default_body_limit, token_bound
 from .metrics import RequestCounter, ServerMetrics
 from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
-from .schema import API_ERRORS, GENERATION_ERRORS, SSE, ChatCompletion, Completion, Health, ModelCard, ModelList
+from .schema import (
+    API_ERRORS,
+    GENERATION_ERRORS,
+    SSE,
+    ChatCompletion,
+    Completion,
+    Health,
+    ModelCard,
+    ModelList,
+    install_schema,
+)
 from .schema import errors as error_responses
-from .schema import install_schema
 from .stream import JobStream
 
 FINISH = {"stop": "stop", "length": "length"}
