@@ -122,3 +122,23 @@ def test_stop_ends_the_stream_and_the_server_lets_go(served, chromium):
     while served.state.batcher.stats()["open_jobs"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert served.state.batcher.stats()["open_jobs"] == 0
+
+
+def test_the_page_passes_the_key_it_was_given(served, chromium):
+    """A server started with an API key: the page opened as /#key=KEY decodes; opened without it, it
+    says that it needs the key."""
+    key = "sk-page-test-4f1c"
+    app = create_app(served.state.llm, NAME, api_key=key)
+    driver = chromium
+    with browser.serve(app) as base:
+        driver.get(base + "/")
+        browser.wait_for(driver, "document.body.dataset.state === 'error'")
+        assert "API key" in driver.find_element("id", "error").text
+        driver.get(base + "/#key=" + key)
+        driver.refresh()  # a new fragment alone does not reload the page
+        browser.wait_for(driver, "document.body.dataset.state === 'idle'")
+        set_control(driver, "prompt", QUESTION)
+        set_control(driver, "max-tokens", 16)
+        driver.find_element("id", "run").click()
+        browser.wait_for(driver, "document.body.dataset.state === 'done'", timeout=300)
+        assert int(driver.find_element("id", "s-tokens").text) > 0

@@ -4,17 +4,21 @@ and the live denoising page (``/``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import common
 from .common import CLIError
 
+API_KEY_ENV = "FASTDLLM_API_KEY"
+
 EXAMPLES = """\
 examples:
   fastdllm serve --model Efficient-Large-Model/Fast_dLLM_v2_1.5B --port 8000
   fastdllm serve --model ./my-bd-model --served-model-name my-bd --max-batch-size 16
   fastdllm serve --model ./my-bd-model --max-batch-size 16 --kv-cache-tokens 1024 --max-model-len 4096
+  FASTDLLM_API_KEY=$(openssl rand -hex 16) fastdllm serve --host 0.0.0.0 --request-timeout 300
 
 then, with any OpenAI client:
   curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -55,6 +59,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="prefill a new prompt whole before decoding continues (the running streams pause)")
     s.add_argument("--max-waiting", type=int, metavar="N",
                    help="sequences that may wait for a place in the batch; more get 503 (default: no bound)")
+    g = p.add_argument_group("guards against hostile clients")
+    g.add_argument("--api-key", metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on /v1/... (401 otherwise); default: ${API_KEY_ENV} "
+                        "if set (better than the command line, which other users can see); the page at / takes "
+                        "it as http://host:port/#key=KEY")
+    g.add_argument("--auth-health-metrics", action="store_true",
+                   help="require the API key on /health and /metrics too (they are open by default)")
+    g.add_argument("--max-body-bytes", type=int, metavar="N",
+                   help="largest request body: a longer one gets 413 while it is read (default: 64 bytes per "
+                        "token of --max-model-len, at least 1 MiB)")
+    g.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds from a request's headers to the end of its body; a slower client gets 408 "
+                        "(default: %(default)s)")
+    g.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a connection may take to send a request's headers before it is closed "
+                        "(default: %(default)s)")
+    g.add_argument("--request-timeout", type=float, metavar="S",
+                   help="most seconds one API request may run, streaming included; it is then cancelled "
+                        "(408, or an error event on a stream) (default: no limit)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default: %(default)s)")
     return p
@@ -75,6 +98,14 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if args.prefill_chunk <= 0:
         raise CLIError(f"--prefill-chunk must be positive, got {args.prefill_chunk}")
+    if args.max_body_bytes is not None and args.max_body_bytes <= 0:
+        raise CLIError(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    for flag in ("body_timeout", "header_timeout", "request_timeout"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:  # also refuses nan
+            raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise CLIError("--api-key must not be empty")
     common.check_model_arguments(args)
 
 
@@ -94,21 +125,30 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise CLIError("serving needs fastapi, uvicorn and prometheus_client: pip install 'fastdllm[serve]'") from None
     from ..serve import create_app
+    from ..serve.http import config as http_config
 
+    # the key comes from the flag or the environment here, and only here; it is passed on, never printed
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV, "").strip() or None)
     llm = common.load_model(args, max_batch_size=args.max_batch_size)
     name = args.served_model_name or served_name(args.model)
     try:
         app = create_app(llm, name, max_batch_size=args.max_batch_size, default_max_tokens=args.default_max_tokens,
                          kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
                          prefill_chunk=args.prefill_chunk, interleave_prefill=not args.no_interleave_prefill,
-                         max_waiting=args.max_waiting)
+                         max_waiting=args.max_waiting, max_body_bytes=args.max_body_bytes,
+                         body_timeout=args.body_timeout, request_timeout=args.request_timeout, api_key=api_key,
+                         auth_health_metrics=args.auth_health_metrics)
     except ValueError as e:  # limits that contradict each other or the model
         raise CLIError(str(e).replace("max_model_len", "--max-model-len").replace("kv_cache_tokens",
                                                                                  "--kv-cache-tokens")) from None
     kind = "block diffusion" if llm.is_block_diffusion else "autoregressive"
-    limits = app.state.server.limits
+    state = app.state.server
+    limits = state.limits
+    auth = "; API key required" + (" (also on /health and /metrics)" if args.auth_health_metrics else "") \
+        if api_key else ""
     print(f"[{common.PROG}] serving '{name}' ({kind}) on http://{args.host}:{args.port}/v1 "
-          f"(max model len {limits.max_model_len}, KV cache {limits.kv_tokens} positions); "
-          f"the denoising page: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+          f"(max model len {limits.max_model_len}, KV cache {limits.kv_tokens} positions, bodies up to "
+          f"{state.max_body_bytes} bytes{auth}); the denoising page: http://{args.host}:{args.port}/",
+          file=sys.stderr, flush=True)
+    uvicorn.Server(http_config(app, args.host, args.port, args.header_timeout, log_level=args.log_level)).run()
     return 0

@@ -2,11 +2,13 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both
 with ``stream: true`` as server-sent events, ``stream_options.include_usage`` honoured),
-``GET /health`` and ``GET /metrics`` (Prometheus). A request is validated (``protocol.py``),
-tokenized in a worker thread (never on the event loop), checked against the server's limits
-(``limits.py``) and only then queued for the engine (``batcher.py``); every error is an OpenAI
-error body (``errors.py``). Responses carry the usual ``usage`` plus a ``fastdllm`` object
-with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
+``GET /health`` and ``GET /metrics`` (Prometheus). A request passes the guards first (``guards.py``:
+the API key, the body's size and time, the request's time limit), is validated (``protocol.py``),
+refused if its prompt cannot fit whatever its tokens (``limits.py``), tokenized in a worker thread
+(never on the event loop), checked against the server's limits and only then queued for the
+engine (``batcher.py``); every error is an OpenAI error body (``errors.py``), and
+``/openapi.json`` documents them all (``schema.py``). Responses carry the usual ``usage`` plus a
+``fastdllm`` object with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
 
 The denoising page (``GET /``, ``page.py``) and its event stream (``POST /v1/denoise``,
 ``denoise.py``) go through the same validation, limits and batcher.
@@ -30,9 +32,22 @@ from fastapi.responses import StreamingResponse
 from ..engine.scheduler import QueueFull
 from .batcher import Batcher, Job, runs_alone
 from .errors import APIError, install_error_handlers
-from .limits import Limits
+from .guards import ApiKey, BodyLimit, RequestDeadline, api_path
+from .limits import Limits, TokenBound, default_body_limit, token_bound
 from .metrics import RequestCounter, ServerMetrics
 from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
+from .schema import (
+    API_ERRORS,
+    GENERATION_ERRORS,
+    SSE,
+    ChatCompletion,
+    Completion,
+    Health,
+    ModelCard,
+    ModelList,
+    install_schema,
+)
+from .schema import errors as error_responses
 from .stream import JobStream
 
 FINISH = {"stop": "stop", "length": "length"}
@@ -52,11 +67,15 @@ class ServerState:
     # Hugging Face tokenizers may not be mutated from two threads at once: one request is
     # tokenized at a time, in a worker thread, so the event loop never waits for it
     tokenizer_limiter: anyio.CapacityLimiter
+    token_bound: TokenBound | None  # refuses prompts that cannot fit before tokenizing them (limits.py)
+    max_body_bytes: int
 
 
 def create_app(llm, model_name: str, max_batch_size: int | None = None, default_max_tokens: int = 512,
                kv_cache_tokens: int | None = None, max_model_len: int | None = None, prefill_chunk: int = 512,
-               interleave_prefill: bool = True, max_waiting: int | None = None) -> FastAPI:
+               interleave_prefill: bool = True, max_waiting: int | None = None, max_body_bytes: int | None = None,
+               body_timeout: float | None = 30.0, request_timeout: float | None = None, api_key: str | None = None,
+               auth_health_metrics: bool = False) -> FastAPI:
     """``model_name``: the id clients send as ``model`` (also listed by ``/v1/models``).
 
     The KV cache holds ``max_batch_size x kv_cache_tokens`` positions (default per slot:
@@ -65,6 +84,12 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     at most the whole cache). ``prefill_chunk``: prompt tokens prefilled per step, interleaved
     with the running sequences' decode steps (``interleave_prefill=False``: prefill new prompts
     before decoding). ``max_waiting``: queued sequences before requests get 503 (None: no bound).
+
+    The guards (``guards.py``): ``max_body_bytes`` (default ``default_body_limit(max_model_len)``)
+    and ``body_timeout`` (seconds from the headers to the body's end; None: none) answer 413 and
+    408 while the body is read; ``request_timeout`` ends API requests still running after so
+    many seconds (None: no limit); ``api_key`` requires ``Authorization: Bearer <key>`` on
+    ``/v1/...`` (and on ``/health`` and ``/metrics`` with ``auth_health_metrics``).
     ValueError for inconsistent limits.
     """
     batch = max_batch_size or llm.engine.max_batch_size
@@ -73,26 +98,41 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     limits = Limits.from_flags(llm.config.max_position_embeddings, batch, kv_cache_tokens, max_model_len)
     batcher = Batcher(llm.model, batch, limits.kv_tokens, prefill_chunk, interleave_prefill, max_waiting)
     metrics = batcher.metrics = ServerMetrics(batcher.stats)
+    body_limit = default_body_limit(limits.max_model_len) if max_body_bytes is None else max_body_bytes
     state = ServerState(llm, model_name, now(), limits, batcher, metrics, default_max_tokens, prefill_chunk,
-                        anyio.CapacityLimiter(1))
+                        anyio.CapacityLimiter(1), token_bound(llm.tokenizer), body_limit)
 
     app = FastAPI(title="fastdllm", lifespan=_lifespan)
     app.state.server = state
     app.state.batcher = batcher
     app.state.llm = llm
     install_error_handlers(app)
+    # the last added runs first: count every request, then check the key before anything is read
+    app.add_middleware(BodyLimit, max_bytes=body_limit, timeout=body_timeout)
+    if request_timeout is not None:
+        app.add_middleware(RequestDeadline, seconds=request_timeout)
+    if api_key is not None:
+        protected = (lambda p: api_path(p) or p in ("/health", "/metrics")) if auth_health_metrics else api_path
+        app.add_middleware(ApiKey, key=api_key, protected=protected)
     app.add_middleware(RequestCounter, metrics=metrics)
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/metrics", prometheus, methods=["GET"])
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"])
-    app.add_api_route("/v1/completions", completions, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    guarded = error_responses(401) if api_key is not None and auth_health_metrics else {}
+    app.add_api_route("/health", health, methods=["GET"], responses={200: {"model": Health}, **guarded})
+    app.add_api_route("/metrics", prometheus, methods=["GET"], responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        **guarded})
+    app.add_api_route("/v1/models", list_models, methods=["GET"], responses={200: {"model": ModelList}, **API_ERRORS})
+    app.add_api_route("/v1/models/{name:path}", get_model, methods=["GET"],
+                      responses={200: {"model": ModelCard}, **API_ERRORS})
+    app.add_api_route("/v1/completions", completions, methods=["POST"],
+                      responses={200: {"model": Completion, "content": SSE}, **GENERATION_ERRORS})
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                      responses={200: {"model": ChatCompletion, "content": SSE}, **GENERATION_ERRORS})
     from .denoise import install_denoise  # imports this module's helpers
     from .page import install_page
 
     install_denoise(app)
     install_page(app)
+    install_schema(app, model_name, bearer=api_key is not None, guarded_health=auth_health_metrics)
     return app
 
 
@@ -213,6 +253,7 @@ async def _start(s: ServerState, req: _Request, prompts, requested: int | None, 
     if req.block_size is not None and req.block_size > s.limits.max_model_len:
         raise APIError(400, f"block_size {req.block_size} is larger than the maximum context length "
                        f"{s.limits.max_model_len}", param="block_size")
+    s.limits.precheck(prompts, requested, s.token_bound, "messages" if chat else "prompt")  # before tokenizing
     opts = _options(req, default if requested is None else requested)
     prepare = functools.partial(s.llm.prepare, prompts, chat=chat, **opts)
     seqs, params = await anyio.to_thread.run_sync(prepare, limiter=s.tokenizer_limiter)
@@ -255,6 +296,9 @@ async def _collect(s: ServerState, job: Job, request: Request) -> list[_Result]:
                 r.text += d.text
                 r.tokens += len(d.token_ids)
                 r.finish_reason, r.nfe = d.finish_reason, d.nfe
+    except BaseException:  # cancelled (the request's time limit): nobody will read the answer
+        s.batcher.cancel(job)
+        raise
     finally:
         watcher.cancel()
     return results

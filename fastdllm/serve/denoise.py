@@ -41,6 +41,7 @@ from .batcher import Job
 from .errors import APIError
 from .frames import Frame
 from .protocol import ChatCompletionRequest, CompletionRequest, error_body, new_id, usage
+from .schema import GENERATION_ERRORS, SSE
 
 PIECE_CACHE = 1 << 16  # token id -> text entries kept per server
 
@@ -75,7 +76,7 @@ class DenoiseCompletionRequest(CompletionRequest):
 def install_denoise(app: FastAPI) -> None:
     llm = app.state.llm
     app.state.denoise_piece = piece_decoder(llm.tokenizer)
-    app.add_api_route("/v1/denoise", denoise, methods=["POST"])
+    app.add_api_route("/v1/denoise", denoise, methods=["POST"], responses={200: {"content": SSE}, **GENERATION_ERRORS})
 
 
 def piece_decoder(tokenizer):

@@ -4,7 +4,8 @@
 errors (``FastDLLMError``), request-validation failures (pydantic: wrong types, out-of-range
 numbers, unknown fields, malformed JSON), unknown routes and bugs to that body, with status
 400 for anything the client can fix (FastAPI's 422 included), 404 for unknown models and
-routes, 503 when the queue is full, and 500 only for bugs.
+routes, 401/408/413 from the guards (``guards.py``), 503 when the queue is full, and 500
+only for bugs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ async def _validation_error(request: Request, e: RequestValidationError):
 
 async def _http_error(request: Request, e: StarletteHTTPException):
     type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-    return JSONResponse(error_body(str(e.detail), type_), status_code=e.status_code)
+    # the guards' refusals (guards.py) carry a code and their headers (Connection: close)
+    return JSONResponse(error_body(str(e.detail), type_, code=getattr(e, "code", None)), status_code=e.status_code,
+                        headers=e.headers)
 
 
 async def _bug(request: Request, e: Exception):

@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from .schema import errors
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_MAX_TOKENS = 256          # the page's default max tokens (at most the server's default)
 EXAMPLES = 4
@@ -27,7 +29,7 @@ GENERAL_EXAMPLES = ["Why is the sky blue?", "Write a haiku about rain.",
 def install_page(app: FastAPI) -> None:
     app.state.page_config = page_config(app)
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/v1/denoise/config", config, methods=["GET"])
+    app.add_api_route("/v1/denoise/config", config, methods=["GET"], responses=errors(401))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 

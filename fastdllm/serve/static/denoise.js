@@ -16,6 +16,12 @@
   let cfg = null;
   let run = null;  // the request being shown (see newRun)
 
+  // A server started with --api-key wants "Authorization: Bearer <key>" on /v1/...: the page
+  // takes the key from its address (http://host:port/#key=KEY; the part after # never reaches
+  // the server or its logs) and sends it with its own requests.
+  const apiKey = new URLSearchParams(location.hash.slice(1)).get("key");
+  const authHeaders = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+
   function newRun() {
     return {
       controller: new AbortController(), queue: [], meta: null, rows: new Map(), current: null, text: "",
@@ -26,8 +32,9 @@
   // ---- setup ----------------------------------------------------------------------------------
   async function init() {
     try {
-      const r = await fetch("/v1/denoise/config");
+      const r = await fetch("/v1/denoise/config", { headers: authHeaders });
       cfg = await r.json();
+      if (r.status === 401) throw new Error("this server needs its API key: open this page as /#key=YOUR_KEY");
       if (!r.ok) throw new Error(cfg?.error?.message || r.statusText);
     } catch (e) {
       showError(`cannot read the server's configuration: ${e.message}`);
@@ -101,7 +108,7 @@
     let resp;
     try {
       resp = await fetch("/v1/denoise", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(requestBody()),
+        method: "POST", headers: { "Content-Type": "application/json", ...authHeaders }, body: JSON.stringify(requestBody()),
         signal: r.controller.signal,
       });
       if (!resp.ok) {
