@@ -217,6 +217,41 @@ def train_small() -> str:
                     "python benchmarks/bench_train.py")
 
 
+@table("screening-levers")
+def screening_levers() -> str:
+    name = "screening_levers.json"
+    d = load(name)
+    rows = []
+    for r in sorted(d, key=lambda r: (r["lever"] != "baseline", r["lever"], r["seed"])):
+        s9, s10 = r["scores"]["0.9"], r["scores"]["1.0"]
+        # the work of a step: the complementary pair's 3L tokens, and L more for the AR loss's causal pass
+        work = (3 + (1 if r["options"].get("ar_loss_weight") else 0)) / 3
+        rows.append([r["lever"].replace("+", " + "), r["seed"], r["steps"], f"{r['val_loss']:.3f}",
+                     pct(s9["accuracy"]), f"{s9['tpf']:.2f}", pct(s10["accuracy"]), f"{work:.2f}x",
+                     f"{r['seconds_per_step']:.2f}"])
+    n = d[0]["n_val"]
+    return markdown(["lever", "seed", "steps", "val. loss", f"accuracy at 0.9 ({n} problems)", "TPF at 0.9",
+                     f"accuracy at 1.0 ({n} problems)", "forward tokens per step vs baseline",
+                     "s/step (shared machine: not comparable)"], rows, name, d,
+                    "python examples/word_problems/screen.py --run RUN --out OUT --steps 400 [--levers A+B]")
+
+
+@table("hostile_default")
+def hostile_default() -> str:
+    """The serving page's three tables, written by the benchmark's own ``markdown`` (one format)."""
+    import importlib.util
+
+    bench_dir = str(ROOT / "benchmarks")
+    sys.path.insert(0, bench_dir)  # the script imports its sibling scripts, as when run from benchmarks/
+    try:
+        spec = importlib.util.spec_from_file_location("bench_hostile", ROOT / "benchmarks" / "bench_hostile.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(bench_dir)
+    return bench.markdown(load("hostile_default.json"))
+
+
 def _load_path(rel: str):
     path = ROOT / rel
     if not path.is_file():
