@@ -15,27 +15,15 @@ import pytest
 import torch
 
 from fastdllm.attention import DenseAttention, causal_mask
-from fastdllm.loading import load_checkpoint
 from fastdllm.training import TrainConfig
 from fastdllm.training.config import TrainConfigError
 from fastdllm.training.masks import block_diffusion_mask
 from fastdllm.training.noise import (MaskRates, ar_batch, block_size_at, diffusion_batch, draw_masked,
                                      open_pairs_at, sample_generator)
 from fastdllm.training.objective import TrainingObjective
-from tests.test_training_objective import BS, MASK, samples
+from tests.test_training_objective import BS, MASK, model, samples  # noqa: F401  (model: the tiny model fixture)
 
 N = 24
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from tests.helpers import make_tiny_checkpoint
-
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("levers") / "m", "qwen2", vocab=128, hidden=32, heads=4,
-                                kv_heads=2, inter=64)
-    m = load_checkpoint(path).model
-    m.train()
-    return m
 
 
 # ---- attention annealing ----------------------------------------------------------------------
