@@ -9,8 +9,9 @@ import torch
 
 from fastdllm.quant import Int8Linear, Int8Weight, native, quantize_model, set_activations
 from fastdllm.quant import cpu_info  # noqa: E402
-from tests.test_engine import EOS, oracle, prompt_of, random_llm
-from tests.test_quant import STACK_PARTS, ckpts, needs_native, packed_forward  # noqa: F401 (fixture)
+from tests.test_engine import prompt_of, random_llm
+from tests.test_quant import (STACK_PARTS, assert_near_oracle, ckpts, needs_native,  # noqa: F401 (fixture)
+                              packed_forward)
 
 ISA_NEEDS = {"avx2": ("avx2",), "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
 
@@ -134,18 +135,7 @@ def test_int8_activations_batch_invariance(decoding):
 @needs_native
 def test_engine_against_oracle_int8_activations():
     """As test_quant's: same layers, attention summed in another order; the first tokens agree."""
-    llm = a8_llm()
-    agree = total = 0
-    for L in (1, 16, 33):
-        for cache in (False, True):
-            prompt = prompt_of(L)
-            kw = dict(block_size=32, small_block_size=8, threshold=0.9, use_block_cache=cache)
-            got = llm.generate([prompt], max_new_tokens=48, stop_token_ids=[EOS], **kw)[0].token_ids
-            want = oracle(llm, prompt, max_new_tokens=48, stop_ids={EOS}, **kw)
-            assert got[:4] == want[:4], (L, cache)
-            agree += sum(a == b for a, b in zip(got, want))
-            total += max(len(got), len(want))
-    assert agree / total >= 0.9, (agree, total)
+    assert_near_oracle(a8_llm(), (1, 16, 33))
 
 
 @needs_native
