@@ -112,6 +112,9 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "recompute layer activations in backward (less memory)", "hardware")
     fsdp: bool = opt(False, "shard parameters with FSDP across torchrun processes (instead of DDP)", "hardware")
     num_threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)", "hardware")
+    compile: bool = opt(False, "torch.compile the model's forward (dynamic shapes): the first steps pay minutes "
+                               "of compilation, later steps run ~15-25% faster on a CPU for small models "
+                               "(benchmarks/bench_training.py)", "hardware")
     # ---- output
     output_dir: str | None = opt(None, "where the trained model, checkpoints and metrics go", "output")
     save_every: int = opt(0, "write a resumable checkpoint every N steps; 0 = never", "output")

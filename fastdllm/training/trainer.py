@@ -74,6 +74,10 @@ class Trainer:
             self.peft = apply_lora(self.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.model.train()
+        if cfg.compile:
+            # the stack of layers, not the loss: the targets' count changes every step. Only this
+            # instance's method is replaced, so the state dict and the export are untouched
+            self.model.hidden_states = torch.compile(self.model.hidden_states, dynamic=True)
         self.objective = TrainingObjective(self.model, cfg.objective, cfg.block_size, self.attention,
                                            cfg.loss_chunk_size)
         self.parallel = Parallel(self.objective, self.layout, cfg.fsdp, cfg.lora)
