@@ -52,7 +52,7 @@ def record(llm, prompt, **options):
                     decoded_at.setdefault(p, seq.nfe)
     finally:
         engine.steps_per_sync = steps
-    result = llm._result(seq)
+    result = llm.result(seq)
     ids = result.token_ids
     steps = [decoded_at.get(seq.prompt_len + i, seq.nfe) for i in range(len(ids))]
     pieces = [_piece(llm.tokenizer, t) for t in ids]

@@ -29,6 +29,7 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
+from ..engine.options import merge
 from ..engine.scheduler import QueueFull
 from .batcher import Batcher, Job, runs_alone
 from .errors import APIError, install_error_handlers
@@ -231,18 +232,6 @@ def _check_model(s: ServerState, name: str) -> None:
                        "not_found_error", "model", "model_not_found")
 
 
-def _options(req: _Request, max_tokens: int) -> dict:
-    opts = {"max_new_tokens": max_tokens, "temperature": req.temperature or 0.0,
-            "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": req.stop}
-    for k in ("threshold", "block_size", "small_block_size", "use_block_cache", "mode", "top_k"):
-        v = getattr(req, k)
-        if v is not None:
-            opts[k] = v
-    if req.ignore_eos:
-        opts["stop_token_ids"] = []
-    return opts
-
-
 async def _start(s: ServerState, req: _Request, prompts, requested: int | None, default: int, chat: bool,
                  frames: bool = False) -> Job:
     """Tokenize (worker thread), check the limits, queue. Raises APIError/FastDLLMError (400) or 503.
@@ -254,13 +243,14 @@ async def _start(s: ServerState, req: _Request, prompts, requested: int | None, 
         raise APIError(400, f"block_size {req.block_size} is larger than the maximum context length "
                        f"{s.limits.max_model_len}", param="block_size")
     s.limits.precheck(prompts, requested, s.token_bound, "messages" if chat else "prompt")  # before tokenizing
-    opts = _options(req, default if requested is None else requested)
-    prepare = functools.partial(s.llm.prepare, prompts, chat=chat, **opts)
+    # precedence: the request, then the server's default length, then the schema's defaults
+    opts = merge(req.decode_fields(requested), {"max_new_tokens": default})
+    prepare = functools.partial(s.llm.prepare, prompts, chat=chat, options=opts)
     seqs, params = await anyio.to_thread.run_sync(prepare, limiter=s.tokenizer_limiter)
     if params.prefill_chunk != s.prefill_chunk:
         params = dataclasses.replace(params, prefill_chunk=s.prefill_chunk)
     s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
-    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(opts, len(seqs)), arrived, frames=frames)
+    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(vars(opts), len(seqs)), arrived, frames=frames)
     try:
         s.batcher.submit(job)
     except QueueFull as e:
