@@ -53,7 +53,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Request(DiffusionOptions):
+class GenerationRequest(DiffusionOptions):
+    """The fields both OpenAI endpoints share."""
+
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str
@@ -94,7 +96,7 @@ class _Request(DiffusionOptions):
         return {**given, "max_new_tokens": max_tokens, "stop_token_ids": [] if self.ignore_eos else None}
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(None, **_range("max_new_tokens"))  # None: 16, as OpenAI, cut to the context
     echo: bool = False
@@ -146,7 +148,7 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, **_range("max_new_tokens"))
     max_completion_tokens: int | None = Field(None, **_range("max_new_tokens"))
