@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -16,8 +14,9 @@ from .engine.engine import Engine, StepEvent
 from .engine.options import DecodeOptions, ModelFacts, context_cap, merge, resolve
 from .engine.params import DecodeParams
 from .engine.sequence import Sequence
-from .errors import InvalidRequestError, ModelLoadError
-from .loading import Checkpoint, load_checkpoint
+from .errors import InvalidRequestError
+from .loading import Checkpoint
+from .loading.plan import load_planned, plan_load
 
 Prompt = str | list[int] | list[dict]
 
@@ -211,31 +210,6 @@ class LLM:
         return GenerationResult(text, list(seq.output), seq.finish_reason or "length", list(seq.prompt), stats)
 
 
-def _resolve_q4(model, revision) -> tuple[Path, bool]:
-    """``model`` as a local path (resolved once: a hub id is not fetched twice), and whether it is a
-    GGUF file holding 4-bit codes (what int4 keeps as they are)."""
-    from .loading.gguf import holds_q4
-    from .loading.hub import resolve
-
-    path = resolve(model, revision)
-    return path, path.suffix == ".gguf" and holds_q4(path)
-
-
-def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
-    """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
-    file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
-    if adapter is not None or dev.type != "cpu" or dt != torch.float32:
-        return model, None
-    from .quant import native
-
-    path, q4 = _resolve_q4(model, revision)
-    if not q4 or not native.available():
-        return path, None
-    logging.getLogger("fastdllm.quant").info("%s holds 4-bit codes: loaded as int4 (quantize='none' to "
-                                             "dequantise it to float32)", path.name)
-    return path, "int4"
-
-
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None, quantize: str | None = "auto",
@@ -273,13 +247,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     multi-step decoding, ``fastdllm.engine.engine``): the same tokens, less per-token work on the
     host; 1 reads after every forward. Block diffusion reads after every forward regardless.
     """
-    from .loading import parse_device, parse_dtype
-    from .precision import resolve_dtype
-    from .quant import parse_quantize
-
-    dev = parse_device(device)
-    auto = isinstance(quantize, str) and quantize.lower() == "auto"
-    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
+    t0 = time.perf_counter()
+    plan = plan_load(model, dtype, device, revision, adapter, quantize, calibration)
     if compile is not None:
         from . import cpu_kernels
 
@@ -287,41 +256,13 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
-    if model is None:
-        from .models import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    t0 = time.perf_counter()
-    if auto:
-        model, mode = _auto_quantize(model, revision, adapter, dev, dt)
-    gptq = mode == "int4-gptq"
-    prompts = None
-    if gptq:
-        from .quant.gptq import read_prompts
-
-        prompts = read_prompts(calibration)  # a bad file fails before any loading
-        model, q4 = _resolve_q4(model, revision)
-        if adapter is None and q4:
-            # rounding the file's own 4-bit values again can only move further from its float weights
-            logging.getLogger("fastdllm.quant").warning(
-                "%s already holds 4-bit codes: int4-gptq keeps them, as int4 does", model.name)
-            gptq, mode = False, "int4"
-    elif calibration is not None:
-        raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
-    load_dt, load_mode = (torch.float32, None) if gptq else (dt, mode)
-    if adapter is not None:
-        from .loading.adapter import load_with_adapter
-
-        base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode)
-    else:
-        ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode)
+    ckpt = load_planned(plan)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
-    if gptq:
+    if plan.gptq:
         from .quant import quantize_model
         from .quant.gptq import gptq_weights
 
-        quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts))
+        quantize_model(ckpt.model, "int4", plan.dtype, weights=gptq_weights(llm, plan.calibration))
         llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
     llm.load_seconds = time.perf_counter() - t0
     return llm
