@@ -13,7 +13,7 @@ from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.options import DecodeOptions, ModelFacts, context_cap, merge, resolve
 from .engine.params import DecodeParams
-from .engine.sequence import Sequence
+from .engine.sequence import Request, Sequence
 from .errors import InvalidRequestError
 from .loading import Checkpoint
 from .loading.plan import load_planned, plan_load
@@ -176,17 +176,16 @@ class LLM:
             if len(ids) >= cap:
                 raise InvalidRequestError(f"prompt {i} has {len(ids)} tokens; the context holds {cap}")
             limit = min(len(ids) + opts.max_new_tokens, cap)
-            seq = Sequence(i, ids, limit - len(ids), limit)
+            detok = None
             if self.tokenizer is not None:
-                seq.detok = IncrementalDetokenizer(self.tokenizer, opts.stop,
-                                                   deferred=defer_text and not opts.stop)
-            seqs.append(seq)
+                detok = IncrementalDetokenizer(self.tokenizer, opts.stop, deferred=defer_text and not opts.stop)
+            seqs.append(Sequence(Request(i, ids, limit - len(ids), limit, params), detok))
         return seqs, params
 
     def stream(self, prompts, **kwargs) -> Iterator[StepEvent]:
         """Yield the decoding state after every forward pass (see ``StepEvent``)."""
         seqs, params = self.prepare(prompts, **kwargs)
-        yield from self.engine.run(seqs, params)
+        yield from self.engine.run(seqs)
 
     def generate(self, prompts, progress: bool = False, chat: bool = True, **kwargs) -> list[GenerationResult]:
         """Generate for one prompt or a list of prompts; returns one result per prompt.
@@ -196,7 +195,7 @@ class LLM:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=sum(s.max_new_tokens for s in seqs), unit="tok", desc="generating")
-        for event in self.engine.run(seqs, params):
+        for event in self.engine.run(seqs):
             if bar is not None:
                 bar.update(sum(len(r.new_tokens) for r in event.rows))
         if bar is not None:

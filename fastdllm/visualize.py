@@ -46,7 +46,7 @@ def record(llm, prompt, **options):
     engine, steps = llm.engine, llm.engine.steps_per_sync
     engine.steps_per_sync = 1  # the trace needs each forward's tokens apart
     try:
-        for event in engine.run(seqs, params):
+        for event in engine.run(seqs):
             for row in event.rows:
                 for p in row.new_positions:
                     decoded_at.setdefault(p, seq.nfe)

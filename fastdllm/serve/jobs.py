@@ -76,7 +76,7 @@ async def start_job(s: ServerState, req: GenerationRequest, prompts, requested: 
     seqs, params = await anyio.to_thread.run_sync(prepare, limiter=s.tokenizer_limiter)
     if params.prefill_chunk != s.prefill_chunk:
         params = dataclasses.replace(params, prefill_chunk=s.prefill_chunk)
-    s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
+    seqs = s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
     job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(vars(opts), len(seqs)), arrived, frames=frames)
     try:
         s.batcher.submit(job)
