@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Sequence as Seq
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from .config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
+from .engine.options import DecodeOptions, ModelFacts, context_cap, merge, resolve
 from .engine.params import DecodeParams
-from .engine.sequence import Sequence
-from .errors import InvalidRequestError, ModelLoadError
-from .loading import Checkpoint, load_checkpoint
-from .sampling import SamplingParams, make_sampler
+from .engine.sequence import Request, Sequence
+from .errors import InvalidRequestError
+from .loading import Checkpoint
+from .loading.plan import load_planned, plan_load
 
 Prompt = str | list[int] | list[dict]
 
@@ -56,25 +55,6 @@ class GenerationResult:
     tpf = property(lambda self: self.stats.tpf)
     seconds = property(lambda self: self.stats.seconds)
     generated_tokens = property(lambda self: self.stats.generated_tokens)
-
-
-@dataclass
-class GenerateOptions:
-    max_new_tokens: int = 256
-    threshold: float = 0.9
-    block_size: int | None = None
-    small_block_size: int | None = None
-    use_block_cache: bool = False
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop_token_ids: list[int] | None = None
-    stop: list[str] | str | None = None
-    mask_token_id: int | None = None
-    chat: bool = True
-    mode: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LLM:
@@ -162,114 +142,71 @@ class LLM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- generation ---------------------------------------------------------------------------
-    def prepare(self, prompts, **kwargs) -> tuple[list[Sequence], DecodeParams]:
-        """Validate a request and build its sequences and decoding parameters, ready for
-        ``self.engine.run`` (what ``generate`` does first; the server batches requests with it)."""
-        return self._prepare(prompts, _options(kwargs))
+    @property
+    def facts(self) -> ModelFacts:
+        """What the decoding options are resolved against (``engine.options.resolve``)."""
+        return ModelFacts(self.is_block_diffusion, self.config.bd_size, self.config.small_block_size,
+                          self.config.vocab_size, self.config.max_position_embeddings, self.mask_token_id,
+                          tuple(self.eos_token_ids), self.tokenizer is not None, self.model.device)
 
-    def _prepare(self, prompts, opts: GenerateOptions, defer_text: bool = False) -> tuple[list[Sequence], DecodeParams]:
+    def resolve(self, options: DecodeOptions) -> DecodeParams:
+        """The engine's parameters for ``options`` on this model (checked: ``InvalidRequestError``)."""
+        return resolve(options, self.facts)
+
+    def prepare(self, prompts, chat: bool = True, options: DecodeOptions | None = None,
+                **kwargs) -> tuple[list[Sequence], DecodeParams]:
+        """Validate a request and build its sequences and decoding parameters, ready for
+        ``self.engine.run`` (what ``generate`` does first; the server batches requests with it).
+        ``kwargs``: ``DecodeOptions`` fields (None: not given), over ``options``."""
+        return self._prepare(prompts, merge(kwargs, vars(options) if options is not None else None), chat)
+
+    def _prepare(self, prompts, opts: DecodeOptions, chat: bool = True,
+                 defer_text: bool = False) -> tuple[list[Sequence], DecodeParams]:
         """``defer_text``: nobody reads the text before the end (``generate``): without stop strings it
         is decoded once then, not token by token."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], (int, dict))):
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise InvalidRequestError("no prompts given")
-        mode = opts.mode or ("diffusion" if self.is_block_diffusion else "ar")
-        if mode not in ("diffusion", "ar"):
-            raise InvalidRequestError(f"mode must be 'diffusion' or 'ar', got {mode!r}")
-        if not isinstance(opts.max_new_tokens, int) or opts.max_new_tokens < 0:
-            raise InvalidRequestError(f"max_new_tokens must be a non-negative integer, got {opts.max_new_tokens}")
-        if not 0.0 <= opts.threshold <= 1.0:
-            raise InvalidRequestError(f"threshold must be in [0, 1], got {opts.threshold}")
-        bs = opts.block_size or self.config.bd_size or 32
-        sbs = opts.small_block_size if opts.small_block_size is not None else (self.config.small_block_size or 8)
-        if bs <= 0 or sbs <= 0 or bs % sbs:
-            raise InvalidRequestError(f"small_block_size ({sbs}) must be positive and divide block_size ({bs})")
-        mask_id = opts.mask_token_id if opts.mask_token_id is not None else self.mask_token_id
-        if mode == "diffusion" and mask_id is None:
-            raise InvalidRequestError("block-diffusion decoding needs a mask token: pass mask_token_id "
-                                      "(this checkpoint defines none)")
-        if mask_id is not None and not 0 <= mask_id < self.config.vocab_size:
-            raise InvalidRequestError(f"mask_token_id {mask_id} is outside the vocabulary")
-        stop_ids = self.eos_token_ids if opts.stop_token_ids is None else list(opts.stop_token_ids)
-        stop_strings = [opts.stop] if isinstance(opts.stop, str) else list(opts.stop or [])
-        if stop_strings and self.tokenizer is None:
-            raise InvalidRequestError("stop strings need a tokenizer")
-        sampler = make_sampler(SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed), mask_id,
-                               self.model.device)
-        params = DecodeParams(mode, sampler, frozenset(stop_ids), bs, sbs, opts.threshold, opts.use_block_cache,
-                              mask_id)
-        max_ctx = self.config.max_position_embeddings
-        cap = max_ctx // bs * bs if mode == "diffusion" else max_ctx
+        params = self.resolve(opts)
+        cap = context_cap(params, self.config.max_position_embeddings)
         seqs = []
         for i, p in enumerate(prompts):
-            ids = self.encode(p, opts.chat)
+            ids = self.encode(p, chat)
             if len(ids) >= cap:
                 raise InvalidRequestError(f"prompt {i} has {len(ids)} tokens; the context holds {cap}")
             limit = min(len(ids) + opts.max_new_tokens, cap)
-            seq = Sequence(i, ids, limit - len(ids), limit)
+            detok = None
             if self.tokenizer is not None:
-                seq.detok = IncrementalDetokenizer(self.tokenizer, stop_strings,
-                                                   deferred=defer_text and not stop_strings)
-            seqs.append(seq)
+                detok = IncrementalDetokenizer(self.tokenizer, opts.stop, deferred=defer_text and not opts.stop)
+            seqs.append(Sequence(Request(i, ids, limit - len(ids), limit, params), detok))
         return seqs, params
 
     def stream(self, prompts, **kwargs) -> Iterator[StepEvent]:
         """Yield the decoding state after every forward pass (see ``StepEvent``)."""
-        seqs, params = self._prepare(prompts, _options(kwargs))
-        yield from self.engine.run(seqs, params)
+        seqs, params = self.prepare(prompts, **kwargs)
+        yield from self.engine.run(seqs)
 
-    def generate(self, prompts, progress: bool = False, **kwargs) -> list[GenerationResult]:
-        """Generate for one prompt or a list of prompts; returns one result per prompt."""
-        seqs, params = self._prepare(prompts, _options(kwargs), defer_text=True)
+    def generate(self, prompts, progress: bool = False, chat: bool = True, **kwargs) -> list[GenerationResult]:
+        """Generate for one prompt or a list of prompts; returns one result per prompt.
+        ``kwargs``: the ``DecodeOptions`` fields (``fastdllm.engine.options``)."""
+        seqs, params = self._prepare(prompts, merge(kwargs), chat, defer_text=True)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=sum(s.max_new_tokens for s in seqs), unit="tok", desc="generating")
-        for event in self.engine.run(seqs, params):
+        for event in self.engine.run(seqs):
             if bar is not None:
                 bar.update(sum(len(r.new_tokens) for r in event.rows))
         if bar is not None:
             bar.close()
-        return [self._result(s) for s in seqs]
+        return [self.result(s) for s in seqs]
 
-    def _result(self, seq: Sequence) -> GenerationResult:
+    def result(self, seq: Sequence) -> GenerationResult:
+        """The result of a finished sequence (from ``prepare`` and ``engine.run``, or ``stream``'s events)."""
         text = seq.detok.text if seq.detok is not None else ""
         stats = GenerationStats(seq.prompt_len, len(seq.output), seq.nfe, seq.seconds)
         return GenerationResult(text, list(seq.output), seq.finish_reason or "length", list(seq.prompt), stats)
-
-
-def _options(kwargs: dict) -> GenerateOptions:
-    known = set(GenerateOptions.__dataclass_fields__) - {"extra"}
-    unknown = set(kwargs) - known
-    if unknown:
-        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-    return GenerateOptions(**kwargs)
-
-
-def _resolve_q4(model, revision) -> tuple[Path, bool]:
-    """``model`` as a local path (resolved once: a hub id is not fetched twice), and whether it is a
-    GGUF file holding 4-bit codes (what int4 keeps as they are)."""
-    from .loading.gguf import holds_q4
-    from .loading.hub import resolve
-
-    path = resolve(model, revision)
-    return path, path.suffix == ".gguf" and holds_q4(path)
-
-
-def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
-    """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
-    file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
-    if adapter is not None or dev.type != "cpu" or dt != torch.float32:
-        return model, None
-    from .quant import native
-
-    path, q4 = _resolve_q4(model, revision)
-    if not q4 or not native.available():
-        return path, None
-    logging.getLogger("fastdllm.quant").info("%s holds 4-bit codes: loaded as int4 (quantize='none' to "
-                                             "dequantise it to float32)", path.name)
-    return path, "int4"
 
 
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
@@ -309,13 +246,8 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     multi-step decoding, ``fastdllm.engine.engine``): the same tokens, less per-token work on the
     host; 1 reads after every forward. Block diffusion reads after every forward regardless.
     """
-    from .loading import parse_device, parse_dtype
-    from .precision import resolve_dtype
-    from .quant import parse_quantize
-
-    dev = parse_device(device)
-    auto = isinstance(quantize, str) and quantize.lower() == "auto"
-    dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
+    t0 = time.perf_counter()
+    plan = plan_load(model, dtype, device, revision, adapter, quantize, calibration)
     if compile is not None:
         from . import cpu_kernels
 
@@ -323,41 +255,13 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
-    if model is None:
-        from .models import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    t0 = time.perf_counter()
-    if auto:
-        model, mode = _auto_quantize(model, revision, adapter, dev, dt)
-    gptq = mode == "int4-gptq"
-    prompts = None
-    if gptq:
-        from .quant.gptq import read_prompts
-
-        prompts = read_prompts(calibration)  # a bad file fails before any loading
-        model, q4 = _resolve_q4(model, revision)
-        if adapter is None and q4:
-            # rounding the file's own 4-bit values again can only move further from its float weights
-            logging.getLogger("fastdllm.quant").warning(
-                "%s already holds 4-bit codes: int4-gptq keeps them, as int4 does", model.name)
-            gptq, mode = False, "int4"
-    elif calibration is not None:
-        raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
-    load_dt, load_mode = (torch.float32, None) if gptq else (dt, mode)
-    if adapter is not None:
-        from .loading.adapter import load_with_adapter
-
-        base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode)
-    else:
-        ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode)
+    ckpt = load_planned(plan)
     llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
-    if gptq:
+    if plan.gptq:
         from .quant import quantize_model
         from .quant.gptq import gptq_weights
 
-        quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts))
+        quantize_model(ckpt.model, "int4", plan.dtype, weights=gptq_weights(llm, plan.calibration))
         llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
     llm.load_seconds = time.perf_counter() - t0
     return llm

@@ -18,4 +18,12 @@ class UnsupportedModelError(ModelLoadError):
 
 
 class InvalidRequestError(FastDLLMError, ValueError):
-    """A generation request has a bad parameter or prompt."""
+    """A generation request has a bad parameter or prompt.
+
+    ``param``: the option at fault (a ``DecodeOptions`` field), so each front-end can name it its
+    own way (the CLI as its flag, the server in the error body's ``param``); None for the prompt.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

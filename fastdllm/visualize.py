@@ -46,13 +46,13 @@ def record(llm, prompt, **options):
     engine, steps = llm.engine, llm.engine.steps_per_sync
     engine.steps_per_sync = 1  # the trace needs each forward's tokens apart
     try:
-        for event in engine.run(seqs, params):
+        for event in engine.run(seqs):
             for row in event.rows:
                 for p in row.new_positions:
                     decoded_at.setdefault(p, seq.nfe)
     finally:
         engine.steps_per_sync = steps
-    result = llm._result(seq)
+    result = llm.result(seq)
     ids = result.token_ids
     steps = [decoded_at.get(seq.prompt_len + i, seq.nfe) for i in range(len(ids))]
     pieces = [_piece(llm.tokenizer, t) for t in ids]

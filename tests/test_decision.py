@@ -204,8 +204,7 @@ def test_a_step_reads_the_device_once(count_reads):
     seqs = []
     for i, (prompt, opts) in enumerate(requests):
         (seq,), params = llm.prepare([prompt], stop_token_ids=[], **opts)
-        seq.index, seq.params = i, dataclasses.replace(params, prefill_chunk=32)
-        seqs.append(seq)
+        seqs.append(seq.with_request(index=i, params=dataclasses.replace(params, prefill_chunk=32)))
     steps = llm.engine.run(seqs)
     kinds = set()
     while True:
@@ -275,8 +274,7 @@ def test_steps_reuse_a_decision_only_when_their_plans_read_alike(monkeypatch):
         seqs = []
         for i, (prompt, opts) in enumerate(requests):
             (seq,), params = llm.prepare([prompt], stop_token_ids=[], **opts)
-            seq.index, seq.params = i, params
-            seqs.append(seq)
+            seqs.append(seq.with_request(index=i))
         steps = sum(1 for e in llm.engine.run(seqs) if e.forward_tokens)
         return [s.output for s in seqs], steps
 

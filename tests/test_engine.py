@@ -197,8 +197,7 @@ def test_sequences_with_different_parameters_share_a_run(tmp_path):
     seqs = []
     for i, (prompt, opts) in enumerate(requests):
         (seq,), params = llm.prepare([prompt], **opts)
-        seq.index, seq.params = i, params
-        seqs.append(seq)
+        seqs.append(seq.with_request(index=i))
     list(llm.engine.run(seqs))
     for seq, (prompt, opts) in zip(seqs, requests):
         solo = llm.generate([prompt], **opts)[0]

@@ -71,8 +71,7 @@ def test_batched_runs_equal_single_decoding(qwen):
         seqs = []
         for i, (p, n, s) in enumerate(zip(prompts, lengths, stops)):
             (seq,), params = llm.prepare([p], max_new_tokens=n, stop_token_ids=s, mode="ar")
-            seq.index, seq.params = i, params
-            seqs.append(seq)
+            seqs.append(seq.with_request(index=i))
         events = list(llm.engine.run(seqs))
         for seq, ref in zip(seqs, alone):
             assert seq.output == ref.token_ids and seq.finish_reason == ref.finish_reason
@@ -107,8 +106,7 @@ def test_block_diffusion_beside_ar_reads_after_every_forward(tmp_path):
     seqs = []
     for i, (prompt, opts) in enumerate(requests):
         (seq,), params = llm.prepare([prompt], **opts)
-        seq.index, seq.params = i, params
-        seqs.append(seq)
+        seqs.append(seq.with_request(index=i))
     events = list(llm.engine.run(seqs))
     assert any(e.forwards > 1 for e in events)  # the AR sequence runs alone once the other has ended
     for seq, (prompt, opts) in zip(seqs, requests):

@@ -10,7 +10,7 @@ import pytest
 
 from fastdllm.engine.params import DecodeParams
 from fastdllm.engine.scheduler import QueueFull, Scheduler
-from fastdllm.engine.sequence import Sequence
+from fastdllm.engine.sequence import Request, Sequence
 from tests.test_engine import EOS, oracle, prompt_of, random_llm
 
 AR = DecodeParams("ar", sampler=None, stop_token_ids=frozenset(), prefill_chunk=16)
@@ -18,7 +18,7 @@ AR = DecodeParams("ar", sampler=None, stop_token_ids=frozenset(), prefill_chunk=
 
 def fake(index: int, prompt_len: int, new: int, params: DecodeParams = AR) -> Sequence:
     """A sequence for policy tests (AR: it needs exactly prompt + output KV positions)."""
-    return Sequence(index, [1] * prompt_len, new, prompt_len + new, params=params)
+    return Sequence(Request(index, [1] * prompt_len, new, prompt_len + new, params))
 
 
 def admitted(sched: Scheduler) -> list[int]:
@@ -107,8 +107,8 @@ def test_prefill_budget_and_the_old_prefill_first_order():
     sched.add([a, b, c])
     step = sched.schedule()
     assert step.prefill == [a, b] and step.decode == []  # 16 + 8 fit the budget, c's 3 would not
-    a.prefill_plans.pop(0)
-    b.prefill_plans.pop(0)  # b is decoding now
+    a.slot.prefill_plans.pop(0)
+    b.slot.prefill_plans.pop(0)  # b is decoding now
     step = sched.schedule()
     assert step.prefill == [a, c] and step.decode == [b]
     old = Scheduler(max_running=4, kv_tokens=200, interleave_prefill=False)
@@ -146,8 +146,7 @@ def llm():
 
 def prepared(llm, index: int, prompt: list[int], chunk: int = 512, **opts) -> Sequence:
     (seq,), params = llm.prepare([prompt], stop_token_ids=[], **opts)
-    seq.index, seq.params = index, dataclasses.replace(params, prefill_chunk=chunk)
-    return seq
+    return seq.with_request(index=index, params=dataclasses.replace(params, prefill_chunk=chunk))
 
 
 def run_until(llm, sched, cond, events):

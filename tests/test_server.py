@@ -174,8 +174,6 @@ def _jobs(llm, loop, prompts, **opts):
     jobs = []
     for p in prompts:
         seqs, params = llm.prepare([p], **opts)
-        for seq in seqs:
-            seq.params = params
         jobs.append(Job(seqs, JobStream(loop), runs_alone(opts, len(seqs))))
     return jobs
 
@@ -244,8 +242,6 @@ def test_jobs_join_a_running_batch_and_seeded_sampling_runs_alone(llm):
         ar = _jobs(llm, loop, ["Hi"], max_new_tokens=20, mode="ar")
         later = _jobs(llm, loop, late, max_new_tokens=20, threshold=0.5)
         seqs, params = llm.prepare(late, **sampled)  # seeded sampling over 2 prompts: runs alone
-        for seq in seqs:
-            seq.params = params
         alone = Job(seqs, JobStream(loop), runs_alone(sampled, 2))
         for j in (*early, *ar, *later, alone):
             b.submit(j)

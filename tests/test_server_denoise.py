@@ -199,7 +199,6 @@ def test_frame_jobs_share_the_batch_with_openai_jobs(llm):
         jobs = []
         for k, p in enumerate(prompts):
             seqs, params = llm.prepare([p], max_new_tokens=24, threshold=0.7)
-            seqs[0].params = params
             jobs.append(Job(seqs, JobStream(loop), frames=k != 1))
             b.submit(jobs[-1])
         b.start()

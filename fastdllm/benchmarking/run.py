@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .engines import FastdllmEngine, Sample, decode_text, measure
+from ..engine.options import DEFAULTS, checkpoint_block_sizes
 from .machine import machine_info
 from .prompts import BenchPrompt
 from .rows import add_speedups, compare_tokens, make_row
@@ -34,9 +35,9 @@ class BenchSettings:
     model: str
     prompts: list[BenchPrompt]
     prompts_source: str = ""
-    thresholds: list[float] = field(default_factory=lambda: [0.9])
+    thresholds: list[float] = field(default_factory=lambda: [DEFAULTS.threshold])
     batch_size: int = 16
-    max_new_tokens: int = 320
+    max_new_tokens: int = 320          # the workload's length (longer than one answer needs), not a decode default
     ar_model: str | None = None        # the AR parent; None: AR decoding of the model's own weights
     transformers: bool = True
     reference_code: str | None = None  # directory with the released modeling.py / configuration.py
@@ -158,8 +159,7 @@ def _reference(llm, ids: list[list[int]], threshold: float, s: BenchSettings) ->
     """The released generate at ``threshold``, one prompt at a time; samples, seconds and row extras."""
     from .reference import release_skips_prompt, run_reference
 
-    bs = llm.config.bd_size or 32
-    sbs = llm.config.small_block_size or 8
+    bs, sbs = checkpoint_block_sizes(llm.config.bd_size, llm.config.small_block_size)
     # the released generate decodes max_new_tokens // block_size whole blocks
     ref_max = -(-s.max_new_tokens // bs) * bs
     out = run_reference(ids, model_dir=llm.checkpoint.path, code_dir=s.reference_code, python=s.reference_python,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engine.options import DEFAULTS, DecodeOptions
+from ..errors import InvalidRequestError
 from . import common
 from .common import CLIError
 
@@ -44,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "MODEL/heldout.jsonl when it exists, else 8 built-in chat prompts)")
     w.add_argument("--limit", type=int, default=100, metavar="N",
                    help="use the first N prompts; 0 = all (default: %(default)s)")
-    w.add_argument("--threshold", default="0.9", metavar="T[,T...]",
+    w.add_argument("--threshold", default=f"{DEFAULTS.threshold:g}", metavar="T[,T...]",
                    help="block-diffusion confidence threshold(s) in [0, 1]; a list sweeps (default: %(default)s)")
     w.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="the batched rows' batch size; batch 1 always runs (default: %(default)s)")
@@ -84,8 +86,10 @@ def parse_thresholds(spec: str) -> list[float]:
             t = float(part)
         except ValueError:
             raise CLIError(f"--threshold: {part!r} is not a number (expected e.g. 0.9 or 0.9,0.7)") from None
-        if not 0.0 <= t <= 1.0:
-            raise CLIError(f"--threshold must be in [0, 1], got {part}")
+        try:
+            DecodeOptions(threshold=t).validate()  # the schema's range
+        except InvalidRequestError:
+            raise CLIError(f"--threshold must be in [0, 1], got {part}") from None
         if t not in values:
             values.append(t)
     return values

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
 from pathlib import Path
 
+from ..engine.options import DEFAULTS, DecodeOptions, block_sizes, checkpoint_block_sizes, context_cap, merge
+from ..errors import InvalidRequestError
 from . import common
 from .common import CLIError
 
@@ -35,20 +36,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     common.add_model_arguments(p)
 
     d = p.add_argument_group("decoding")
-    d.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+    d.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, metavar="N",
                    help="maximum number of generated tokens (default: %(default)s)")
     d.add_argument("--ar", action="store_true",
                    help="plain autoregressive decoding, one token per forward (default for non-diffusion models)")
-    d.add_argument("--threshold", type=float, default=0.9,
+    d.add_argument("--threshold", type=float, default=DEFAULTS.threshold,
                    help="confidence a masked token needs to be decoded in parallel, in [0, 1] (default: %(default)s)")
     d.add_argument("--block-size", type=int, metavar="N", help="diffusion block size (default: the checkpoint's bd_size)")
     d.add_argument("--small-block-size", type=int, metavar="N",
                    help="sub-block size; must divide the block size (default: the checkpoint's small_block_size, "
-                        "else 8)")
+                        f"else {checkpoint_block_sizes(None, None)[1]})")
     d.add_argument("--use-block-cache", action="store_true", help="reuse the block's KV cache across its sub-blocks")
-    d.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: %(default)s)")
-    d.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: %(default)s)")
-    d.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
+    d.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="sampling temperature; 0 is greedy (default: %(default)s)")
+    d.add_argument("--top-p", type=float, default=DEFAULTS.top_p, help="nucleus sampling mass, in (0, 1] (default: %(default)s)")
+    d.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
     d.add_argument("--seed", type=int, help="random seed for sampling")
     d.add_argument("--stop", action="append", metavar="TEXT", help="stop when this text is generated (repeatable)")
     d.add_argument("--stop-token-id", action="append", type=int, metavar="ID",
@@ -69,26 +70,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 # ---- validation (before loading anything) ---------------------------------------------------
 
+# the DecodeOptions fields the flags set; every other flag is named after its field
+FLAGS = {"stop_token_ids": "--stop-token-id", "mode": "--ar"}
+
+
+def flag_error(e: InvalidRequestError) -> CLIError:
+    """The schema's message with its field names spelt as the flags that set them."""
+    names = "|".join(sorted(DecodeOptions.__dataclass_fields__, key=len, reverse=True))
+    return CLIError(re.sub(rf"(?<![\w-])({names})(?!\w)",
+                           lambda m: FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), str(e)))
+
+
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    """The flags as ``DecodeOptions`` (argparse's defaults are the schema's), checked."""
+    given = dict(
+        max_new_tokens=args.max_new_tokens, threshold=args.threshold, block_size=args.block_size,
+        small_block_size=args.small_block_size, use_block_cache=args.use_block_cache or None,
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+        stop_token_ids=args.stop_token_id, stop=args.stop, mask_token_id=args.mask_token_id,
+        mode="ar" if args.ar else None)
+    try:
+        return merge(given).validate()
+    except InvalidRequestError as e:
+        raise flag_error(e) from None
+
+
 def check_arguments(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 0:
-        raise CLIError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise CLIError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.block_size is not None and args.block_size <= 0:
-        raise CLIError(f"--block-size must be positive, got {args.block_size}")
-    if args.small_block_size is not None and args.small_block_size <= 0:
-        raise CLIError(f"--small-block-size must be positive, got {args.small_block_size}")
-    if args.block_size is not None and args.small_block_size and args.block_size % args.small_block_size:
-        raise CLIError(f"--small-block-size ({args.small_block_size}) must divide --block-size ({args.block_size})")
-    if not args.temperature >= 0 or math.isinf(args.temperature):
-        raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise CLIError(f"--top-k must be >= 0, got {args.top_k}")
-    for tid in args.stop_token_id or []:
-        if tid < 0:
-            raise CLIError(f"--stop-token-id must be >= 0, got {tid}")
+    decode_options(args)
     for s in args.stop or []:
         if not s:
             raise CLIError("--stop needs a non-empty text")
@@ -135,17 +143,18 @@ def parse_ids(spec: str) -> list[int]:
     return ids
 
 
-def checkpoint_block_size(model: str | None) -> int | None:
-    """The block size a local checkpoint directory decodes with (bd_size, else 32), without loading it."""
+def checkpoint_block_sizes_of(model: str | None) -> tuple[int | None, int | None] | None:
+    """A local checkpoint directory's (bd_size, small_block_size), read from its config.json without
+    loading it; None when it cannot be read."""
     if not model:
         return None
     try:
         directory = common.local_model_dir(model)
         if directory is None or not (directory / "config.json").is_file():
             return None
-        cfg_file = directory / "config.json"
-        bd = json.loads(cfg_file.read_text()).get("bd_size")
-        return int(bd) if bd else 32
+        cfg = json.loads((directory / "config.json").read_text())
+        bd, sbs = cfg.get("bd_size"), cfg.get("small_block_size")
+        return (int(bd) if bd else None), (int(sbs) if sbs else None)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 
@@ -155,21 +164,22 @@ def checkpoint_block_size(model: str | None) -> int | None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     prompt = read_prompt(args)
-    if args.block_size is None:
-        bs = checkpoint_block_size(args.model or common.default_model())
-        if bs is not None and args.small_block_size and bs % args.small_block_size:
-            raise CLIError(f"--small-block-size ({args.small_block_size}) must divide the block size "
-                           f"({bs}, the checkpoint's bd_size; set it with --block-size)")
+    opts = decode_options(args)
+    sizes = checkpoint_block_sizes_of(args.model or common.default_model())
+    if sizes is not None:  # a block size the checkpoint's cannot take fails before loading
+        try:
+            block_sizes(opts, *sizes)
+        except InvalidRequestError as e:
+            raise flag_error(e) from None
 
     llm = common.load_model(args)
-    prompt_ids = encode_prompt(llm, prompt, args)
-    mode = "ar" if args.ar else ("diffusion" if llm.is_block_diffusion else "ar")
-    options = dict(
-        max_new_tokens=args.max_new_tokens, threshold=args.threshold, block_size=args.block_size,
-        small_block_size=args.small_block_size, use_block_cache=args.use_block_cache,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-        stop_token_ids=args.stop_token_id, stop=args.stop, mask_token_id=args.mask_token_id,
-        chat=False, mode=mode)
+    try:
+        params = llm.resolve(opts)
+    except InvalidRequestError as e:
+        raise flag_error(e) from None
+    prompt_ids = encode_prompt(llm, prompt, args, context_cap(params, llm.config.max_position_embeddings))
+    mode = params.mode
+    options = {**{k: v for k, v in vars(opts).items()}, "chat": False, "mode": mode}
 
     trace = None
     if args.stream:
@@ -193,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def encode_prompt(llm, prompt: str | list[int], args: argparse.Namespace) -> list[int]:
+def encode_prompt(llm, prompt: str | list[int], args: argparse.Namespace, context: int) -> list[int]:
     """Token ids of the prompt (chat template applied), checked against the model's context."""
     if isinstance(prompt, str):
         if llm.tokenizer is None:
@@ -205,10 +215,6 @@ def encode_prompt(llm, prompt: str | list[int], args: argparse.Namespace) -> lis
     ids = llm.encode(prompt, chat=args.chat)
     if not ids:
         raise CLIError("empty prompt: it encodes to no tokens")
-    context = llm.config.max_position_embeddings
-    if not args.ar and llm.is_block_diffusion:
-        bs = args.block_size or llm.config.bd_size or 32
-        context = context // bs * bs  # diffusion writes whole blocks
     if len(ids) >= context:
         raise CLIError(f"the prompt has {len(ids)} tokens but the model's context holds {context}; "
                        f"shorten the prompt")
@@ -253,7 +259,7 @@ def stream(llm, prompt_ids: list[int], options: dict, mode: str, console=None):
 
 def _finish(llm, seq):
     # the same result ``LLM.generate`` builds from a finished sequence
-    return llm._result(seq)
+    return llm.result(seq)
 
 
 def shown_text(seq, tokenizer) -> str:

@@ -17,8 +17,9 @@ class AutoregressivePlanner:
         self.p = params
         self._pending: dict[int, list[int]] = {}
 
-    def capacity(self, seq: Sequence) -> int:
-        return seq.limit
+    @staticmethod
+    def capacity(params: DecodeParams, limit: int) -> int:
+        return limit
 
     def prefill_plans(self, seq: Sequence) -> list[ForwardPlan]:
         L, chunk = seq.prompt_len, max(1, self.p.prefill_chunk)

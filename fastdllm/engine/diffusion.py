@@ -19,13 +19,16 @@ from .sequence import ForwardPlan, Sequence
 
 
 class DiffusionPlanner:
+    """Writes the sequence's ``DecodeState`` (``seq.state``), and nothing else of it."""
+
     def __init__(self, params: DecodeParams):
         self.p = params
         self.mask = params.mask_token_id
 
-    def capacity(self, seq: Sequence) -> int:
-        bs = self.p.block_size
-        return -(-seq.limit // bs) * bs  # the block holding position limit-1 must fit
+    @staticmethod
+    def capacity(params: DecodeParams, limit: int) -> int:
+        bs = params.block_size
+        return -(-limit // bs) * bs  # the block holding position limit-1 must fit
 
     def prefill_plans(self, seq: Sequence) -> list[ForwardPlan]:
         """Whole prompt blocks go to the KV cache under the block-causal mask."""
@@ -39,9 +42,10 @@ class DiffusionPlanner:
         if plans and L % bs == 0:
             plans[-1].logit_rows = [len(plans[-1].tokens) - 1]
         if not plans or L % bs:  # the prompt tail opens the first block
-            seq.block_start = end
-            seq.block = seq.prompt[end:] + [self.mask] * (bs - (L - end))
-            seq.gen_from = seq.emitted = L - end
+            st = seq.state
+            st.block_start = end
+            st.block = seq.prompt[end:] + [self.mask] * (bs - (L - end))
+            st.gen_from = st.emitted = L - end
         return plans
 
     def after_prefill(self, seq: Sequence, picks: list[int] | None) -> list[int]:
@@ -51,45 +55,49 @@ class DiffusionPlanner:
 
     def _open_block(self, seq: Sequence, start: int, token: int) -> list[int]:
         # the first token of a block is autoregressive: a one-row pick, always accepted
-        seq.block_start = start
-        seq.block = [token] + [self.mask] * (self.p.block_size - 1)
-        seq.gen_from, seq.emitted, seq.block_cache_fresh = 0, 0, False
+        st = seq.state
+        st.block_start = start
+        st.block = [token] + [self.mask] * (self.p.block_size - 1)
+        st.gen_from, st.emitted, st.block_cache_fresh = 0, 0, False
         return [start]
 
     def plan(self, seq: Sequence) -> ForwardPlan:
-        bs, sbs, block = self.p.block_size, self.p.small_block_size, seq.block
-        kv_end = seq.block_start + bs
+        st = seq.state
+        bs, sbs, block = self.p.block_size, self.p.small_block_size, st.block
+        kv_end = st.block_start + bs
         masked = [i for i in range(bs) if block[i] == self.mask]
         if not masked:
-            return ForwardPlan(list(block), seq.block_start, kv_end, [bs - 1], kind="commit")
+            return ForwardPlan(list(block), st.block_start, kv_end, [bs - 1], kind="commit")
         s0 = masked[0] // sbs * sbs
         targets = [i for i in masked if i < s0 + sbs]
-        if self.p.use_block_cache and seq.block_cache_fresh and block[s0] != self.mask:
+        if self.p.use_block_cache and st.block_cache_fresh and block[s0] != self.mask:
             # only the sub-block is recomputed; the rest of the block reuses its cached KV
-            plan = ForwardPlan(block[s0:s0 + sbs], seq.block_start + s0, kv_end, [i - 1 - s0 for i in targets])
+            plan = ForwardPlan(block[s0:s0 + sbs], st.block_start + s0, kv_end, [i - 1 - s0 for i in targets])
         else:
-            plan = ForwardPlan(list(block), seq.block_start, kv_end, [i - 1 for i in targets])
-            seq.block_cache_fresh = True
+            plan = ForwardPlan(list(block), st.block_start, kv_end, [i - 1 for i in targets])
+            st.block_cache_fresh = True
         plan.targets = targets
         plan.threshold = self.p.threshold
         return plan
 
     def apply(self, seq: Sequence, plan: ForwardPlan, picks: list[int]) -> list[int]:
         """Update the block from a forward's picks (token or -1 per read row); return the positions decoded."""
+        st = seq.state
         if plan.kind == "commit":
-            return self._open_block(seq, seq.block_start + self.p.block_size, picks[0])
+            return self._open_block(seq, st.block_start + self.p.block_size, picks[0])
         decoded = []
         for pos, token in zip(plan.targets, picks):
             if token >= 0:
-                seq.block[pos] = token
-                decoded.append(seq.block_start + pos)
+                st.block[pos] = token
+                decoded.append(st.block_start + pos)
         return decoded
 
     def take_ready(self, seq: Sequence) -> list[int]:
         """Newly contiguous decoded tokens of the block (they can no longer change)."""
-        block, i = seq.block, seq.emitted
+        st = seq.state
+        block, i = st.block, st.emitted
         while i < len(block) and block[i] != self.mask:
             i += 1
-        ready = block[seq.emitted:i]
-        seq.emitted = i
+        ready = block[st.emitted:i]
+        st.emitted = i
         return ready

@@ -15,7 +15,7 @@ the tokens the last one picked on the device, and their tokens come back in one 
 tokens are the same as one forward per step (a sequence's tokens after its stop are dropped,
 never past ``max_new_tokens``); the step's events just carry several tokens per sequence.
 
-``Engine.run(seqs, params)`` is the library's entry point (``LLM.generate``, ``LLM.stream``, the
+``Engine.run(seqs)`` is the library's entry point (``LLM.generate``, ``LLM.stream``, the
 CLI's live view): a private scheduler sized for ``seqs``, stepped until every one is finished.
 The server keeps one scheduler for its lifetime and steps it from its worker thread.
 """
@@ -31,7 +31,6 @@ from ..model import Transformer
 from ..sampling import GreedySampler
 from .autoregressive import AutoregressivePlanner
 from .decision import StepDecision
-from .params import DecodeParams
 from .runner import ModelRunner
 from .scheduler import Scheduler, kv_need
 from .sequence import Sequence
@@ -74,17 +73,13 @@ class Engine:
         self.steps_per_sync = steps_per_sync  # AR forwards a step may run between two reads
         self._last_decision: tuple[tuple, StepDecision] | None = None
 
-    def run(self, seqs: list[Sequence], params: DecodeParams | None = None) -> Iterator[StepEvent]:
+    def run(self, seqs: list[Sequence]) -> Iterator[StepEvent]:
         """Decode ``seqs``, one ``StepEvent`` per forward pass.
 
-        Each sequence decodes with its own ``seq.params`` when set, else with ``params``; sequences
-        with different parameters (block diffusion and AR, thresholds, samplers, stop ids) share
-        the packed forwards. At most ``max_batch_size`` run at once; the KV pool holds that many
-        of the largest.
+        Each sequence decodes with its request's ``params``; sequences with different parameters
+        (block diffusion and AR, thresholds, samplers, stop ids) share the packed forwards. At most
+        ``max_batch_size`` run at once; the KV pool holds that many of the largest.
         """
-        for seq in seqs:
-            if seq.params is None:
-                seq.params = params
         if not seqs:
             return
         n = min(self.max_batch_size, len(seqs))
@@ -116,7 +111,7 @@ class Engine:
             picks = self._decision(work).resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
         for (seq, plan), picked in zip(work, picks):
             if plan.kind == "prefill":
-                seq.prefill_plans.pop(0)
+                seq.slot.prefill_plans.pop(0)
                 if seq.prefill_plans:  # more chunks to come
                     rows.append(RowUpdate(seq.index, [], [], phase="prefill", sequence=seq))
                     continue

@@ -1,8 +1,9 @@
 """Which KV-cache positions belong to which running sequence.
 
 The engine's KV cache is one pool of ``size`` positions. A sequence admitted to run gets a
-contiguous span of ``seq.kv_need`` positions (its planner's ``capacity``: prompt plus output,
-rounded up to a whole block in block diffusion) starting at ``seq.kv_base``, and gives it back
+contiguous span of ``seq.slot.kv_need`` positions (its planner's ``capacity``: prompt plus
+output, rounded up to a whole block in block diffusion) starting at ``seq.slot.kv_base`` (this
+module is the only writer of ``kv_base``), and gives it back
 when it finishes. Spans are placed first-fit; when no gap is large enough but the free
 positions add up, the spans are slid to the start of the pool (``allocate`` returns the moves,
 which the engine applies to the cache before the next forward), so a sequence fits exactly
@@ -44,7 +45,7 @@ class KVSpace:
         at = self._first_fit(need)
         if at is None:
             moves, at = self._compact(), self.used
-        seq.kv_base = at
+        seq.slot.kv_base = at
         self._spans.append(seq)
         self._spans.sort(key=lambda s: s.kv_base)
         return moves
@@ -52,7 +53,7 @@ class KVSpace:
     def release(self, seq: Sequence) -> None:
         if seq.kv_base is not None:
             self._spans = [s for s in self._spans if s is not seq]
-            seq.kv_base = None
+            seq.slot.kv_base = None
 
     def _first_fit(self, need: int) -> int | None:
         pos = 0
@@ -67,6 +68,6 @@ class KVSpace:
         for s in self._spans:  # in base order, so every move goes left and never over a later span
             if s.kv_base != pos:
                 moves.append((s.kv_base, pos, s.kv_need))
-                s.kv_base = pos
+                s.slot.kv_base = pos
             pos += s.kv_need
         return moves

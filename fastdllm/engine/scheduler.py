@@ -21,6 +21,9 @@ owns the waiting queue, the running list and the KV pool (``KVSpace``), and appl
   steps, so a long prompt never stalls the streams already running. ``interleave_prefill=
   False`` restores prefill-before-decode (a new prompt's chunks run alone, back to back).
 
+``add`` gives each sequence its ``Slot`` (``sequence.py``): its step planner, its KV need and span,
+its prompt chunks still to feed and its queue bookkeeping; this module and ``KVSpace`` are the
+only ones that write it. A sequence's request (prompt, length, parameters) is never changed here.
 A finished or cancelled sequence leaves every structure here at the step it ends (``stats``
 reports their sizes). ``add``, ``cancel``, ``wait`` and ``stats`` are thread-safe; ``schedule``
 and ``release`` belong to the thread that runs the engine.
@@ -36,24 +39,20 @@ from .autoregressive import AutoregressivePlanner
 from .diffusion import DiffusionPlanner
 from .kv_space import KVSpace, Move
 from .params import DecodeParams
-from .sequence import Sequence
+from .sequence import Sequence, Slot
 
 
 class QueueFull(Exception):
     """The waiting queue holds ``max_waiting`` sequences already."""
 
 
-def planner_for(params: DecodeParams):
-    return DiffusionPlanner(params) if params.mode == "diffusion" else AutoregressivePlanner(params)
+def planner_class(params: DecodeParams) -> type[DiffusionPlanner] | type[AutoregressivePlanner]:
+    return DiffusionPlanner if params.mode == "diffusion" else AutoregressivePlanner
 
 
 def kv_need(seq: Sequence) -> int:
-    """KV positions ``seq`` reserves while it runs (its planner's capacity; sets the planner)."""
-    if seq.params is None:
-        raise ValueError(f"sequence {seq.index} has no decoding parameters")
-    if seq.planner is None:
-        seq.planner = planner_for(seq.params)
-    return seq.planner.capacity(seq)
+    """KV positions ``seq`` reserves while it runs (its planner's capacity for its request)."""
+    return planner_class(seq.params).capacity(seq.params, seq.limit)
 
 
 @dataclass
@@ -87,18 +86,22 @@ class Scheduler:
 
     # ---- any thread ---------------------------------------------------------------------------
     def add(self, seqs: list[Sequence], exclusive: bool = False) -> None:
-        """Queue ``seqs`` (``params`` set). ValueError if one can never fit the KV pool; QueueFull."""
+        """Queue ``seqs``, giving each its ``Slot``. ValueError if one can never fit the KV pool (or
+        is queued already); QueueFull."""
+        needs = []
         for seq in seqs:
-            seq.kv_need = kv_need(seq)
-            if seq.kv_need > self.kv.size and seq.max_new_tokens > 0:
-                raise ValueError(f"sequence {seq.index} needs {seq.kv_need} KV-cache positions; "
+            if seq.slot is not None:
+                raise ValueError(f"sequence {seq.index} is queued already")
+            needs.append(kv_need(seq))
+            if needs[-1] > self.kv.size and seq.max_new_tokens > 0:
+                raise ValueError(f"sequence {seq.index} needs {needs[-1]} KV-cache positions; "
                                  f"the cache holds {self.kv.size}")
         group = object() if exclusive and len(seqs) > 1 else None
         with self._cv:
             if self.max_waiting is not None and len(self._waiting) + len(seqs) > self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} sequences are waiting already (at most {self.max_waiting})")
-            for seq in seqs:
-                seq.group, seq.overtaken = group, 0
+            for seq, need in zip(seqs, needs):
+                seq.slot = Slot(planner_class(seq.params)(seq.params), need, group=group)
                 if seq.max_new_tokens <= 0:  # nothing to generate: ends at the next step, no KV, no forward
                     self._ending.append(seq)
                 else:
@@ -152,7 +155,7 @@ class Scheduler:
             self._waiting.clear()
             self._ending.clear()
         for seq in seqs:
-            seq.prefill_plans = []
+            seq.slot.prefill_plans = []
             if not seq.finished:
                 seq.finish("error")
         return seqs
@@ -178,7 +181,7 @@ class Scheduler:
             self.running = [s for s in self.running if id(s) not in gone]
             for seq in seqs:
                 self.kv.release(seq)
-                seq.prefill_plans = []
+                seq.slot.prefill_plans = []
 
     def _end_early(self, step: ScheduledStep) -> None:
         for seq in self._ending:
@@ -189,7 +192,7 @@ class Scheduler:
                 self.kv.release(seq)
             elif seq in self._waiting:
                 self._waiting.remove(seq)  # never prefilled
-            seq.prefill_plans = []
+            seq.slot.prefill_plans = []
             seq.finish("cancelled" if seq.cancel_requested else "length")
             step.ended.append(seq)
         self._ending.clear()
@@ -200,31 +203,33 @@ class Scheduler:
         for seq in list(self._waiting):
             if len(self.running) >= self.max_running:
                 break
-            if seq.group is not None and id(seq.group) in blocked_groups:
+            slot = seq.slot
+            if slot.group is not None and id(slot.group) in blocked_groups:
                 continue
             moves = self.kv.allocate(seq) if self._may_join(seq) else None
             if moves is None:
-                if seq.group is not None:
-                    blocked_groups.add(id(seq.group))
-                if seq.overtaken >= self.patience:
+                if slot.group is not None:
+                    blocked_groups.add(id(slot.group))
+                if slot.overtaken >= self.patience:
                     break  # its turn has come: the queue waits for it
                 passed_over.append(seq)
                 continue
             self._waiting.remove(seq)
             self.running.append(seq)
-            seq.prefill_plans = seq.planner.prefill_plans(seq)
+            slot.prefill_plans = slot.planner.prefill_plans(seq)
             step.moves += moves
             step.admitted.append(seq)
             for other in passed_over:
-                other.overtaken += 1
-            if any(other.overtaken >= self.patience for other in passed_over):
+                other.slot.overtaken += 1
+            if any(other.slot.overtaken >= self.patience for other in passed_over):
                 break  # a passed-over sequence has waited its fair share: it is next
 
     def _may_join(self, seq: Sequence) -> bool:
         """Exclusive groups run alone."""
-        if seq.group is None:
-            return all(s.group is None for s in self.running)
-        return all(s.group is seq.group for s in self.running)
+        group = seq.slot.group
+        if group is None:
+            return all(s.slot.group is None for s in self.running)
+        return all(s.slot.group is group for s in self.running)
 
     def _split(self) -> tuple[list[Sequence], list[Sequence]]:
         prefilling = [s for s in self.running if s.prefill_plans]

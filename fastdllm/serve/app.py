@@ -6,7 +6,7 @@ with ``stream: true`` as server-sent events, ``stream_options.include_usage`` ho
 the API key, the body's size and time, the request's time limit), is validated (``protocol.py``),
 refused if its prompt cannot fit whatever its tokens (``limits.py``), tokenized in a worker thread
 (never on the event loop), checked against the server's limits and only then queued for the
-engine (``batcher.py``); every error is an OpenAI error body (``errors.py``), and
+engine (``batcher.py``), all of it in ``jobs.py``; every error is an OpenAI error body (``errors.py``), and
 ``/openapi.json`` documents them all (``schema.py``). Responses carry the usual ``usage`` plus a
 ``fastdllm`` object with the forward passes spent (``nfe``) and tokens per forward (``tpf``).
 
@@ -17,10 +17,6 @@ The denoising page (``GET /``, ``page.py``) and its event stream (``POST /v1/den
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-import json
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -29,13 +25,15 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ..engine.scheduler import QueueFull
-from .batcher import Batcher, Job, runs_alone
+from .batcher import Batcher, Job
 from .errors import APIError, install_error_handlers
 from .guards import ApiKey, BodyLimit, RequestDeadline, api_path
-from .limits import Limits, TokenBound, default_body_limit, token_bound
+from .denoise import install_denoise
+from .jobs import COMPLETION_DEFAULT_MAX_TOKENS, FINISH, ServerState, check_model, server_state, sse_data, start_job
+from .limits import Limits, default_body_limit, token_bound
 from .metrics import RequestCounter, ServerMetrics
-from .protocol import ChatCompletionRequest, CompletionRequest, _Request, error_body, new_id, now, usage
+from .page import install_page
+from .protocol import ChatCompletionRequest, CompletionRequest, error_body, new_id, now, usage
 from .schema import (
     API_ERRORS,
     GENERATION_ERRORS,
@@ -48,27 +46,7 @@ from .schema import (
     install_schema,
 )
 from .schema import errors as error_responses
-from .stream import JobStream
 
-FINISH = {"stop": "stop", "length": "length"}
-COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-@dataclass
-class ServerState:
-    llm: object
-    model_name: str
-    created: int
-    limits: Limits
-    batcher: Batcher
-    metrics: ServerMetrics
-    default_max_tokens: int
-    prefill_chunk: int
-    # Hugging Face tokenizers may not be mutated from two threads at once: one request is
-    # tokenized at a time, in a worker thread, so the event loop never waits for it
-    tokenizer_limiter: anyio.CapacityLimiter
-    token_bound: TokenBound | None  # refuses prompts that cannot fit before tokenizing them (limits.py)
-    max_body_bytes: int
 
 
 def create_app(llm, model_name: str, max_batch_size: int | None = None, default_max_tokens: int = 512,
@@ -127,9 +105,6 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
                       responses={200: {"model": Completion, "content": SSE}, **GENERATION_ERRORS})
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
                       responses={200: {"model": ChatCompletion, "content": SSE}, **GENERATION_ERRORS})
-    from .denoise import install_denoise  # imports this module's helpers
-    from .page import install_page
-
     install_denoise(app)
     install_page(app)
     install_schema(app, model_name, bearer=api_key is not None, guarded_health=auth_health_metrics)
@@ -144,19 +119,15 @@ async def _lifespan(app: FastAPI):
     batcher.stop()
 
 
-def _state(request: Request) -> ServerState:
-    return request.app.state.server
-
-
 # ---- routes ---------------------------------------------------------------------------------------
 
 async def health(request: Request):
-    s = _state(request)
+    s = server_state(request)
     return {"status": "ok", "model": s.model_name, **s.batcher.stats()}
 
 
 async def prometheus(request: Request):
-    s = _state(request)
+    s = server_state(request)
     return Response(s.metrics.render(), media_type=s.metrics.content_type)
 
 
@@ -166,19 +137,19 @@ def _model_card(s: ServerState) -> dict:
 
 
 async def list_models(request: Request):
-    return {"object": "list", "data": [_model_card(_state(request))]}
+    return {"object": "list", "data": [_model_card(server_state(request))]}
 
 
 async def get_model(name: str, request: Request):
-    s = _state(request)
-    _check_model(s, name)
+    s = server_state(request)
+    check_model(s, name)
     return _model_card(s)
 
 
 async def completions(req: CompletionRequest, request: Request):
-    s = _state(request)
-    _check_model(s, req.model)
-    job = await _start(s, req, req.prompts(), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, chat=False)
+    s = server_state(request)
+    check_model(s, req.model)
+    job = await start_job(s, req, req.prompts(), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, chat=False)
     echo = [s.llm.decode(q.prompt) if req.echo else "" for q in job.seqs]
     env = _envelope("cmpl", s.model_name)
 
@@ -196,13 +167,13 @@ async def completions(req: CompletionRequest, request: Request):
 
 
 async def chat_completions(req: ChatCompletionRequest, request: Request):
-    s = _state(request)
-    _check_model(s, req.model)
+    s = server_state(request)
+    check_model(s, req.model)
     try:
         messages = req.chat_messages()
     except ValueError as e:
         raise APIError(400, str(e), param="messages") from None
-    job = await _start(s, req, [messages], req.token_limit(), s.default_max_tokens, chat=True)
+    job = await start_job(s, req, [messages], req.token_limit(), s.default_max_tokens, chat=True)
     env = _envelope("chatcmpl", s.model_name)
 
     def chunk(i: int, text: str, finish: str | None) -> dict:
@@ -221,51 +192,6 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                choices=[{"index": 0, "message": {"role": "assistant", "content": r.text},
                          "logprobs": None, "finish_reason": FINISH.get(r.finish_reason, "stop")}],
                usage=_usage(job, final), fastdllm=_stats(final))
-
-
-# ---- from a request to a queued job ---------------------------------------------------------------
-
-def _check_model(s: ServerState, name: str) -> None:
-    if name != s.model_name:
-        raise APIError(404, f"the model '{name}' does not exist; this server serves '{s.model_name}'",
-                       "not_found_error", "model", "model_not_found")
-
-
-def _options(req: _Request, max_tokens: int) -> dict:
-    opts = {"max_new_tokens": max_tokens, "temperature": req.temperature or 0.0,
-            "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": req.stop}
-    for k in ("threshold", "block_size", "small_block_size", "use_block_cache", "mode", "top_k"):
-        v = getattr(req, k)
-        if v is not None:
-            opts[k] = v
-    if req.ignore_eos:
-        opts["stop_token_ids"] = []
-    return opts
-
-
-async def _start(s: ServerState, req: _Request, prompts, requested: int | None, default: int, chat: bool,
-                 frames: bool = False) -> Job:
-    """Tokenize (worker thread), check the limits, queue. Raises APIError/FastDLLMError (400) or 503.
-
-    ``frames``: the job also gets its sequences' block states (the denoising view).
-    """
-    arrived = time.perf_counter()
-    if req.block_size is not None and req.block_size > s.limits.max_model_len:
-        raise APIError(400, f"block_size {req.block_size} is larger than the maximum context length "
-                       f"{s.limits.max_model_len}", param="block_size")
-    s.limits.precheck(prompts, requested, s.token_bound, "messages" if chat else "prompt")  # before tokenizing
-    opts = _options(req, default if requested is None else requested)
-    prepare = functools.partial(s.llm.prepare, prompts, chat=chat, **opts)
-    seqs, params = await anyio.to_thread.run_sync(prepare, limiter=s.tokenizer_limiter)
-    if params.prefill_chunk != s.prefill_chunk:
-        params = dataclasses.replace(params, prefill_chunk=s.prefill_chunk)
-    s.limits.apply(seqs, params, requested, "messages" if chat else "prompt")
-    job = Job(seqs, JobStream(asyncio.get_running_loop()), runs_alone(opts, len(seqs)), arrived, frames=frames)
-    try:
-        s.batcher.submit(job)
-    except QueueFull as e:
-        raise APIError(503, f"the server is overloaded ({e}); retry later", "server_error", code="overloaded") from None
-    return job
 
 
 # ---- answers ---------------------------------------------------------------------------------------
@@ -334,26 +260,26 @@ def _sse(s: ServerState, job: Job, chunk, head: dict | None, prefixes: list[str]
         deltas = job.stream.deltas()
         try:
             if head is not None:
-                yield _data(head)
+                yield sse_data(head)
             for i, prefix in enumerate(prefixes):
                 if prefix:
-                    yield _data(chunk(i, prefix, None))
+                    yield sse_data(chunk(i, prefix, None))
             generated = 0
             try:
                 async for batch in deltas:
                     for i, d in batch:
                         generated += len(d.token_ids)
                         if d.text:
-                            yield _data(chunk(i, d.text, None))
+                            yield sse_data(chunk(i, d.text, None))
                         if d.finished:
-                            yield _data(chunk(i, "", FINISH.get(d.finish_reason, "stop")))
+                            yield sse_data(chunk(i, "", FINISH.get(d.finish_reason, "stop")))
             except Exception as e:  # headers are gone: report in-band, as OpenAI does
                 complete = True
-                yield _data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+                yield sse_data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
                 return
             complete = True
             if include_usage:
-                yield _data(usage_chunk(usage(sum(q.prompt_len for q in job.seqs), generated)))
+                yield sse_data(usage_chunk(usage(sum(q.prompt_len for q in job.seqs), generated)))
             yield "data: [DONE]\n\n"
         finally:  # a client that went away (the response is closed mid-stream) cancels its job
             if not complete:
@@ -364,5 +290,3 @@ def _sse(s: ServerState, job: Job, chunk, head: dict | None, prefixes: list[str]
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _data(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

@@ -36,10 +36,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError, model_validator
 
-from . import app as api
 from .batcher import Job
 from .errors import APIError
 from .frames import Frame
+from .jobs import COMPLETION_DEFAULT_MAX_TOKENS, FINISH, check_model, server_state, sse_data, start_job
 from .protocol import ChatCompletionRequest, CompletionRequest, error_body, new_id, usage
 from .schema import GENERATION_ERRORS, SSE
 
@@ -107,17 +107,17 @@ async def _body(request: Request) -> DenoiseChatRequest | DenoiseCompletionReque
 
 
 async def denoise(request: Request):
-    s = api._state(request)
+    s = server_state(request)
     req = await _body(request)
-    api._check_model(s, req.model)
+    check_model(s, req.model)
     if isinstance(req, DenoiseChatRequest):
         try:
             messages = req.chat_messages()
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
-        job = await api._start(s, req, [messages], req.token_limit(), s.default_max_tokens, chat=True, frames=True)
+        job = await start_job(s, req, [messages], req.token_limit(), s.default_max_tokens, chat=True, frames=True)
     else:
-        job = await api._start(s, req, req.prompts(), req.max_tokens, api.COMPLETION_DEFAULT_MAX_TOKENS,
+        job = await start_job(s, req, req.prompts(), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS,
                                chat=False, frames=True)
     return StreamingResponse(_events(s, job, request.app.state.denoise_piece), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -140,7 +140,7 @@ def step_event(f: Frame, piece, block_size: int, text: str = "") -> dict:
 
 
 def done_event(job: Job, finish_reason: str | None, tokens: int, nfe: int, seconds: float) -> dict:
-    return {"type": "done", "finish_reason": api.FINISH.get(finish_reason, finish_reason or "stop"),
+    return {"type": "done", "finish_reason": FINISH.get(finish_reason, finish_reason or "stop"),
             "usage": usage(job.seqs[0].prompt_len, tokens),
             "fastdllm": {"nfe": nfe, "tpf": tokens / nfe if nfe else 0.0},
             "seconds": round(seconds, 4), "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
@@ -151,22 +151,22 @@ async def _events(s, job: Job, piece) -> AsyncIterator[str]:
     deltas = job.stream.deltas()
     bs = job.seqs[0].params.block_size
     try:
-        yield api._data(start_event(new_id("dnz"), s.model_name, job))
+        yield sse_data(start_event(new_id("dnz"), s.model_name, job))
         tokens, seconds = 0, 0.0
         try:
             async for batch in deltas:
                 for _, d in batch:
                     tokens += len(d.token_ids)
                     for k, f in enumerate(d.frames):  # the text goes with the newest frame
-                        yield api._data(step_event(f, piece, bs, d.text if k == len(d.frames) - 1 else ""))
+                        yield sse_data(step_event(f, piece, bs, d.text if k == len(d.frames) - 1 else ""))
                         seconds = f.seconds
                     if d.text and not d.frames:
-                        yield api._data({"type": "text", "text": d.text})
+                        yield sse_data({"type": "text", "text": d.text})
                     if d.finished:
-                        yield api._data(done_event(job, d.finish_reason, tokens, d.nfe, seconds))
+                        yield sse_data(done_event(job, d.finish_reason, tokens, d.nfe, seconds))
         except Exception as e:  # headers are gone: report in-band, as the OpenAI routes do
             complete = True
-            yield api._data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+            yield sse_data(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
             return
         complete = True
         yield "data: [DONE]\n\n"

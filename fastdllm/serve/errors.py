@@ -39,7 +39,8 @@ async def _api_error(request: Request, e: APIError):
 
 
 async def _user_error(request: Request, e: FastDLLMError):
-    return JSONResponse(error_body(str(e)), status_code=400)
+    # an invalid decoding option names its field (``InvalidRequestError.param``), as pydantic's errors do
+    return JSONResponse(error_body(str(e), param=getattr(e, "param", None)), status_code=400)
 
 
 async def _validation_error(request: Request, e: RequestValidationError):

@@ -23,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..engine.options import context_cap
 from ..engine.params import DecodeParams
 from ..engine.scheduler import kv_need
 from ..engine.sequence import Sequence
@@ -127,9 +128,8 @@ class Limits:
         return cls(max_model_len, pool, context)
 
     def max_len(self, params: DecodeParams) -> int:
-        if params.mode == "diffusion":  # the last block must fit the context whole
-            return min(self.max_model_len, self.context // params.block_size * params.block_size)
-        return self.max_model_len
+        # max_model_len <= context (from_flags); the schema's cap adds diffusion's whole last block
+        return min(self.max_model_len, context_cap(params, self.context))
 
     def precheck(self, prompts: list, requested: int | None, bound: TokenBound | None, prompt_param: str) -> None:
         """Refuse (400) a prompt that cannot fit ``max_model_len``, before tokenizing it.
@@ -155,12 +155,15 @@ class Limits:
                                f"{what}, which leaves no room for a completion. Please reduce the prompt.",
                                param=prompt_param, code="context_length_exceeded")
 
-    def apply(self, seqs: list[Sequence], params: DecodeParams, requested: int | None, prompt_param: str) -> None:
-        """Check ``seqs`` (from ``LLM.prepare``) against the limits and cut default lengths to fit.
+    def apply(self, seqs: list[Sequence], params: DecodeParams, requested: int | None,
+              prompt_param: str) -> list[Sequence]:
+        """Check ``seqs`` (from ``LLM.prepare``) against the limits; returns them with their requests
+        cut to fit and decoding with ``params`` (the server's prefill chunk).
 
         ``requested``: the client's ``max_tokens`` (None: it gave none). Raises ``APIError`` (400).
         """
         cap = self.max_len(params)
+        fitted = []
         for seq in seqs:
             p = seq.prompt_len
             if requested is not None and p + requested > cap:
@@ -173,10 +176,11 @@ class Limits:
                                f"{p} tokens, which leaves no room for a completion. Please reduce the prompt.",
                                param=prompt_param, code="context_length_exceeded")
             n = min(seq.max_new_tokens, cap - p)
-            seq.max_new_tokens, seq.limit = n, p + n
-            seq.params = params
+            seq = seq.with_request(max_new_tokens=n, limit=p + n, params=params)
             need = kv_need(seq)
             if need > self.kv_tokens:
                 raise APIError(400, f"This request needs {need} KV-cache positions (prompt and max_tokens rounded up "
                                f"to whole blocks of {params.block_size}); the server's KV cache holds "
                                f"{self.kv_tokens}.", param="max_tokens", code="context_length_exceeded")
+            fitted.append(seq)
+        return fitted

@@ -17,10 +17,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..engine.options import DEFAULTS, checkpoint_block_sizes
 from .schema import errors
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-PAGE_MAX_TOKENS = 256          # the page's default max tokens (at most the server's default)
 EXAMPLES = 4
 GENERAL_EXAMPLES = ["Why is the sky blue?", "Write a haiku about rain.",
                     "What is the capital of France?", "Explain what a block-diffusion language model is."]
@@ -46,14 +46,16 @@ def page_config(app: FastAPI) -> dict:
     s, llm = app.state.server, app.state.llm
     tokenizer = llm.tokenizer
     diffusion = llm.is_block_diffusion
+    block_size, sub_block_size = checkpoint_block_sizes(llm.config.bd_size, llm.config.small_block_size)
     return {
         "model": s.model_name,
         "modes": ["diffusion", "ar"] if diffusion else ["ar"],
-        "block_size": llm.config.bd_size or 32,
-        "sub_block_size": llm.config.small_block_size or 8,
-        "threshold": 0.9,
-        "use_block_cache": False,
-        "max_tokens": min(PAGE_MAX_TOKENS, s.default_max_tokens, s.limits.max_model_len - 1),
+        "block_size": block_size,
+        "sub_block_size": sub_block_size,
+        # the schema's defaults; max tokens at most the server's default and what the context leaves
+        "threshold": DEFAULTS.threshold,
+        "use_block_cache": DEFAULTS.use_block_cache,
+        "max_tokens": min(DEFAULTS.max_new_tokens, s.default_max_tokens, s.limits.max_model_len - 1),
         "max_model_len": s.limits.max_model_len,
         "chat": bool(tokenizer is not None and getattr(tokenizer, "chat_template", None)),
         "tokenizer": tokenizer is not None,

@@ -7,6 +7,10 @@ message rather than silently ignored. The block-diffusion knobs (``threshold``,
 ``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``top_k``) and vLLM's
 ``ignore_eos`` are accepted as extra body fields, which the ``openai`` client sends with
 ``extra_body={...}``.
+
+The decoding fields keep None for "not given" (``decode_fields``): the defaults are the
+decoding-options schema's (``engine/options.py``), merged in ``app.py``, and the ranges pydantic
+checks (and ``/openapi.json`` documents) are taken from the schema's ``BOUNDS``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..engine.options import BOUNDS
+
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+OPENAI_MAX_TEMPERATURE = 2.0  # the OpenAI API's cap, stricter than the schema's
+
+
+def _range(name: str, **stricter) -> dict:
+    """pydantic ``Field`` bounds of a ``DecodeOptions`` field (``stricter``: the OpenAI API's own)."""
+    return {**BOUNDS[name].pydantic(), **stricter}
 
 
 class DiffusionOptions(BaseModel):
@@ -26,12 +38,12 @@ class DiffusionOptions(BaseModel):
 
     model_config = STRICT
 
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    block_size: int | None = Field(None, gt=0)
-    small_block_size: int | None = Field(None, gt=0)
+    threshold: float | None = Field(None, **_range("threshold"))
+    block_size: int | None = Field(None, **_range("block_size"))
+    small_block_size: int | None = Field(None, **_range("small_block_size"))
     use_block_cache: bool | None = None
     mode: Literal["diffusion", "ar"] | None = None
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, **_range("top_k"))
     ignore_eos: bool = False  # as vLLM: decode max_tokens tokens whatever the model says (benchmarks)
 
 
@@ -41,12 +53,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Request(DiffusionOptions):
+class GenerationRequest(DiffusionOptions):
+    """The fields both OpenAI endpoints share."""
+
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, **_range("temperature", le=OPENAI_MAX_TEMPERATURE))
+    top_p: float | None = Field(None, **_range("top_p"))
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -75,10 +89,16 @@ class _Request(DiffusionOptions):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    def decode_fields(self, max_tokens: int | None) -> dict[str, Any]:
+        """The ``DecodeOptions`` fields this request gives (None: not given; ``engine.options.merge``)."""
+        given = {k: getattr(self, k) for k in ("temperature", "top_p", "seed", "stop", "threshold", "block_size",
+                                               "small_block_size", "use_block_cache", "mode", "top_k")}
+        return {**given, "max_new_tokens": max_tokens, "stop_token_ids": [] if self.ignore_eos else None}
 
-class CompletionRequest(_Request):
+
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(None, ge=0)  # None: 16, as OpenAI, cut to the context
+    max_tokens: int | None = Field(None, **_range("max_new_tokens"))  # None: 16, as OpenAI, cut to the context
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -128,10 +148,10 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, **_range("max_new_tokens"))
+    max_completion_tokens: int | None = Field(None, **_range("max_new_tokens"))
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
