@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 import fastdllm
-from fastdllm import precision
-from fastdllm.attention import Segment
+from fastdllm.kernels import precision
+from fastdllm.engine.cached_attention import Segment
 from fastdllm.errors import FastDLLMError
-from fastdllm.kv_cache import KVCache
-from fastdllm.packed_attention import PackedAttention
+from fastdllm.engine.kv_cache import KVCache
+from fastdllm.engine.packed_attention import PackedAttention
 
 QUERY_TOKENS = (1, 8, 32)
 PATHS = ("float32", "bfloat16", "int8", "int4", "int4-gptq")
@@ -84,7 +84,7 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def forward_ms(model, tokens: int, context: int, repeats: int) -> float:
     """Median ms of one forward of ``tokens`` query tokens after ``context`` cached positions, with the
-    engine's attention back end (so an int8 model runs its C++ layer stack, ``quant/stack.py``)."""
+    engine's attention back end (so an int8 model runs its C++ layer stack, ``kernels/stack.py``)."""
     cfg, dev = model.cfg, model.device
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, context + tokens, cfg.head_dim, model.dtype, dev)
     g = torch.Generator().manual_seed(0)

@@ -35,7 +35,7 @@ from examples.word_problems import problems as P  # noqa: E402
 from examples.word_problems.build import encode  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
 from fastdllm.quant import A8_SUFFIX, load_path, parse_quantized_list  # noqa: E402
-from fastdllm.reference import _forward  # noqa: E402
+from fastdllm.engine.reference import _forward  # noqa: E402
 
 
 def masked_inputs(tok, mask_id: int, block: int, n: int, seed: int, rate: float) -> list[list[int]]:

@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 import fastdllm  # noqa: E402
 from fastdllm.api import LLM  # noqa: E402
-from fastdllm.config import ModelConfig  # noqa: E402
+from fastdllm.model.config import ModelConfig  # noqa: E402
 from fastdllm.loading import Checkpoint  # noqa: E402
 
 MODES = {"diffusion": dict(mode="diffusion"), "diffusion-cache": dict(mode="diffusion", use_block_cache=True),
@@ -360,7 +360,7 @@ def main() -> int:
     p.add_argument("--lm-scale", type=float, default=40.0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.cpu_kernels)")
+    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.kernels.compiled)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="weight-only quantisation (on the CPU: fastdllm's kernels and C++ layer stack)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")

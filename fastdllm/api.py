@@ -10,14 +10,14 @@ from typing import Any, Iterator, Sequence as Seq
 
 import torch
 
-from .config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
+from .model.config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.params import DecodeParams
 from .engine.sequence import Sequence
 from .errors import InvalidRequestError, ModelLoadError
 from .loading import Checkpoint, load_checkpoint
-from .sampling import SamplingParams, make_sampler
+from .engine.sampling import SamplingParams, make_sampler
 
 Prompt = str | list[int] | list[dict]
 
@@ -262,7 +262,7 @@ def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype)
     file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
     if adapter is not None or dev.type != "cpu" or dt != torch.float32:
         return model, None
-    from .quant import native
+    from .kernels import native
 
     path, q4 = _resolve_q4(model, revision)
     if not q4 or not native.available():
@@ -285,7 +285,7 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     ``dtype``: ``"auto"`` (the default) is bfloat16 on CUDA and float32 on the CPU; or
     ``float32``, ``bfloat16``, ``float16``, ``float64``. On a CPU without native bfloat16
     (x86 ``avx512_bf16`` or AMX), where bfloat16 is slower than float32, ``bfloat16`` runs in
-    float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
+    float32 instead, with one logged warning (``fastdllm.kernels.precision``); ``llm.model.dtype``
     says what was chosen.
 
     ``quantize``: ``"auto"`` (the default) keeps what the file holds: a GGUF file with Q4_0/Q4_1
@@ -302,7 +302,7 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
-    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
+    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels.compiled``): a few
     seconds of compilation once per process, then faster decode steps.
 
     ``steps_per_sync``: AR forwards run back to back before their tokens are read (the engine's
@@ -310,14 +310,14 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     host; 1 reads after every forward. Block diffusion reads after every forward regardless.
     """
     from .loading import parse_device, parse_dtype
-    from .precision import resolve_dtype
+    from .kernels.precision import resolve_dtype
     from .quant import parse_quantize
 
     dev = parse_device(device)
     auto = isinstance(quantize, str) and quantize.lower() == "auto"
     dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
     if compile is not None:
-        from . import cpu_kernels
+        from .kernels import compiled as cpu_kernels
 
         cpu_kernels.set_compile(compile)
     from transformers.utils import logging as hf_logging

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fastdllm import cpu_kernels
-from fastdllm.attention import CachedAttention, Segment
-from fastdllm.kv_cache import KVCache
+from fastdllm.kernels import compiled as cpu_kernels, onednn
+from fastdllm.engine.cached_attention import CachedAttention, Segment
+from fastdllm.engine.kv_cache import KVCache
 from tests.test_engine import prompt_of, random_llm
 
 
@@ -66,10 +66,10 @@ def test_float32_ar_batch_invariance(llm32):
     assert [r.token_ids for r in llm32.generate(prompts, **kw)] == alone
 
 
-@pytest.mark.skipif(not cpu_kernels.onednn_available(), reason="oneDNN linear ops unavailable")
+@pytest.mark.skipif(not onednn.onednn_available(), reason="oneDNN linear ops unavailable")
 def test_onednn_linear_matches_f_linear_and_is_row_invariant():
     torch.manual_seed(0)
-    lin = cpu_kernels.Linear(96, 300)
+    lin = onednn.Linear(96, 300)
     x = torch.randn(40, 96)
     with torch.inference_mode():
         y = lin(x)

@@ -13,8 +13,8 @@ import pytest
 import fastdllm
 from fastdllm.api import LLM
 from fastdllm.engine.engine import Engine
-from fastdllm.reference import naive_autoregressive
-from fastdllm.sampling import SamplingParams, make_sampler
+from fastdllm.engine.reference import naive_autoregressive
+from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 from tests.test_engine import EOS, prompt_of, random_llm
 

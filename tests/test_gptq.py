@@ -12,7 +12,7 @@ from fastdllm.errors import ModelLoadError
 from fastdllm.loading import load_checkpoint
 from fastdllm.quant import Int4Linear, Int4Weight, Int8Linear, layer_mode, linear_names
 from fastdllm.quant.gptq import CALIBRATION_PROMPTS, HessianCollector, gptq_int4, read_prompts
-from fastdllm.reference import _forward
+from fastdllm.engine.reference import _forward
 from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdllm.quant import Int8Linear, Int8Weight, native, quantize_model, set_activations
-from fastdllm.quant import cpu_info  # noqa: E402
+from fastdllm.kernels import cpu_info, native
+from fastdllm.quant import Int8Linear, Int8Weight, quantize_model, set_activations
 from tests.test_engine import prompt_of, random_llm
 from tests.test_quant import (STACK_PARTS, assert_near_oracle, ckpts, needs_native,  # noqa: F401 (fixture)
                               packed_forward)

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from fastdllm.cli.main import main
-from fastdllm.quant import cpu_info, native
+from fastdllm.kernels import cpu_info, native
 
 
 def test_status_names_the_isa_the_compiler_and_a_kernel_per_path(capsys):
@@ -46,7 +46,7 @@ def test_status_without_a_compiler_says_the_fallback_once(no_compiler, capsys):
 
 
 def test_no_compiler_means_one_warning_and_torchs_kernels(no_compiler, caplog):
-    with caplog.at_level(logging.WARNING, logger="fastdllm.quant.native"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm.kernels.native"):
         assert native.kernels() is None
         assert native.kernels() is None  # asked again: decided once, not warned again
     warnings = [r.getMessage() for r in caplog.records]

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 
 import fastdllm
 from fastdllm.api import LLM
-from fastdllm.attention import DenseAttention, causal_mask
+from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.errors import ModelLoadError
 from fastdllm.loading import Checkpoint, load_checkpoint
-from fastdllm.quant import native
+from fastdllm.kernels import native
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
                             parse_quantized_list, quantize_model, quantized_linear)
-from fastdllm.reference import naive_autoregressive
-from fastdllm.sampling import SamplingParams, make_sampler
+from fastdllm.engine.reference import naive_autoregressive
+from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, random_ids
 from tests.test_engine import EOS, oracle, prompt_of, random_llm
 
@@ -168,7 +168,7 @@ def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, ca
     """FASTDLLM_NATIVE=0 (or no compiler / AVX2): a warning, then torch's bfloat16-input kernel."""
     monkeypatch.setenv("FASTDLLM_NATIVE", "0")
     monkeypatch.setattr(native, "_state", {})
-    with caplog.at_level("WARNING", logger="fastdllm.quant.native"):
+    with caplog.at_level("WARNING", logger="fastdllm.kernels.native"):
         assert not native.available()
     assert "FASTDLLM_NATIVE=0" in caplog.text
     torch.manual_seed(0)
@@ -186,10 +186,11 @@ def test_kernel_sources_ship_with_the_package():
     from pathlib import Path
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    globs = pyproject["tool"]["setuptools"]["package-data"]["fastdllm.quant"]
-    for path in [*native.SOURCES, native.HEADER]:
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fastdllm.kernels"]
+    for path in [*native.SOURCES, *native.HEADERS]:
         assert path.is_file(), path
-        assert any(fnmatch.fnmatch(path.name, g) for g in globs), (path.name, globs)
+        rel = path.relative_to(native.CSRC.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), (rel, globs)
 
 
 def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
@@ -344,8 +345,8 @@ STACK_PARTS = [(0, 0, 40, 8, 48, "full", 0), (0, 60, 0, 5, 5, "causal", 0), (0, 
 
 def packed_forward(model, parts, stack: bool):
     """One packed forward over ``parts`` on a cache that is NaN outside their spans: (logits, cache)."""
-    from fastdllm.kv_cache import KVCache
-    from fastdllm.packed_attention import PackedAttention
+    from fastdllm.engine.kv_cache import KVCache
+    from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
 
     cfg = model.cfg
@@ -385,7 +386,7 @@ def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
 @needs_native
 def test_quant_stack_past_its_rotary_table(ckpts, monkeypatch):
     """Positions past the stack's cos/sin table are computed on the spot, to the same results."""
-    from fastdllm.quant import stack
+    from fastdllm.kernels import stack
 
     monkeypatch.setattr(stack, "TABLE_POSITIONS", 20)  # STACK_PARTS run to position 47
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
@@ -397,8 +398,8 @@ def test_quant_stack_past_its_rotary_table(ckpts, monkeypatch):
 
 @needs_native
 def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
-    from fastdllm.kv_cache import KVCache
-    from fastdllm.packed_attention import PackedAttention
+    from fastdllm.engine.kv_cache import KVCache
+    from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
 
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _status(native_ok: bool | None) -> list[str]:
-    from ..quant import cpu_info, native
+    from ..kernels import cpu_info, native
 
     cxx, version = cpu_info.compiler()
     lines = [f"cpu:        {cpu_info.cpu_name()} ({__import__('os').cpu_count()} logical CPUs)",
@@ -48,7 +48,7 @@ def _status(native_ok: bool | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quant import native
+    from ..kernels import native
 
     if args.action == "build":
         t0 = time.perf_counter()

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..device import download
+from .device import download
 from ..model import Transformer
-from ..sampling import GreedySampler
+from .sampling import GreedySampler
 from .autoregressive import AutoregressivePlanner
 from .decision import StepDecision
 from .params import DecodeParams

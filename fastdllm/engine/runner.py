@@ -15,11 +15,12 @@ from typing import Callable
 
 import torch
 
-from ..attention import CachedAttention, Segment, block_causal_mask, causal_mask
-from ..device import upload
-from ..kv_cache import KVCache
+from ..model.attention import block_causal_mask, causal_mask
+from .cached_attention import CachedAttention, Segment
+from .device import upload
+from .kv_cache import KVCache
 from ..model import Transformer
-from ..packed_attention import PackedAttention
+from .packed_attention import PackedAttention
 from .sequence import ForwardPlan
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
-from ..precision import auto_dtype
+from ..kernels.precision import auto_dtype
 from ..quant import parse_quantize
 from .hub import resolve
 from .weights import build_model, read_safetensors, safetensors_files
@@ -34,7 +34,7 @@ class Checkpoint:
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
-    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.precision``)."""
+    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.kernels.precision``)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):

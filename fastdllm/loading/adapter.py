@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from ..rope import inv_frequencies
+from ..model.rope import inv_frequencies
 from . import Checkpoint, load_checkpoint, load_tokenizer, parse_dtype
 from .rows import init_rows
 
@@ -65,7 +65,7 @@ def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, me
         model = peft_model.merge_and_unload()
     else:
         model = peft_model.get_base_model()
-        from .. import cpu_kernels
+        from ..kernels import compiled as cpu_kernels
 
         if cpu_kernels.enabled():
             warnings.warn("unmerged LoRA layers are bypassed by the compiled decode path; load with merge=True",

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
 from ..quant import GROUP_SIZE, Int4Weight, as_float, cat_rows, layer_mode, linear_names, quantized_linear
-from ..rope import inv_frequencies
+from ..model.rope import inv_frequencies
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from ..kernels import native
 from .formats import Int4Weight, Int8Weight
 
 CPU_INT8_K_MULTIPLE = 16  # the CPU int8 kernel reads 16 inputs at a time and does not check the tail

@@ -4,7 +4,7 @@ Projections are fused at load time (q/k/v into ``qkv_proj``, gate/up into ``gate
 a decoder layer is four matmuls. Attention itself is delegated to an attention back end
 (see ``attention.py``), which decides where keys and values come from and go to. The
 vocabulary projection runs only on the rows the caller asks for. A quantised model on the CPU
-runs the engine's forwards through its C++ layer stack instead (``quant/stack.py``).
+runs the engine's forwards through its C++ layer stack instead (``kernels/stack.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from . import cpu_kernels
-from .cpu_kernels import Linear
+from ..kernels import compiled as cpu_kernels
+from ..kernels.onednn import Linear
 from .rope import RotaryEmbedding, apply_rope
 
 AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -104,7 +104,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
         self.quantization = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
-        self.quant_stack_enabled = True  # quantised forwards of the engine in one C++ call (``quant/stack.py``)
+        self.quant_stack_enabled = True  # quantised forwards of the engine in one C++ call (``kernels/stack.py``)
 
     @property
     def quantization(self) -> str | None:
@@ -122,7 +122,7 @@ class Transformer(nn.Module):
                 or x.device.type != "cpu" or x.dtype != torch.float32 or not hasattr(attend, "row_table")):
             return None
         if self._quant_stack is None:
-            from .quant import stack
+            from ..kernels import stack
 
             self._quant_stack = stack.build(self) or False
         return self._quant_stack or None
@@ -185,7 +185,7 @@ class Transformer(nn.Module):
         stack = self._stack_for(emb, attend)
         if stack is None or not emb.is_contiguous():
             return None
-        from .quant.stack import head_tensors
+        from ..kernels.stack import head_tensors
 
         head = head_tensors(self)
         if head is None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .attention import DenseAttention, block_causal_mask, causal_mask
-from .model import Transformer
+from ..model.attention import DenseAttention, block_causal_mask, causal_mask
+from ..model import Transformer
 from .sampling import Sampler
 
 

@@ -11,9 +11,7 @@ Compiling costs some seconds once per process, so it is opt-in: ``fastdllm.load(
 compile=True)``, ``--compile`` on the command line, or ``FASTDLLM_COMPILE=1``. Worth it for
 servers, benchmarks and long generations; a one-off short generation starts faster without.
 
-Every linear layer (``Linear``) runs on oneDNN with weights prepacked once, in float32 and, where
-oneDNN has a bfloat16 path on this CPU, in bfloat16 (``fastdllm.precision`` decides whether a
-model runs in bfloat16 at all).
+Linear layers outside these regions run on oneDNN (``onednn.py``).
 """
 
 from __future__ import annotations
@@ -116,46 +114,3 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         rows = x.reshape(-1, x.shape[-1])
         return _get("mv", _mv)(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
-
-
-ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether oneDNN's prepacked linear runs in ``dtype`` here (probed once per dtype)."""
-    key = f"onednn-{dtype}"
-    if key not in _compiled:
-        ok = (dtype in ONEDNN_DTYPES and os.environ.get("FASTDLLM_ONEDNN", "1") != "0"
-              and torch.backends.mkldnn.is_available())
-        if ok:
-            try:  # bfloat16 needs AVX512-BW/VL/DQ or AVX-NE-CONVERT; the ops raise without them
-                w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8, dtype=dtype), 1)
-                torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=dtype), w, None, "none", [], "")
-            except Exception:
-                ok = False
-        _compiled[key] = ok
-    return bool(_compiled[key])
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict names) with faster CPU inference.
-
-    In float32 (or bfloat16, where oneDNN has it) inference on the CPU the weight is repacked
-    once into oneDNN's blocked layout and multiplied with oneDNN, several times faster than the
-    default MKL path on skinny inputs. In float32 a row's result does not depend on how many
-    rows come with it (tested); in bfloat16 that is not tested (no such CPU here).
-    """
-
-    _packed: tuple | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (x.device.type == "cpu" and x.dtype == w.dtype and w.dtype in ONEDNN_DTYPES
-                and not torch.is_grad_enabled() and onednn_available(w.dtype)):
-            key = (w.data_ptr(), w._version)
-            if self._packed is None or self._packed[0] != key:
-                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8))
-            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self._packed[1], self.bias,
-                                                   "none", [], "")
-            return y.reshape(*x.shape[:-1], w.shape[0])
-        return linear(x, self.weight, self.bias)

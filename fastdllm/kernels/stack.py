@@ -21,7 +21,7 @@ import os
 import torch
 
 from . import native
-from .linear import Int4Linear, Int8Linear
+from ..quant.linear import Int4Linear, Int8Linear
 
 TABLE_POSITIONS = 32768  # cos and sin are tabulated up to here (16 MB at head size 64); computed beyond
 _PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")

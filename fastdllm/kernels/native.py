@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp",
-                                                "cpu_int8a8_vnni.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
-HEADERS = [Path(__file__).with_name(n) for n in ("cpu_quant.h", "cpu_a8.h")]
+CSRC = Path(__file__).with_name("csrc")  # the C++ sources, compiled on first use
+SOURCES = [CSRC / n for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp", "cpu_int8a8_vnni.cpp", "cpu_stack.cpp",
+                              "cpu_bindings.cpp")]
+HEADERS = [CSRC / n for n in ("cpu_quant.h", "cpu_a8.h")]
 HEADER = HEADERS[0]
 _state: dict[str, object] = {}
 
