@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 import fastdllm
 from fastdllm.api import LLM
-from fastdllm.model.attention import DenseAttention, causal_mask
+from fastdllm.engine.backend import NativeStackBackend, TorchBackend, select_backend
 from fastdllm.errors import ModelLoadError
-from fastdllm.loading import Checkpoint, load_checkpoint
 from fastdllm.kernels import native
+from fastdllm.loading import Checkpoint, load_checkpoint
+from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
                             parse_quantized_list, quantize_model, quantized_linear)
 from fastdllm.engine.reference import naive_autoregressive
@@ -344,7 +345,8 @@ STACK_PARTS = [(0, 0, 40, 8, 48, "full", 0), (0, 60, 0, 5, 5, "causal", 0), (0, 
 
 
 def packed_forward(model, parts, stack: bool):
-    """One packed forward over ``parts`` on a cache that is NaN outside their spans: (logits, cache)."""
+    """One packed forward over ``parts`` on a cache that is NaN outside their spans, on the native
+    stack's backend (``stack``) or the eager one: (logits, cache, backend)."""
     from fastdllm.engine.kv_cache import KVCache
     from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
@@ -359,11 +361,10 @@ def packed_forward(model, parts, stack: bool):
     n = sum(p[3] for p in parts)
     ids = random_ids(n, cfg.vocab_size, seed=4)
     pos = torch.tensor([wp + i for _, _, wp, length, *_ in parts for i in range(length)])
-    model.quant_stack_enabled = stack
+    backend = NativeStackBackend(model) if stack else TorchBackend(model)
     with torch.inference_mode():
-        out = model(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
-    model.quant_stack_enabled = True
-    return out, cache
+        out = backend.forward(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
+    return out, cache, backend
 
 
 @needs_native
@@ -372,10 +373,9 @@ def packed_forward(model, parts, stack: bool):
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     model = load_checkpoint(ckpts[family], quantize=mode).model
-    eager, eager_cache = packed_forward(model, parts, stack=False)
-    assert model._quant_stack is None  # not built while off
-    fused, fused_cache = packed_forward(model, parts, stack=True)
-    assert model._quant_stack  # built and used
+    eager, eager_cache, _ = packed_forward(model, parts, stack=False)
+    fused, fused_cache, backend = packed_forward(model, parts, stack=True)
+    assert backend.stack and not backend.fallbacks  # built and used
     assert not fused.isnan().any()  # nothing read outside a sequence's span or its mask
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
     # the same keys and values, written at the same places and nowhere else
@@ -390,9 +390,9 @@ def test_quant_stack_past_its_rotary_table(ckpts, monkeypatch):
 
     monkeypatch.setattr(stack, "TABLE_POSITIONS", 20)  # STACK_PARTS run to position 47
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
-    eager, _ = packed_forward(model, STACK_PARTS, stack=False)
-    fused, _ = packed_forward(model, STACK_PARTS, stack=True)
-    assert model._quant_stack
+    eager, _, _ = packed_forward(model, STACK_PARTS, stack=False)
+    fused, _, backend = packed_forward(model, STACK_PARTS, stack=True)
+    assert backend.stack and not backend.fallbacks
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
 
 
@@ -404,25 +404,29 @@ def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
 
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
     cfg = model.cfg
-    x = torch.zeros(1, 2, cfg.hidden_size)
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 200, cfg.head_dim, torch.float32, "cpu")
     packed = PackedAttention(cache, segments(STACK_PARTS[:1]), model.attn_scale)
     dense = DenseAttention(None, model.attn_scale)
+    backend = select_backend(model)
+    assert backend.name == "native-stack"
     with torch.inference_mode():
-        assert model._stack_for(x, packed) is not None
-        assert model._stack_for(x, dense) is None  # the oracle and training attend densely: eager
-        assert model._stack_for(x.double(), packed) is None
-    assert model._stack_for(x, packed) is None  # autograd on
+        assert backend.stack_for(packed) is not None
+        assert backend.stack_for(dense) is None  # the oracle and training attend densely: eager
+    assert backend.stack_for(packed) is None  # autograd on
+    assert set(backend.fallbacks) == {"attention is DenseAttention, not over the packed pool", "autograd is on"}
     int4 = load_checkpoint(ckpts["qwen2"], quantize="int4").model
     float32 = load_checkpoint(ckpts["qwen2"]).model
+    assert select_backend(float32).name == "torch"
+    int4_backend = select_backend(int4)
     with torch.inference_mode():
-        assert int4._stack_for(x, packed) is not None and float32._stack_for(x, packed) is None
+        assert int4_backend.stack_for(packed) is not None
         int4.layers[1].mlp.down_proj.native = False  # one projection off the native kernels: no stack
-        int4.quantization = "int4"
-        assert int4._stack_for(x, packed) is None
+        int4.weights_changed()
+        assert int4_backend.stack_for(packed) is None
+        assert select_backend(int4).name == "torch"
         monkeypatch.setenv("FASTDLLM_QUANT_STACK", "0")
         model.quantization = "int8"  # drops the built stack
-        assert model._stack_for(x, packed) is None
+        assert backend.stack_for(packed) is None
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

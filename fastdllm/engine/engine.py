@@ -26,13 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .device import download
 from ..model import Transformer
-from .sampling import GreedySampler
 from .autoregressive import AutoregressivePlanner
+from .backend import ForwardBackend
 from .decision import StepDecision
+from .device import download
 from .params import DecodeParams
 from .runner import ModelRunner
+from .sampling import GreedySampler
 from .scheduler import Scheduler, kv_need
 from .sequence import Sequence
 
@@ -65,11 +66,12 @@ class StepEvent:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch_size: int = 8, steps_per_sync: int = 1):
+    def __init__(self, model: Transformer, max_batch_size: int = 8, steps_per_sync: int = 1,
+                 backend: ForwardBackend | None = None):
         if steps_per_sync < 1:
             raise ValueError(f"steps_per_sync must be at least 1, got {steps_per_sync}")
         self.model = model
-        self.runner = ModelRunner(model)
+        self.runner = ModelRunner(model, backend=backend)  # the forward backend: ``select_backend`` when None
         self.max_batch_size = max_batch_size
         self.steps_per_sync = steps_per_sync  # AR forwards a step may run between two reads
         self._last_decision: tuple[tuple, StepDecision] | None = None

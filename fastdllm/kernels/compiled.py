@@ -109,6 +109,26 @@ def between_layers(*args):
     return _get("between", _between)(*args)
 
 
+def decode_layers(layers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, n_q: int,
+                  n_kv: int) -> torch.Tensor:
+    """A model's decoder ``layers`` (each with ``pre_weights`` and ``post_weights``) for a few tokens,
+    as compiled regions between the attention calls: x [B, T, H], cos, sin [B, T, D] -> [B, T, H]."""
+    B, T, H = x.shape
+    rows = x.reshape(B * T, H)
+    cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
+    q, k, v = pre_attention(rows, *layers[0].pre_weights(), cos, sin, n_q, n_kv)
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
+        out = out.reshape(B * T, -1)
+        if i < last:
+            nxt = layers[i + 1].pre_weights()
+            rows, q, k, v = between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3], cos, sin, n_q, n_kv)
+        else:
+            rows = post_attention(rows, out, *layer.post_weights())
+    return rows.view(B, T, H)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     if applies(x) and weight.dtype == torch.float32:
         rows = x.reshape(-1, x.shape[-1])

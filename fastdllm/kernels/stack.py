@@ -4,13 +4,12 @@ With int8 or int4 weights on fastdllm's own kernels a decode step's products tak
 of the eager step; most of the rest is PyTorch dispatching a dozen small ops per layer (norms,
 rotary embedding, the cache write, attention, gating). ``QuantStack`` runs every layer of a
 forward in C++ instead, on the same kernels, with attention over each query row's own span of the
-KV cache. The engine's forwards take it when the model is int8 or int4 on the CPU in float32 and
-every decoder projection runs on a native kernel; the rotary embedding's cos and sin and the
+KV cache. The engine's native-stack backend (``fastdllm.engine.backend``) takes it when the model is
+int8 or int4 on the CPU in float32 and every decoder projection runs on a native kernel; the rotary embedding's cos and sin and the
 final norm are computed there too, so the forward's only PyTorch operators are the embedding and
 the vocabulary projection. Greedy AR runs (``Engine.steps_per_sync``) go further:
 ``QuantStack.greedy_run`` does the embedding, the layers, the vocabulary projection and the
-greedy pick of several forwards in one call. ``FASTDLLM_QUANT_STACK=0`` (or
-``model.quant_stack_enabled = False``) turns it off. Results equal the eager quantised path up to
+greedy pick of several forwards in one call. ``FASTDLLM_QUANT_STACK=0`` turns it off. Results equal the eager quantised path up to
 float rounding (tested on logits and cache contents; the engine against the oracle).
 """
 
@@ -58,21 +57,32 @@ def head_tensors(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Non
     return _tensors(head)
 
 
+def unsupported(model) -> str | None:
+    """Why the C++ layer stack cannot run ``model``, or None when it can."""
+    if not enabled():
+        return "FASTDLLM_QUANT_STACK=0"
+    if model.quantization not in ("int8", "int4"):
+        return "the model is not quantised"
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        return f"the model is {model.dtype} on {model.device.type}, not float32 on the CPU"
+    if not native.available():
+        return f"no native kernels ({native.why_unavailable()})"
+    if _weights(model) is None:
+        return "a decoder projection is not on a native kernel"
+    eps = {n.eps for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)}
+    if len(eps | {model.norm.eps}) != 1:  # one epsilon for every norm, as in every config fastdllm reads
+        return "the norms have different epsilons"
+    return None
+
+
 def build(model):
-    """The C++ layer stack for ``model``, or None where it does not apply."""
-    if (not enabled() or model.quantization not in ("int8", "int4") or model.dtype != torch.float32
-            or model.device.type != "cpu" or not native.available()):
+    """The C++ layer stack for ``model``, or None where it does not apply (``unsupported`` says why)."""
+    if unsupported(model) is not None:
         return None
     weights = _weights(model)
-    if weights is None:
-        return None
     cfg = model.cfg
-    eps = {n.eps for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)}
-    eps.add(model.norm.eps)
-    if len(eps) != 1:  # one epsilon for every norm, as in every config fastdllm reads
-        return None
     with torch.inference_mode():  # cos and sin up to TABLE_POSITIONS, made as the eager path makes them
         cos, sin = model.rotary(torch.arange(min(cfg.max_position_embeddings, TABLE_POSITIONS)), torch.float32)
     return native.kernels().QuantStack(weights, model.norm.weight, model.rotary.inv_freq, cos, sin,
                                        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                                       float(eps.pop()), float(model.attn_scale))
+                                       float(model.norm.eps), float(model.attn_scale))

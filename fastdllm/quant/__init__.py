@@ -103,7 +103,7 @@ def set_activations(model: nn.Module, activations: str) -> int:
     if activations not in ACTIVATIONS:
         raise ModelLoadError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
     switched = sum(m.set_activations(activations) for m in model.modules() if isinstance(m, Int8Linear))
-    model._quant_stack = None  # it holds the packed weights it was built with
+    model.weights_changed()  # a native layer stack holds the packed weights it was built with
     return switched
 
 
