@@ -10,14 +10,16 @@ from typing import Any, Iterator, Sequence as Seq
 
 import torch
 
-from .model.config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
+from .engine.backend import select_backend
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.params import DecodeParams
+from .engine.sampling import SamplingParams, make_sampler
 from .engine.sequence import Sequence
 from .errors import InvalidRequestError, ModelLoadError
 from .loading import Checkpoint, load_checkpoint
-from .engine.sampling import SamplingParams, make_sampler
+from .model.config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
+from .options import RuntimeOptions
 
 Prompt = str | list[int] | list[dict]
 
@@ -81,14 +83,16 @@ class LLM:
     """A loaded model ready to generate. Build it with ``fastdllm.load``."""
 
     def __init__(self, checkpoint: Checkpoint, mask_token_id: int | None = None, max_batch_size: int = 8,
-                 steps_per_sync: int = 8):
+                 steps_per_sync: int = 8, runtime: RuntimeOptions | None = None):
         self.checkpoint = checkpoint
+        self.runtime = runtime or RuntimeOptions()  # the effective runtime options (``fastdllm.options``)
         self.model = checkpoint.model
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
         self.generation_config = checkpoint.generation_config
         self._mask_token_id = mask_token_id
-        self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+        self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+                             backend=select_backend(self.model, self.runtime))
 
     # ---- defaults read from the checkpoint -------------------------------------------------
     @property
@@ -257,7 +261,7 @@ def _resolve_q4(model, revision) -> tuple[Path, bool]:
     return path, path.suffix == ".gguf" and holds_q4(path)
 
 
-def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
+def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype, use_native: bool = True):
     """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
     file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
     if adapter is not None or dev.type != "cpu" or dt != torch.float32:
@@ -265,7 +269,7 @@ def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype)
     from .kernels import native
 
     path, q4 = _resolve_q4(model, revision)
-    if not q4 or not native.available():
+    if not q4 or not use_native or not native.available():
         return path, None
     logging.getLogger("fastdllm.quant").info("%s holds 4-bit codes: loaded as int4 (quantize='none' to "
                                              "dequantise it to float32)", path.name)
@@ -275,7 +279,8 @@ def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype)
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None, quantize: str | None = "auto",
-         calibration: str | list[str] | None = None, steps_per_sync: int = 8) -> LLM:
+         calibration: str | list[str] | None = None, steps_per_sync: int = 8,
+         runtime: RuntimeOptions | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
@@ -305,6 +310,11 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels.compiled``): a few
     seconds of compilation once per process, then faster decode steps.
 
+    ``runtime``: the kernels' and the forward backend's switches (``fastdllm.options.RuntimeOptions``:
+    native kernels, the quantised layer stack, oneDNN, compile, threads); default: from the
+    environment (``RuntimeOptions.from_env``), with ``compile`` over it when given. The effective
+    options are ``llm.runtime``; the backend chosen is ``llm.engine.backend``.
+
     ``steps_per_sync``: AR forwards run back to back before their tokens are read (the engine's
     multi-step decoding, ``fastdllm.engine.engine``): the same tokens, less per-token work on the
     host; 1 reads after every forward. Block diffusion reads after every forward regardless.
@@ -316,20 +326,17 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     dev = parse_device(device)
     auto = isinstance(quantize, str) and quantize.lower() == "auto"
     dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
-    if compile is not None:
-        from .kernels import compiled as cpu_kernels
-
-        cpu_kernels.set_compile(compile)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
+    runtime = (runtime or RuntimeOptions.from_env()).replace(**({} if compile is None else {"compile": compile}))
+    use_native = runtime.native != "off"
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)  # torch's thread pool is process-wide by its design
     if model is None:
         from .models import DEFAULT_MODEL
 
         model = DEFAULT_MODEL
     t0 = time.perf_counter()
     if auto:
-        model, mode = _auto_quantize(model, revision, adapter, dev, dt)
+        model, mode = _auto_quantize(model, revision, adapter, dev, dt, use_native)
     gptq = mode == "int4-gptq"
     prompts = None
     if gptq:
@@ -349,15 +356,19 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
         from .loading.adapter import load_with_adapter
 
         base = load_checkpoint(model, dtype="float32", device=dev, revision=revision)
-        ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode)
+        ckpt = load_with_adapter(base, adapter, merge=True, dtype=load_dt, device=dev, quantize=load_mode,
+                                 use_native=use_native)
     else:
-        ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode)
-    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+        ckpt = load_checkpoint(model, dtype=load_dt, device=dev, revision=revision, quantize=load_mode,
+                               use_native=use_native)
+    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+              runtime=runtime)
     if gptq:
         from .quant import quantize_model
         from .quant.gptq import gptq_weights
 
-        quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts))
-        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+        quantize_model(ckpt.model, "int4", dt, weights=gptq_weights(llm, prompts), use_native=use_native)
+        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+                  runtime=runtime)
     llm.load_seconds = time.perf_counter() - t0
     return llm

@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdllm
-from fastdllm.kernels import compiled as cpu_kernels, onednn, precision
+from fastdllm.kernels import onednn, precision
 from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.cli.main import main
 from fastdllm.loading import load_checkpoint, parse_dtype

@@ -15,6 +15,7 @@ from fastdllm.errors import ModelLoadError
 from fastdllm.kernels import native
 from fastdllm.loading import Checkpoint, load_checkpoint
 from fastdllm.model.attention import DenseAttention, causal_mask
+from fastdllm.options import RuntimeOptions
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
                             parse_quantized_list, quantize_model, quantized_linear)
 from fastdllm.engine.reference import naive_autoregressive
@@ -165,15 +166,11 @@ def test_int8_layer_uses_the_native_kernel_for_float32_models_only():
         assert bf16(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, caplog):
-    """FASTDLLM_NATIVE=0 (or no compiler / AVX2): a warning, then torch's bfloat16-input kernel."""
-    monkeypatch.setenv("FASTDLLM_NATIVE", "0")
-    monkeypatch.setattr(native, "_state", {})
-    with caplog.at_level("WARNING", logger="fastdllm.kernels.native"):
-        assert not native.available()
-    assert "FASTDLLM_NATIVE=0" in caplog.text
+def test_int8_falls_back_to_torchs_kernel_without_the_native_one():
+    """native="off" (FASTDLLM_NATIVE=0; or no compiler / AVX2): torch's bfloat16-input kernel."""
+    assert RuntimeOptions.from_env({"FASTDLLM_NATIVE": "0"}).native == "off"
     torch.manual_seed(0)
-    layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu")
+    layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu", use_native=False)
     assert not layer.native and layer.kernel_dtype == torch.bfloat16
     x = torch.randn(3, 64)
     with torch.inference_mode():
@@ -199,16 +196,16 @@ def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
     import os
     import time
 
-    monkeypatch.setattr(native, "_build_dir", lambda: tmp_path)
+    monkeypatch.setattr(native, "build_dir", lambda: tmp_path)
     lock = tmp_path / "lock"
     lock.touch()
-    native._clear_stale_lock()
+    native.clear_stale_lock()
     assert lock.exists()  # a build may be running now: left alone
     old = time.time() - native.STALE_LOCK_SECONDS - 5
     os.utime(lock, (old, old))
-    native._clear_stale_lock()
+    native.clear_stale_lock()
     assert not lock.exists()
-    native._clear_stale_lock()  # and no lock is no error
+    native.clear_stale_lock()  # and no lock is no error
 
 
 def test_int8_kernel_input_alignment_in_bfloat16():
@@ -424,9 +421,8 @@ def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
         int4.weights_changed()
         assert int4_backend.stack_for(packed) is None
         assert select_backend(int4).name == "torch"
-        monkeypatch.setenv("FASTDLLM_QUANT_STACK", "0")
-        model.quantization = "int8"  # drops the built stack
-        assert backend.stack_for(packed) is None
+    off = select_backend(model, RuntimeOptions.from_env({"FASTDLLM_QUANT_STACK": "0"}))
+    assert off.name == "torch" and off.describe() == "torch (no native stack: quant_stack=off)"
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -2,8 +2,10 @@
 
 The model maps ids + positions + an attention callable to hidden states, and hidden states to
 logits (``fastdllm.model``); it does not know where its forwards run. A backend does: the engine's
-runner holds one, picked by ``select_backend`` from the model and the runtime options, and calls
-``forward`` for every packed step and ``greedy_run`` for a run of greedy AR steps.
+runner holds one, picked by ``select_backend`` from the model and the runtime options
+(``fastdllm.options.RuntimeOptions``, built by ``fastdllm.load``), and calls ``forward`` for every
+packed step and ``greedy_run`` for a run of greedy AR steps. The backend hands the options'
+kernel switches (oneDNN, compiled regions) to the model's linear layers (``kernels.onednn.bind``).
 
 - ``TorchBackend``: the model's own layers in PyTorch, eager, or as compiled regions for decode
   steps of a few tokens where the compiled path is on (``fastdllm.kernels.compiled``).
@@ -23,11 +25,14 @@ import logging
 
 import torch
 
-from ..kernels import compiled
+from ..errors import ModelLoadError
+from ..kernels import native, onednn
 from ..kernels import stack as native_stack
+from ..kernels.compiled import CompiledKernels
 from ..model import Transformer
 from ..model.attention import AttentionFn
 from ..model.transformer import LayerRunner
+from ..options import RuntimeOptions
 from .packed_attention import PackedAttention
 
 log = logging.getLogger(__name__)
@@ -39,10 +44,16 @@ class TorchBackend:
     name = "torch"
     reads_row_tables = False  # only a native stack reads ``PackedAttention.row_table``
 
-    def __init__(self, model: Transformer, reason: str = ""):
+    def __init__(self, model: Transformer, options: RuntimeOptions | None = None, reason: str = ""):
         self.model = model
+        self.options = options or RuntimeOptions()
         self.reason = reason  # why this backend was chosen (reported once, ``describe``)
         self.fallbacks: dict[str, int] = {}  # calls a backend could not take itself, by reason
+        self.compiled = CompiledKernels(self.options.compile)
+        onednn.bind(model, self.options.onednn, self.compiled if self.compiled.enabled else None)
+        if self.compiled.enabled and any(hasattr(m, "lora_A") for m in model.modules()):
+            log.warning("fastdllm: unmerged LoRA layers are bypassed by the compiled decode path; "
+                        "load with merge=True")
 
     def describe(self) -> str:
         return self.name + (f" ({self.reason})" if self.reason else "")
@@ -57,13 +68,12 @@ class TorchBackend:
         """The compiled decode regions where they apply to this forward, else None (the model's eager
         layers). They apply to float32 inference on the CPU of at most ``compiled.MAX_ROWS`` tokens."""
         m = self.model
-        if (m.quantization is not None or m.device.type != "cpu" or m.dtype != torch.float32
-                or input_ids.numel() > compiled.MAX_ROWS or torch.is_grad_enabled() or not compiled.enabled()):
+        if m.quantization is not None or not self.compiled.applies_to_tokens(input_ids.numel(), m.dtype, m.device):
             return None
         n_q, n_kv = m.cfg.num_attention_heads, m.cfg.num_key_value_heads
 
         def run(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
-            return compiled.decode_layers(m.layers, x, cos, sin, attend, n_q, n_kv)  # [B, T, hidden]
+            return self.compiled.decode_layers(m.layers, x, cos, sin, attend, n_q, n_kv)  # [B, T, hidden]
         return run
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
@@ -92,8 +102,8 @@ class NativeStackBackend(TorchBackend):
     name = "native-stack"
     reads_row_tables = True
 
-    def __init__(self, model: Transformer, reason: str = ""):
-        super().__init__(model, reason)
+    def __init__(self, model: Transformer, options: RuntimeOptions | None = None, reason: str = ""):
+        super().__init__(model, options, reason)
         self.built_for: int | None = None  # the model's weights_version the stack was built from
         self.stack = None
 
@@ -149,11 +159,15 @@ class NativeStackBackend(TorchBackend):
 ForwardBackend = TorchBackend  # the interface every backend implements
 
 
-def select_backend(model: Transformer) -> ForwardBackend:
-    """The backend for ``model``'s engine forwards, with the reason for the choice."""
-    why = native_stack.unsupported(model)
+def select_backend(model: Transformer, options: RuntimeOptions | None = None) -> ForwardBackend:
+    """The backend for ``model``'s engine forwards under ``options`` (defaults when None), with the
+    reason for the choice (``backend.describe()``)."""
+    options = options or RuntimeOptions()
+    if options.native == "on" and model.quantization is not None and not native.available():
+        raise ModelLoadError(f"native='on' but fastdllm's native kernels cannot run: {native.why_unavailable()}")
+    why = "quant_stack=off" if not options.quant_stack else native_stack.unsupported(model)
     if why is None:
-        return NativeStackBackend(model, "int8/int4 layers on the native kernels")
+        return NativeStackBackend(model, options, "int8/int4 layers on the native kernels")
     if model.quantization is not None:  # a quantised model that could have taken the stack: say why not
-        return TorchBackend(model, f"no native stack: {why}")
-    return TorchBackend(model)
+        return TorchBackend(model, options, f"no native stack: {why}")
+    return TorchBackend(model, options, "compiled decode regions" if options.compile else "")

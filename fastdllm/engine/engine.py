@@ -72,6 +72,7 @@ class Engine:
             raise ValueError(f"steps_per_sync must be at least 1, got {steps_per_sync}")
         self.model = model
         self.runner = ModelRunner(model, backend=backend)  # the forward backend: ``select_backend`` when None
+        self.backend = self.runner.backend
         self.max_batch_size = max_batch_size
         self.steps_per_sync = steps_per_sync  # AR forwards a step may run between two reads
         self._last_decision: tuple[tuple, StepDecision] | None = None

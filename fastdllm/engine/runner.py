@@ -29,7 +29,7 @@ from .sequence import ForwardPlan
 class ModelRunner:
     def __init__(self, model: Transformer, packed: bool = True, backend: ForwardBackend | None = None):
         self.model = model
-        self.backend = backend or select_backend(model)
+        self.backend = backend or select_backend(model)  # default runtime options when none is given
         self.cfg = model.cfg
         self.cache: KVCache | None = None
         self.packed = packed

@@ -8,8 +8,11 @@ tokens in a forward, float32, inference, CPU) the layers run as compiled regions
 attention calls, the end of one layer fused with the start of the next, which also removes most per-op
 Python overhead.
 Compiling costs some seconds once per process, so it is opt-in: ``fastdllm.load(...,
-compile=True)``, ``--compile`` on the command line, or ``FASTDLLM_COMPILE=1``. Worth it for
-servers, benchmarks and long generations; a one-off short generation starts faster without.
+compile=True)`` (``RuntimeOptions.compile``), ``--compile`` on the command line, or
+``FASTDLLM_COMPILE=1``. Worth it for servers, benchmarks and long generations; a one-off short
+generation starts faster without. The switch is a ``CompiledKernels`` object per engine, built
+from its runtime options; what is process-wide is only the cache of compiled code (compiling is
+what costs) and whether ``torch.compile`` works on this machine at all.
 
 Linear layers outside these regions run on oneDNN (``onednn.py``).
 """
@@ -17,15 +20,13 @@ Linear layers outside these regions run on oneDNN (``onednn.py``).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 MAX_ROWS = 4
 _log = logging.getLogger(__name__)
-_compiled: dict[str, object] = {}
+_cache: dict[str, object] = {}  # compiled regions by name, and the toolchain probe: a cache, not a switch
 
 
 def _mv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -67,70 +68,63 @@ def _between(x, attn, o_w, o_b, norm2_w, eps: float, gu_w, gu_b, down_w, down_b,
 
 
 def _get(name: str, fn):
-    if name not in _compiled:
-        _compiled[name] = torch.compile(fn, dynamic=True) if enabled() else None
-    return _compiled[name]
+    if name not in _cache:
+        _cache[name] = torch.compile(fn, dynamic=True)
+    return _cache[name]
 
 
-def set_compile(on: bool) -> None:
-    """Turn the compiled decode path on or off for this process."""
-    _compiled.pop("enabled", None)
-    os.environ["FASTDLLM_COMPILE"] = "1" if on else "0"
+def compile_works() -> bool:
+    """Whether ``torch.compile`` works on this machine (probed once per process: a fact of the toolchain)."""
+    if "works" not in _cache:
+        try:  # a machine without a working C++ toolchain falls back to eager
+            torch.compile(_mv, dynamic=True)(torch.ones(1, 8), torch.ones(4, 8), None)
+            _cache["works"] = True
+        except Exception as e:  # pragma: no cover - depends on the toolchain
+            _log.warning("fastdllm: torch.compile unavailable (%s); decode steps run eagerly", e)
+            _cache["works"] = False
+    return bool(_cache["works"])
 
 
-def enabled() -> bool:
-    if "enabled" not in _compiled:
-        ok = os.environ.get("FASTDLLM_COMPILE", "0") == "1"
-        if ok:
-            try:  # a machine without a working C++ toolchain falls back to eager
-                torch.compile(_mv, dynamic=True)(torch.ones(1, 8), torch.ones(4, 8), None)
-            except Exception as e:  # pragma: no cover - depends on the toolchain
-                _log.warning("fastdllm: torch.compile unavailable (%s); decode steps run eagerly", e)
-                ok = False
-        _compiled["enabled"] = ok
-    return bool(_compiled["enabled"])
+class CompiledKernels:
+    """The compiled decode regions of one engine: on where its runtime options ask for them
+    (``RuntimeOptions.compile``) and ``torch.compile`` works here."""
 
+    def __init__(self, on: bool):
+        self.enabled = bool(on) and compile_works()
 
-def applies(x: torch.Tensor) -> bool:
-    """Whether a forward of ``x`` [..., H] takes the compiled decode path."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.shape[-1]
-            and not torch.is_grad_enabled() and enabled())
+    def applies(self, x: torch.Tensor) -> bool:
+        """Whether a forward of ``x`` [..., H] takes the compiled decode path."""
+        return (self.enabled and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled())
 
+    def applies_to_tokens(self, n_tokens: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """``applies`` for a forward of ``n_tokens`` tokens of a model in ``dtype`` on ``device``."""
+        return (self.enabled and device.type == "cpu" and dtype == torch.float32 and n_tokens <= MAX_ROWS
+                and not torch.is_grad_enabled())
 
-def pre_attention(*args):
-    return _get("pre", _pre_attention)(*args)
+    def decode_layers(self, layers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, n_q: int,
+                      n_kv: int) -> torch.Tensor:
+        """A model's decoder ``layers`` (each with ``pre_weights`` and ``post_weights``) for a few tokens,
+        as compiled regions between the attention calls: x [B, T, H], cos, sin [B, T, D] -> [B, T, H]."""
+        pre, between, post = _get("pre", _pre_attention), _get("between", _between), _get("post", _post_attention)
+        B, T, H = x.shape
+        rows = x.reshape(B * T, H)
+        cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
+        q, k, v = pre(rows, *layers[0].pre_weights(), cos, sin, n_q, n_kv)  # [BT, Hq, D], [BT, Hkv, D] x 2
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
+            out = out.reshape(B * T, -1)  # [BT, Hq * D]
+            if i < last:
+                nxt = layers[i + 1].pre_weights()
+                rows, q, k, v = between(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3], cos, sin, n_q, n_kv)
+            else:
+                rows = post(rows, out, *layer.post_weights())
+        return rows.view(B, T, H)
 
-
-def post_attention(*args):
-    return _get("post", _post_attention)(*args)
-
-
-def between_layers(*args):
-    return _get("between", _between)(*args)
-
-
-def decode_layers(layers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, n_q: int,
-                  n_kv: int) -> torch.Tensor:
-    """A model's decoder ``layers`` (each with ``pre_weights`` and ``post_weights``) for a few tokens,
-    as compiled regions between the attention calls: x [B, T, H], cos, sin [B, T, D] -> [B, T, H]."""
-    B, T, H = x.shape
-    rows = x.reshape(B * T, H)
-    cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
-    q, k, v = pre_attention(rows, *layers[0].pre_weights(), cos, sin, n_q, n_kv)
-    last = len(layers) - 1
-    for i, layer in enumerate(layers):
-        out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
-        out = out.reshape(B * T, -1)
-        if i < last:
-            nxt = layers[i + 1].pre_weights()
-            rows, q, k, v = between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3], cos, sin, n_q, n_kv)
-        else:
-            rows = post_attention(rows, out, *layer.post_weights())
-    return rows.view(B, T, H)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    if applies(x) and weight.dtype == torch.float32:
-        rows = x.reshape(-1, x.shape[-1])
-        return _get("mv", _mv)(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.linear``, as a compiled multiply-and-reduce where the decode path applies."""
+        if self.applies(x) and weight.dtype == torch.float32:
+            rows = x.reshape(-1, x.shape[-1])
+            return _get("mv", _mv)(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+        return F.linear(x, weight, bias)
