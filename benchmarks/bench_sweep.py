@@ -49,7 +49,8 @@ from fastdllm.model.config import ModelConfig  # noqa: E402
 from fastdllm.engine.kv_cache import KVCache  # noqa: E402
 from fastdllm.model import Transformer  # noqa: E402
 from fastdllm.engine.packed_attention import PackedAttention  # noqa: E402
-from fastdllm.kernels import cpu_info
+from fastdllm.kernels import cpu_info  # noqa: E402
+from fastdllm.engine.backend import select_backend  # noqa: E402
 from fastdllm.quant import quantize_model, set_activations  # noqa: E402
 
 # the real configs (hidden, intermediate, layers, heads, KV heads, vocabulary, tied embeddings)
@@ -110,10 +111,11 @@ def forward_ms(model, rows: int, context: int, repeats: int) -> float:
     pos = torch.arange(context, context + rows)[None]  # [1, T]
     logit_rows = torch.arange(rows - min(rows, SUB_BLOCK), rows)
     segments = [Segment(0, 0, rows, context, context + rows)]
+    backend = select_backend(model)  # the engine's forward (a quantised model's C++ layer stack)
     times = []
     for i in range(repeats + 1):  # one warm-up call
         t0 = time.perf_counter()
-        model(ids, pos, PackedAttention(cache, segments, model.attn_scale), logit_rows)
+        backend.forward(ids, pos, PackedAttention(cache, segments, model.attn_scale), logit_rows)
         if i:
             times.append(1e3 * (time.perf_counter() - t0))
     return min(times)

@@ -16,7 +16,9 @@ kernel switches (oneDNN, compiled regions) to the model's linear layers (``kerne
 A backend that cannot take a particular call (autograd on, attention that is not over the
 engine's packed pool, a layer that left the native kernels) runs it as ``TorchBackend`` would:
 these fallback rules live here, not in the model, and each reason is logged once and counted
-(``fallbacks``). Room is left for a CUDA-graph backend wrapping one of these.
+(``fallbacks``). Every forward passes ``forward`` or ``greedy_run`` here, so the backend is where
+the timing hooks are called and the forwards counted (``hooks.py``: ``hooks``, ``counters``).
+Room is left for a CUDA-graph backend wrapping one of these.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..model import Transformer
 from ..model.attention import AttentionFn
 from ..model.transformer import LayerRunner
 from ..options import RuntimeOptions
+from .hooks import EngineHooks, PerfCounters
 from .packed_attention import PackedAttention
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class TorchBackend:
         self.options = options or RuntimeOptions()
         self.reason = reason  # why this backend was chosen (reported once, ``describe``)
         self.fallbacks: dict[str, int] = {}  # calls a backend could not take itself, by reason
+        self.hooks = EngineHooks()  # no-op unless replaced (``Engine.hooks``)
+        self.counters = PerfCounters()
         self.compiled = CompiledKernels(self.options.compile)
         onednn.bind(model, self.options.onednn, self.compiled if self.compiled.enabled else None)
         if self.compiled.enabled and any(hasattr(m, "lora_A") for m in model.modules()):
@@ -76,20 +81,43 @@ class TorchBackend:
             return self.compiled.decode_layers(m.layers, x, cos, sin, attend, n_q, n_kv)  # [B, T, hidden]
         return run
 
-    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
-        """input_ids, positions [B, T] -> hidden states [B, T, hidden]."""
-        return self.model.hidden_states(input_ids, positions, attend, self.layer_runner(input_ids))
+    def run_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                   attend: AttentionFn) -> tuple[torch.Tensor, str]:
+        """input_ids, positions [B, T] -> (hidden states [B, T, hidden], the path that computed them)."""
+        layers = self.layer_runner(input_ids)
+        hidden = self.model.hidden_states(input_ids, positions, self.hooks.wrap_attention(attend), layers)
+        return hidden, "eager" if layers is None else "compiled"
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
                 logits_rows: torch.Tensor | None = None) -> torch.Tensor:
         """One packed forward: input_ids, positions [1, N] -> logits [R, vocab] of ``logits_rows`` (all when None)."""
-        return self.model.logits(self.hidden_states(input_ids, positions, attend), logits_rows)
+        n = input_ids.numel()
+        self.hooks.forward_start(n)
+        hidden, path = self.run_hidden(input_ids, positions, attend)  # [1, N, hidden]
+        logits = self.model.logits(hidden, logits_rows)  # [R, vocab]
+        self.counters.count_forward(1, path)
+        self.hooks.forward_end(n, 1, path)
+        return logits
+
+    def greedy_runner(self, attend: AttentionFn):
+        """A callable running greedy AR forwards in one call over ``attend``'s pool, or None where
+        this backend has none (the runner then runs the forwards one by one)."""
+        return None
 
     def greedy_run(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn, steps: int,
                    excluded: int | None) -> torch.Tensor | None:
-        """``steps`` greedy AR forwards in one call -> tokens [steps, N]; None where this backend has no
-        such call (the runner then runs the forwards one by one)."""
-        return None
+        """``steps`` greedy AR forwards, each fed the last one's picks (the first maximum of the logits
+        but column ``excluded``), in one call: input_ids, positions [1, N] of the first -> tokens
+        [steps, N]; None where this backend has no such call."""
+        run = self.greedy_runner(attend)
+        if run is None:
+            return None
+        n = input_ids.numel()
+        self.hooks.forward_start(n)
+        out = run(input_ids, positions, attend, steps, excluded)  # [steps, N]
+        self.counters.count_forward(steps, self.name)
+        self.hooks.forward_end(n, steps, self.name)
+        return out
 
 
 class NativeStackBackend(TorchBackend):
@@ -130,20 +158,20 @@ class NativeStackBackend(TorchBackend):
             return None
         return self.current_stack()
 
-    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+    def run_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                   attend: AttentionFn) -> tuple[torch.Tensor, str]:
         stack = self.stack_for(attend)
         if stack is None:
-            return super().hidden_states(input_ids, positions, attend)
+            return super().run_hidden(input_ids, positions, attend)
         x = self.model.embed_tokens(input_ids)  # [B, T, hidden]
         B, T, H = x.shape
         # rotary embedding, every layer and the final norm in one C++ call
-        return stack.forward(x.view(B * T, H), positions, attend.cache.data, attend.row_table()).view(B, T, H)
+        hidden = stack.forward(x.view(B * T, H), positions, attend.cache.data, attend.row_table())  # [B*T, hidden]
+        return hidden.view(B, T, H), self.name
 
-    def greedy_run(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn, steps: int,
-                   excluded: int | None) -> torch.Tensor | None:
-        """Embedding, layers, vocabulary projection and the greedy pick (the first maximum but column
-        ``excluded``) of ``steps`` forwards in one C++ call: input_ids, positions [1, N] of the first
-        -> tokens [steps, N]; None where the stack or a native vocabulary projection is not there."""
+    def greedy_runner(self, attend: AttentionFn):
+        """Embedding, layers, vocabulary projection and the greedy pick of several forwards in one C++
+        call (``QuantStack.greedy_run``); None where the stack or a native vocabulary projection is not there."""
         emb = self.model.embed_tokens.weight
         stack = self.stack_for(attend)
         if stack is None:
@@ -152,8 +180,11 @@ class NativeStackBackend(TorchBackend):
         if head is None or not emb.is_contiguous():
             self.fall_back("the vocabulary projection is not on a native kernel")
             return None
-        return stack.greedy_run(input_ids.reshape(-1), positions.reshape(-1), attend.cache.data, attend.row_table(),
-                                steps, emb, *head, -1 if excluded is None else excluded)
+
+        def run(input_ids, positions, attend, steps: int, excluded: int | None) -> torch.Tensor:
+            return stack.greedy_run(input_ids.reshape(-1), positions.reshape(-1), attend.cache.data,
+                                    attend.row_table(), steps, emb, *head, -1 if excluded is None else excluded)
+        return run
 
 
 ForwardBackend = TorchBackend  # the interface every backend implements

@@ -31,6 +31,7 @@ from .autoregressive import AutoregressivePlanner
 from .backend import ForwardBackend
 from .decision import StepDecision
 from .device import download
+from .hooks import EngineHooks, PerfCounters
 from .params import DecodeParams
 from .runner import ModelRunner
 from .sampling import GreedySampler
@@ -96,8 +97,33 @@ class Engine:
         while sched.has_work():
             yield self.step(sched)
 
+    @property
+    def hooks(self) -> EngineHooks:
+        """Called around each step and each backend forward (``hooks.py``; no-op by default)."""
+        return self.backend.hooks
+
+    @hooks.setter
+    def hooks(self, hooks: EngineHooks | None) -> None:
+        self.backend.hooks = hooks or EngineHooks()
+
+    @property
+    def counters(self) -> PerfCounters:
+        """Steps, tokens, times and forwards since the last ``counters.reset()``."""
+        return self.backend.counters
+
     def step(self, sched: Scheduler) -> StepEvent:
-        """One step: admissions, cancellations, and one packed forward of the scheduled work."""
+        """One step: admissions, cancellations, and one packed forward of the scheduled work (or a
+        run of AR forwards), between the hooks' ``step_start`` and ``step_end``."""
+        self.backend.hooks.step_start()
+        t0 = time.perf_counter()
+        event = self.run_step(sched)
+        tokens = event.forward_tokens * event.forwards if event.kind != "idle" else 0
+        self.backend.counters.count_step(event.kind, tokens, time.perf_counter() - t0)
+        self.backend.hooks.step_end(event)
+        return event
+
+    def run_step(self, sched: Scheduler) -> StepEvent:
+        """``step`` without the hooks and counters."""
         todo = sched.schedule()
         cache = self.runner.ensure_pool(sched.kv.size)
         for src, dst, n in todo.moves:
@@ -117,6 +143,7 @@ class Engine:
         picks = []
         if work:
             picks = self._decision(work).resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
+            self.backend.counters.reads += 1  # resolve's one read
         for (seq, plan), picked in zip(work, picks):
             if plan.kind == "prefill":
                 seq.prefill_plans.pop(0)
@@ -156,6 +183,7 @@ class Engine:
         decision = self._decision(work)
         picked = download(self.runner.run_steps([(s.kv_base, p) for s, p in work], run, decision.tokens,
                                                 decision.greedy_only, decision.greedy_mask))  # [run][N]
+        self.backend.counters.reads += 1
         for i, (seq, _) in enumerate(work):
             row = self._emit(seq, seq.planner.apply_run(seq, [step[i] for step in picked]), "decode", counted=False)
             rows.append(row)
