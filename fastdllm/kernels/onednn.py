@@ -65,7 +65,8 @@ class Linear(nn.Linear):
 
 
 def bind(model: nn.Module, onednn: bool, compiled: CompiledKernels | None) -> None:
-    """Point every ``Linear`` of ``model`` at these kernels (its engine's runtime options)."""
+    """Point every ``Linear`` of ``model`` at these kernels (its engine's runtime options). The
+    setting is the model's: a model shared by two engines runs with the last one's."""
     for m in model.modules():
         if isinstance(m, Linear):
             m.onednn, m.compiled = onednn, compiled
