@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 
 import fastdllm
-from fastdllm import precision
-from fastdllm.attention import Segment
+from fastdllm.kernels import precision
+from fastdllm.engine.cached_attention import Segment
 from fastdllm.errors import FastDLLMError
-from fastdllm.kv_cache import KVCache
-from fastdllm.packed_attention import PackedAttention
+from fastdllm.engine.kv_cache import KVCache
+from fastdllm.engine.packed_attention import PackedAttention
+from fastdllm.engine.backend import select_backend
 
 QUERY_TOKENS = (1, 8, 32)
 PATHS = ("float32", "bfloat16", "int8", "int4", "int4-gptq")
@@ -84,8 +85,9 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def forward_ms(model, tokens: int, context: int, repeats: int) -> float:
     """Median ms of one forward of ``tokens`` query tokens after ``context`` cached positions, with the
-    engine's attention back end (so an int8 model runs its C++ layer stack, ``quant/stack.py``)."""
+    engine's forward backend and attention (so an int8 model runs its C++ layer stack, ``kernels/stack.py``)."""
     cfg, dev = model.cfg, model.device
+    backend = select_backend(model)
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, context + tokens, cfg.head_dim, model.dtype, dev)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (1, tokens), generator=g).to(dev)  # [1, T]
@@ -96,7 +98,7 @@ def forward_ms(model, tokens: int, context: int, repeats: int) -> float:
     for i in range(repeats + 2):  # two warm-up calls (oneDNN repacking, allocations)
         _sync(dev)
         t0 = time.perf_counter()
-        model(ids, pos, PackedAttention(cache, segments, model.attn_scale), rows)
+        backend.forward(ids, pos, PackedAttention(cache, segments, model.attn_scale), rows)
         _sync(dev)
         if i >= 2:
             times.append(1e3 * (time.perf_counter() - t0))

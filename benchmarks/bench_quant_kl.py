@@ -35,7 +35,7 @@ from examples.word_problems import problems as P  # noqa: E402
 from examples.word_problems.build import encode  # noqa: E402
 from fastdllm.errors import FastDLLMError  # noqa: E402
 from fastdllm.quant import A8_SUFFIX, load_path, parse_quantized_list  # noqa: E402
-from fastdllm.reference import _forward  # noqa: E402
+from fastdllm.engine.reference import dense_forward  # noqa: E402
 
 
 def masked_inputs(tok, mask_id: int, block: int, n: int, seed: int, rate: float) -> list[list[int]]:
@@ -57,7 +57,7 @@ def masked_logprobs(model, inputs: list[list[int]], mask_id: int, block: int) ->
     out = []
     for ids in inputs:
         rows = torch.tensor([i - 1 for i in range(1, len(ids)) if ids[i] == mask_id], dtype=torch.long)
-        out.append(_forward(model, ids, block)[0].float().log_softmax(-1)[rows] if len(rows) else None)
+        out.append(dense_forward(model, ids, block)[0].float().log_softmax(-1)[rows] if len(rows) else None)
     return out
 
 
@@ -90,7 +90,7 @@ TEXTS = [
 @torch.no_grad()
 def causal_logprobs(model, inputs: list[list[int]]) -> list[torch.Tensor]:
     """Per text, the next-token log-probabilities at every position of one causal forward [T, V]."""
-    return [_forward(model, ids, None)[0].float().log_softmax(-1) for ids in inputs]
+    return [dense_forward(model, ids, None)[0].float().log_softmax(-1) for ids in inputs]
 
 
 def kl_rows(reference: list[torch.Tensor | None], other: list[torch.Tensor | None]) -> dict:

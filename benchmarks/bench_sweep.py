@@ -43,13 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fastdllm import precision  # noqa: E402
-from fastdllm.attention import Segment  # noqa: E402
-from fastdllm.config import ModelConfig  # noqa: E402
-from fastdllm.kv_cache import KVCache  # noqa: E402
+from fastdllm.kernels import precision  # noqa: E402
+from fastdllm.engine.cached_attention import Segment  # noqa: E402
+from fastdllm.model.config import ModelConfig  # noqa: E402
+from fastdllm.engine.kv_cache import KVCache  # noqa: E402
 from fastdllm.model import Transformer  # noqa: E402
-from fastdllm.packed_attention import PackedAttention  # noqa: E402
-from fastdllm.quant import cpu_info, quantize_model, set_activations  # noqa: E402
+from fastdllm.engine.packed_attention import PackedAttention  # noqa: E402
+from fastdllm.kernels import cpu_info  # noqa: E402
+from fastdllm.engine.backend import select_backend  # noqa: E402
+from fastdllm.quant import quantize_model, set_activations  # noqa: E402
 
 # the real configs (hidden, intermediate, layers, heads, KV heads, vocabulary, tied embeddings)
 SHAPES = {
@@ -109,10 +111,11 @@ def forward_ms(model, rows: int, context: int, repeats: int) -> float:
     pos = torch.arange(context, context + rows)[None]  # [1, T]
     logit_rows = torch.arange(rows - min(rows, SUB_BLOCK), rows)
     segments = [Segment(0, 0, rows, context, context + rows)]
+    backend = select_backend(model)  # the engine's forward (a quantised model's C++ layer stack)
     times = []
     for i in range(repeats + 1):  # one warm-up call
         t0 = time.perf_counter()
-        model(ids, pos, PackedAttention(cache, segments, model.attn_scale), logit_rows)
+        backend.forward(ids, pos, PackedAttention(cache, segments, model.attn_scale), logit_rows)
         if i:
             times.append(1e3 * (time.perf_counter() - t0))
     return min(times)
@@ -208,7 +211,7 @@ def weight_bytes(model) -> int:
 
 def peaks(quick: bool) -> dict:
     """The machine's measured float32 GEMM rate (torch), W8A8 integer rate (fastdllm, 32 rows) and read bandwidth."""
-    from fastdllm.quant import native
+    from fastdllm.kernels import native
 
     def best(f, n):
         f()
@@ -235,7 +238,7 @@ def gemm_table(shape: str, rows_list: list[int], repeats: int) -> dict:
     """Time of the layer products alone (one layer's qkv, o, gate_up and down, summed), per kernel
     and row count: best of ``repeats`` x 5 short calls, so a shared machine disturbs it less than
     whole forwards. ms and GOP/s (multiply-adds x 2)."""
-    from fastdllm.quant import native
+    from fastdllm.kernels import native
 
     cfg = ModelConfig.from_dict({**SHAPES[shape], "max_position_embeddings": 4096})
     H, I, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim

@@ -24,19 +24,24 @@ What is measured, per configuration (batch size x mode) and version, over ``--re
 runs after one warm-up run (the median run by step time is reported):
 
 - ``forwards_per_step``: model forwards per step (more than 1 where AR runs several per read);
-- ``step_ms``: thread CPU time of ``Engine.step`` per step (``time.thread_time``: CPU time of
+- ``step_ms``: thread CPU time of an engine step per step (``time.thread_time``: CPU time of
   the decoding thread, so time the process spends preempted on a busy machine is not counted;
   one torch thread, the default here, keeps all the work on that thread);
-- ``forward_ms``: thread CPU time inside ``Transformer.forward`` (the matrix work, attention,
-  the logits) and ``Transformer.greedy_run`` (a quantised model's greedy AR run: its forwards
-  and picks in one C++ call); ``attention_ms``: the part spent in the attention back end (0 with ``--quantize``
-  on the CPU, where attention runs inside the C++ layer stack);
+- ``forward_ms``: thread CPU time inside the forward backend's calls (the matrix work,
+  attention, the logits; for a quantised model's greedy AR run, its forwards and picks in one C++
+  call); ``attention_ms``: the part spent in the attention back end (0 with ``--quantize`` on
+  the CPU, where attention runs inside the C++ layer stack);
 - ``overhead_ms`` = step - forward: scheduling, planning, packing, sampling, the accept rule,
   bookkeeping, detokenisation; ``overhead_pct`` = its share of the step;
-- ``syncs_per_step``: device-to-host reads per step (calls of ``Tensor.tolist``, ``item``,
-  ``cpu``, ``numpy`` and ``int``/``float``/``bool``/``index`` conversions of a tensor);
+- ``syncs_per_step``: device-to-host reads per step, as the engine counts them
+  (``PerfCounters.reads``); ``forward_syncs_per_step`` stays in the JSON for its format and is
+  0 by construction (the runner uploads a forward's inputs first and the backend reads nothing back);
 - ``ops_outside`` / ``ops_forward``: aten operators dispatched per step outside / inside the
   forward (counted with a ``TorchDispatchMode`` in a separate run; machine independent).
+
+All of it comes from the engine's timing hooks (``fastdllm.engine.hooks``: around each step
+and each backend forward, and the attention callable of eager forwards) and its perf counters;
+nothing is patched. ``--baseline`` therefore needs a tree that has the hooks.
 
 ``--torch-profile`` adds a ``torch.profiler`` run and prints the operators with the most self
 CPU time outside the forward; ``--cprofile`` prints the Python functions with the most own time.
@@ -46,7 +51,6 @@ Prints a table and appends everything (settings, machine, git commit) to ``--out
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import importlib.util
 import json
@@ -67,12 +71,12 @@ sys.path.insert(0, str(ROOT))
 
 import fastdllm  # noqa: E402
 from fastdllm.api import LLM  # noqa: E402
-from fastdllm.config import ModelConfig  # noqa: E402
+from fastdllm.model.config import ModelConfig  # noqa: E402
 from fastdllm.loading import Checkpoint  # noqa: E402
+from fastdllm.options import RuntimeOptions  # noqa: E402
 
 MODES = {"diffusion": dict(mode="diffusion"), "diffusion-cache": dict(mode="diffusion", use_block_cache=True),
          "ar": dict(mode="ar")}
-SYNC_METHODS = ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
 
 
 def import_tree(tree: Path, name: str = "fastdllm_baseline"):
@@ -82,14 +86,12 @@ def import_tree(tree: Path, name: str = "fastdllm_baseline"):
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[name] = pkg
     spec.loader.exec_module(pkg)
-    for sub in ("api", "config", "loading", "model", "engine.engine"):
+    for sub in ("api", "model.config", "loading", "model", "engine.engine", "options"):
         importlib.import_module(f"{name}.{sub}")
-    kernels = "cpu_kernels" if (init.parent / "cpu_kernels.py").is_file() else "kernels"  # renamed since
-    importlib.import_module(f"{name}.{kernels}")
     return pkg
 
 
-def default_model(lm_scale: float, seed: int = 0) -> LLM:
+def default_model(lm_scale: float, runtime: RuntimeOptions, seed: int = 0) -> LLM:
     spec = importlib.util.spec_from_file_location("wp_build", ROOT / "examples" / "word_problems" / "build.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules["wp_build"] = build  # its dataclasses look their module up
@@ -103,7 +105,7 @@ def default_model(lm_scale: float, seed: int = 0) -> LLM:
         model.lm_head.weight.mul_(lm_scale)
         model.lm_head.weight[raw["mask_token_id"]].zero_()
     cfg = ModelConfig.from_dict(raw)
-    return LLM(Checkpoint(model, cfg, None, Path("."), {}))
+    return LLM(Checkpoint(model, cfg, None, Path("."), {}), runtime=runtime)
 
 
 def same_model_in(pkg, llm: LLM):
@@ -112,121 +114,72 @@ def same_model_in(pkg, llm: LLM):
     if llm.model.quantization:
         if not llm.checkpoint.path.is_dir():
             raise SystemExit("--baseline with --quantize needs a checkpoint directory (--model DIR)")
-        return pkg.load(str(llm.checkpoint.path), quantize=llm.model.quantization, dtype=llm.model.dtype)
-    cfg = pkg.config.ModelConfig.from_dict(llm.config.raw)
+        return pkg.load(str(llm.checkpoint.path), quantize=llm.model.quantization, dtype=llm.model.dtype,
+                        runtime=pkg.options.RuntimeOptions(**vars(llm.runtime)))
+    cfg = pkg.model.config.ModelConfig.from_dict(llm.config.raw)
     model = pkg.model.Transformer(cfg).to(llm.model.dtype).eval()
     model.load_state_dict(llm.model.state_dict())
     ckpt = llm.checkpoint
     return pkg.api.LLM(pkg.loading.Checkpoint(model, cfg, ckpt.tokenizer, ckpt.path, ckpt.generation_config),
-                       mask_token_id=llm.mask_token_id)
-
-
-class TimedAttention:
-    """An attention back end whose calls add their thread CPU time to ``meter.attention_cpu``.
-
-    Everything else (``row_table``, ``cache``: what a quantised model's C++ layer stack reads) is
-    the wrapped back end's, so the model takes the same path as unmeasured; attention inside the
-    stack is then part of the forward, not timed apart.
-    """
-
-    def __init__(self, attend, meter):
-        self._attend, self._meter = attend, meter
-
-    def __call__(self, *args):
-        t0 = time.thread_time()
-        try:
-            return self._attend(*args)
-        finally:
-            self._meter.attention_cpu += time.thread_time() - t0
-
-    def __getattr__(self, name):
-        return getattr(self._attend, name)
+                       mask_token_id=llm.mask_token_id, runtime=pkg.options.RuntimeOptions(**vars(llm.runtime)))
 
 
 class Meter:
-    """Thread CPU time and device-to-host reads, inside and outside the model forward."""
+    """Engine hooks (``fastdllm.engine.hooks.EngineHooks``' methods) that add up thread CPU time
+    inside and outside the backend's forwards, and in attention."""
 
     def __init__(self):
         self.reset()
-        self.inside = 0  # depth of Transformer.forward
+        self.inside = 0  # depth of backend forwards (read by OpCounter)
 
     def reset(self):
         self.steps = self.forwards = 0
         self.step_cpu = self.forward_cpu = self.attention_cpu = 0.0
         self.syncs = self.forward_syncs = 0
+        self.step_t0 = self.forward_t0 = 0.0
+
+    def step_start(self):
+        self.step_t0 = time.thread_time()
+
+    def step_end(self, event):
+        self.step_cpu += time.thread_time() - self.step_t0
+        self.steps += 1
+
+    def forward_start(self, tokens):
+        self.inside += 1
+        self.forward_t0 = time.thread_time()
+
+    def forward_end(self, tokens, forwards, path):
+        self.forward_cpu += time.thread_time() - self.forward_t0
+        self.forwards += forwards
+        self.inside -= 1
+
+    def wrap_attention(self, attend):
+        def timed(*args):
+            t0 = time.thread_time()
+            try:
+                return attend(*args)
+            finally:
+                self.attention_cpu += time.thread_time() - t0
+        return timed
 
     @contextmanager
-    def installed(self, packages):
-        meter = self
-        classes = [(p.engine.engine.Engine, p.model.Transformer) for p in packages]
-        saved = [(e, t, e.step, t.forward) for e, t in classes]
-        runs = [(t, t.greedy_run) for _, t in classes if hasattr(t, "greedy_run")]
-        methods = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
-        own = {m for m in SYNC_METHODS if m in vars(torch.Tensor)}  # the others are inherited: delete to restore
-
-        def timed_step(orig):
-            def step(engine, sched):
-                t = time.thread_time()
-                try:
-                    return orig(engine, sched)
-                finally:
-                    meter.step_cpu += time.thread_time() - t
-                    meter.steps += 1
-            return step
-
-        @contextlib.contextmanager
-        def forward_time():  # CPU time inside a forward (the syncs it makes count as the forward's)
-            t = time.thread_time()
-            meter.inside += 1
-            try:
-                yield
-            finally:
-                meter.inside -= 1
-                meter.forward_cpu += time.thread_time() - t
-
-        def timed_forward(orig):
-            def forward(model, input_ids, positions, attend, logits_rows=None):
-                with forward_time():
-                    meter.forwards += 1
-                    return orig(model, input_ids, positions, TimedAttention(attend, meter), logits_rows)
-            return forward
-
-        def timed_run(orig):  # several forwards in one C++ call (greedy AR runs): all of it is forward time
-            def greedy_run(model, input_ids, positions, attend, steps, excluded):
-                with forward_time():
-                    out = orig(model, input_ids, positions, attend, steps, excluded)
-                    if out is not None:
-                        meter.forwards += steps
-                    return out
-            return greedy_run
-
-        def counting(orig):
-            def f(self, *a, **k):
-                if meter.inside:
-                    meter.forward_syncs += 1
-                else:
-                    meter.syncs += 1
-                return orig(self, *a, **k)
-            return f
-
-        for e, t, step, forward in saved:
-            e.step, t.forward = timed_step(step), timed_forward(forward)
-        for t, run in runs:
-            t.greedy_run = timed_run(run)
-        for m, orig in methods.items():
-            setattr(torch.Tensor, m, counting(orig))
+    def installed(self, versions: dict):
+        """These hooks on every version's engine; the engine's read counter reset with them."""
+        for llm in versions.values():
+            if not hasattr(llm.engine, "hooks"):
+                raise SystemExit("this fastdllm has no engine hooks (fastdllm.engine.hooks): --baseline needs a "
+                                 "tree that has them")
+            llm.engine.hooks = self
         try:
             yield self
         finally:
-            for e, t, step, forward in saved:
-                e.step, t.forward = step, forward
-            for t, run in runs:
-                t.greedy_run = run
-            for m in SYNC_METHODS:
-                if m in own:
-                    setattr(torch.Tensor, m, methods[m])
-                else:
-                    delattr(torch.Tensor, m)
+            for llm in versions.values():
+                llm.engine.hooks = None
+
+
+def reads(llm) -> int:
+    return llm.engine.counters.reads
 
 
 class OpCounter(TorchDispatchMode):
@@ -267,7 +220,7 @@ def summary(runs: list[dict], counter: OpCounter, op_steps: int) -> dict:
                 wall_ms=1e3 * run["wall"] / n)
 
 
-def measure(versions: dict, packages: list, batch: int, mode: str, args) -> dict:  # noqa: C901
+def measure(versions: dict, batch: int, mode: str, args) -> dict:  # noqa: C901
     """Each version's numbers for one configuration; runs alternate between versions."""
     some = next(iter(versions.values()))
     prompts = prompts_for(some.config.vocab_size, batch, args.prompt_len)
@@ -278,16 +231,17 @@ def measure(versions: dict, packages: list, batch: int, mode: str, args) -> dict
     meter = Meter()
     runs: dict[str, list[dict]] = {label: [] for label in versions}
     out = {}
-    with meter.installed(packages):
+    with meter.installed(versions):
         for _ in range(args.repeats):
             for label, llm in versions.items():
                 meter.reset()
+                read0 = reads(llm)
                 t = time.perf_counter()
                 res = llm.generate(prompts, **kw)
                 runs[label].append(dict(steps=meter.steps, forwards=meter.forwards, step_cpu=meter.step_cpu,
-                                        forward_cpu=meter.forward_cpu, attention_cpu=meter.attention_cpu, syncs=meter.syncs,
-                                        forward_syncs=meter.forward_syncs, wall=time.perf_counter() - t,
-                                        tokens=sum(len(r.token_ids) for r in res)))
+                                        forward_cpu=meter.forward_cpu, attention_cpu=meter.attention_cpu,
+                                        syncs=reads(llm) - read0, forward_syncs=meter.forward_syncs,
+                                        wall=time.perf_counter() - t, tokens=sum(len(r.token_ids) for r in res)))
         for label, llm in versions.items():
             meter.reset()
             counter = OpCounter(meter)
@@ -311,23 +265,43 @@ def measure(versions: dict, packages: list, batch: int, mode: str, args) -> dict
     return out
 
 
+class ForwardSpans:
+    """Engine hooks that mark each backend forward as a ``model.forward`` span for torch.profiler."""
+
+    def __init__(self):
+        from torch.profiler import record_function
+
+        self.record_function = record_function
+        self.open = None
+
+    def step_start(self):
+        pass
+
+    def step_end(self, event):
+        pass
+
+    def forward_start(self, tokens):
+        self.open = self.record_function("model.forward")
+        self.open.__enter__()
+
+    def forward_end(self, tokens, forwards, path):
+        self.open.__exit__(None, None, None)
+        self.open = None
+
+    def wrap_attention(self, attend):
+        return attend
+
+
 def torch_profile(llm, prompts, kw) -> list[dict]:
     """Operators with the most self CPU time outside the forward (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
 
-    cls = type(llm.model)
-    saved = cls.forward
-
-    def forward(model, *a, **k):
-        with record_function("model.forward"):
-            return saved(model, *a, **k)
-
-    cls.forward = forward
+    llm.engine.hooks = ForwardSpans()
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             llm.generate(prompts, **kw)
     finally:
-        cls.forward = saved
+        llm.engine.hooks = None
     events = prof.events()
     spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == "model.forward"]
     totals: dict[str, list[float]] = {}
@@ -360,7 +334,7 @@ def main() -> int:
     p.add_argument("--lm-scale", type=float, default=40.0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.cpu_kernels)")
+    p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.kernels.compiled)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="weight-only quantisation (on the CPU: fastdllm's kernels and C++ layer stack)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")
@@ -373,15 +347,17 @@ def main() -> int:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    runtime = RuntimeOptions.from_env(compile=args.compile)  # the compiled decode path: a runtime option
     if args.model == "default":
-        llm = default_model(args.lm_scale)
+        llm = default_model(args.lm_scale, runtime)
         llm.model.to(getattr(torch, args.dtype))
         if args.quantize:
             from fastdllm.quant import quantize_model
 
             quantize_model(llm.model, args.quantize)
+        llm = LLM(llm.checkpoint, runtime=runtime)  # the backend is chosen for the model as it is now
     else:
-        llm = fastdllm.load(args.model, dtype=args.dtype, quantize=args.quantize)
+        llm = fastdllm.load(args.model, dtype=args.dtype, quantize=args.quantize, runtime=runtime)
     packages = {git_commit(ROOT): fastdllm}
     versions = {git_commit(ROOT): llm}
     if args.baseline and args.steps_per_sync and len(args.steps_per_sync) > 1:
@@ -391,12 +367,10 @@ def main() -> int:
         packages = {"before": base, "after": fastdllm}
         versions = {"before": same_model_in(base, llm), "after": llm}
     elif args.steps_per_sync and len(args.steps_per_sync) > 1:
-        versions = {f"sync/{k}": LLM(llm.checkpoint, mask_token_id=llm.mask_token_id, steps_per_sync=k)
+        versions = {f"sync/{k}": LLM(llm.checkpoint, mask_token_id=llm.mask_token_id, steps_per_sync=k, runtime=runtime)
                     for k in args.steps_per_sync}
     elif args.steps_per_sync:
         llm.engine.steps_per_sync = args.steps_per_sync[0]
-    for pkg in packages.values():
-        (getattr(pkg, "cpu_kernels", None) or pkg.kernels).set_compile(args.compile)
     for version in versions.values():
         version.engine.max_batch_size = max(args.batch)
     from fastdllm.quant import QuantLinear
@@ -416,7 +390,7 @@ def main() -> int:
     results = []
     for batch in args.batch:
         for mode in args.modes:
-            for label, r in measure(versions, list(packages.values()), batch, mode, args).items():
+            for label, r in measure(versions, batch, mode, args).items():
                 results.append(r)
                 print(f"{batch:>5} {mode:<16} {label:<8} {r['steps']:>5} {r['forwards_per_step']:>8.2f} "
                       f"{r['tokens_per_step']:>8.2f} "

@@ -7,7 +7,7 @@
 
 from .api import LLM, GenerationResult, GenerationStats, load
 from .errors import FastDLLMError, InvalidRequestError, ModelLoadError, UnsupportedModelError
-from .sampling import SamplingParams
+from .engine.sampling import SamplingParams
 
 __version__ = "0.1.0"
 __all__ = ["LLM", "GenerationResult", "GenerationStats", "load", "FastDLLMError", "InvalidRequestError",

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import torch
 
-from .config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
+from .engine.backend import select_backend
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
 from .engine.options import DecodeOptions, ModelFacts, context_cap, merge, resolve
@@ -17,6 +17,8 @@ from .engine.sequence import Request, Sequence
 from .errors import InvalidRequestError
 from .loading import Checkpoint
 from .loading.plan import load_planned, plan_load
+from .model.config import MASK_TOKEN, RELEASED_MASK_ID, ModelConfig
+from .options import RuntimeOptions
 
 Prompt = str | list[int] | list[dict]
 
@@ -61,14 +63,16 @@ class LLM:
     """A loaded model ready to generate. Build it with ``fastdllm.load``."""
 
     def __init__(self, checkpoint: Checkpoint, mask_token_id: int | None = None, max_batch_size: int = 8,
-                 steps_per_sync: int = 8):
+                 steps_per_sync: int = 8, runtime: RuntimeOptions | None = None):
         self.checkpoint = checkpoint
+        self.runtime = runtime or RuntimeOptions()  # the effective runtime options (``fastdllm.options``)
         self.model = checkpoint.model
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
         self.generation_config = checkpoint.generation_config
         self._mask_token_id = mask_token_id
-        self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+        self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+                             backend=select_backend(self.model, self.runtime))
 
     # ---- defaults read from the checkpoint -------------------------------------------------
     @property
@@ -212,7 +216,8 @@ class LLM:
 def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
          mask_token_id: int | None = None, max_batch_size: int = 8, revision: str | None = None,
          compile: bool | None = None, adapter: str | None = None, quantize: str | None = "auto",
-         calibration: str | list[str] | None = None, steps_per_sync: int = 8) -> LLM:
+         calibration: str | list[str] | None = None, steps_per_sync: int = 8,
+         runtime: RuntimeOptions | None = None) -> LLM:
     """Load a checkpoint directory, a .gguf file, a Hugging Face Hub id or a named model.
 
     With no ``model``, the embedded default: the block-diffusion word-problem model that ships
@@ -222,7 +227,7 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     ``dtype``: ``"auto"`` (the default) is bfloat16 on CUDA and float32 on the CPU; or
     ``float32``, ``bfloat16``, ``float16``, ``float64``. On a CPU without native bfloat16
     (x86 ``avx512_bf16`` or AMX), where bfloat16 is slower than float32, ``bfloat16`` runs in
-    float32 instead, with one logged warning (``fastdllm.precision``); ``llm.model.dtype``
+    float32 instead, with one logged warning (``fastdllm.kernels.precision``); ``llm.model.dtype``
     says what was chosen.
 
     ``quantize``: ``"auto"`` (the default) keeps what the file holds: a GGUF file with Q4_0/Q4_1
@@ -239,29 +244,33 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
 
-    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.cpu_kernels``): a few
+    ``compile=True`` turns on the compiled CPU decode path (see ``fastdllm.kernels.compiled``): a few
     seconds of compilation once per process, then faster decode steps.
+
+    ``runtime``: the kernels' and the forward backend's switches (``fastdllm.options.RuntimeOptions``:
+    native kernels, the quantised layer stack, oneDNN, compile, threads); default: from the
+    environment (``RuntimeOptions.from_env``), with ``compile`` over it when given. The effective
+    options are ``llm.runtime``; the backend chosen is ``llm.engine.backend``.
 
     ``steps_per_sync``: AR forwards run back to back before their tokens are read (the engine's
     multi-step decoding, ``fastdllm.engine.engine``): the same tokens, less per-token work on the
     host; 1 reads after every forward. Block diffusion reads after every forward regardless.
     """
+    runtime = (runtime or RuntimeOptions.from_env()).replace(**({} if compile is None else {"compile": compile}))
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)  # torch's thread pool is process-wide by its design
     t0 = time.perf_counter()
-    plan = plan_load(model, dtype, device, revision, adapter, quantize, calibration)
-    if compile is not None:
-        from . import cpu_kernels
-
-        cpu_kernels.set_compile(compile)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # tokenizer loading complains about the custom model_type
+    plan = plan_load(model, dtype, device, revision, adapter, quantize, calibration, runtime.native != "off")
     ckpt = load_planned(plan)
-    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+    llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+              runtime=runtime)
     if plan.gptq:
         from .quant import quantize_model
         from .quant.gptq import gptq_weights
 
-        quantize_model(ckpt.model, "int4", plan.dtype, weights=gptq_weights(llm, plan.calibration))
-        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync)
+        quantize_model(ckpt.model, "int4", plan.dtype, weights=gptq_weights(llm, plan.calibration),
+                       use_native=plan.use_native)
+        llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
+                  runtime=runtime)
     llm.load_seconds = time.perf_counter() - t0
     return llm

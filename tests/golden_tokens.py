@@ -23,7 +23,7 @@ import torch
 
 import fastdllm
 from fastdllm import models
-from fastdllm.quant import native
+from fastdllm.kernels import native
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_tokens.json"
 

@@ -33,8 +33,8 @@ FAKE_MODELING = '''"""Stand-in for the released modeling.py: fastdllm's naive or
 import torch
 
 import fastdllm
-from fastdllm.reference import naive_block_diffusion
-from fastdllm.sampling import greedy
+from fastdllm.engine.reference import naive_block_diffusion
+from fastdllm.engine.sampling import greedy
 
 from .configuration import Fast_dLLM_QwenConfig  # the released files import each other relatively
 

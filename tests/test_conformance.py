@@ -9,8 +9,8 @@ import json
 import pytest
 
 import fastdllm
-from fastdllm.reference import naive_block_diffusion
-from fastdllm.sampling import greedy
+from fastdllm.engine.reference import naive_block_diffusion
+from fastdllm.engine.sampling import greedy
 from tests.helpers import CONFORMANCE_DIR
 
 

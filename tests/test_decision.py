@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdllm
 from fastdllm.engine.decision import StepDecision
-from fastdllm.sampling import SamplingParams, argmax_excluding, greedy, greedy_pick, make_sampler
+from fastdllm.engine.sampling import SamplingParams, argmax_excluding, greedy, greedy_pick, make_sampler
 from tests.helpers import CONFORMANCE_DIR
 from tests.test_engine import MASK, prompt_of, random_llm
 

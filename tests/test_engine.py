@@ -7,11 +7,11 @@ import torch
 
 import fastdllm
 from fastdllm.api import LLM
-from fastdllm.config import ModelConfig
+from fastdllm.model.config import ModelConfig
 from fastdllm.loading import Checkpoint
 from fastdllm.model import Transformer
-from fastdllm.reference import naive_autoregressive, naive_block_diffusion
-from fastdllm.sampling import SamplingParams, make_sampler
+from fastdllm.engine.reference import naive_autoregressive, naive_block_diffusion
+from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import CONFORMANCE_DIR
 
 CONFORMANCE = CONFORMANCE_DIR / "model"

@@ -13,8 +13,8 @@ import pytest
 import fastdllm
 from fastdllm.api import LLM
 from fastdllm.engine.engine import Engine
-from fastdllm.reference import naive_autoregressive
-from fastdllm.sampling import SamplingParams, make_sampler
+from fastdllm.engine.reference import naive_autoregressive
+from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 from tests.test_engine import EOS, prompt_of, random_llm
 
@@ -140,22 +140,23 @@ def quant_dir(tmp_path_factory):
 def test_quantised_greedy_runs_in_one_call(quant_dir, mode, monkeypatch):
     """Greedy runs of a quantised model go through ``QuantStack.greedy_run`` (embedding, layers,
     projection and pick in C++): the same tokens as the stack's one forward per step."""
-    from fastdllm.model import Transformer
+    from fastdllm.engine.backend import NativeStackBackend
 
     prompts = [prompt_of(n, vocab=500) for n in (6, 30)]
     kw = dict(max_new_tokens=33, stop_token_ids=[], mode="ar")
     one = fastdllm.load(str(quant_dir), quantize=mode, steps_per_sync=1)
     run = fastdllm.load(str(quant_dir), quantize=mode, steps_per_sync=8)
     expected = [r.token_ids for r in one.generate(prompts, **kw)]
+    assert run.engine.runner.backend.name == "native-stack"
     calls = {"forward": 0, "greedy_run": 0}
     for name in calls:
-        orig = getattr(Transformer, name)
+        orig = getattr(NativeStackBackend, name)
 
         def counted(self, *a, _orig=orig, _name=name, **k):
             out = _orig(self, *a, **k)
             calls[_name] += out is not None
             return out
-        monkeypatch.setattr(Transformer, name, counted)
+        monkeypatch.setattr(NativeStackBackend, name, counted)
     assert [r.token_ids for r in run.generate(prompts, **kw)] == expected
     assert calls == {"forward": 1, "greedy_run": 4}  # both prompts in one prefill; 32 tokens = 4 runs of 8
 

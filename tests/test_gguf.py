@@ -15,7 +15,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-from fastdllm.attention import DenseAttention, causal_mask  # noqa: E402
+from fastdllm.model.attention import DenseAttention, causal_mask  # noqa: E402
 from fastdllm.errors import ModelLoadError, UnsupportedModelError  # noqa: E402
 from fastdllm.loading import load_checkpoint  # noqa: E402
 from fastdllm.loading.gguf import read_gguf  # noqa: E402
@@ -335,7 +335,7 @@ def test_auto_keeps_a_q4_files_codes_and_dequantises_the_rest(tmp_path, caplog):
     """quantize="auto" (the default of ``fastdllm.load`` and the CLI): a GGUF holding Q4 blocks loads
     as int4 with its own codes where the native kernels run; anything else, or quantize="none", does not."""
     import fastdllm
-    from fastdllm.quant import native
+    from fastdllm.kernels import native
 
     q4 = write_gguf(tmp_path / "q4.gguf", tiny_hf_model("llama"), "llama", Q.Q4_1, tokenizer=False)
     f32 = write_gguf(tmp_path / "f32.gguf", tiny_hf_model("llama"), "llama", Q.F32, tokenizer=False)

@@ -12,7 +12,7 @@ from fastdllm.errors import ModelLoadError
 from fastdllm.loading import load_checkpoint
 from fastdllm.quant import Int4Linear, Int4Weight, Int8Linear, layer_mode, linear_names
 from fastdllm.quant.gptq import CALIBRATION_PROMPTS, HessianCollector, gptq_int4, read_prompts
-from fastdllm.reference import _forward
+from fastdllm.engine.reference import dense_forward
 from tests.helpers import make_tiny_checkpoint, make_tiny_word_checkpoint
 
 
@@ -105,7 +105,7 @@ def word_ckpt(tmp_path_factory):
 
 @torch.no_grad()
 def block_logits(model, ids: list[int]) -> torch.Tensor:
-    return _forward(model, ids, 32)[0]  # the oracle's forward: block-causal mask, blocks of 32
+    return dense_forward(model, ids, 32)[0]  # the oracle's forward: block-causal mask, blocks of 32
 
 
 def test_load_int4_gptq_tiny(word_ckpt):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdllm.quant import Int8Linear, Int8Weight, native, quantize_model, set_activations
-from fastdllm.quant import cpu_info  # noqa: E402
+from fastdllm.kernels import cpu_info, native
+from fastdllm.quant import Int8Linear, Int8Weight, quantize_model, set_activations
 from tests.test_engine import prompt_of, random_llm
 from tests.test_quant import (STACK_PARTS, assert_near_oracle, ckpts, needs_native,  # noqa: F401 (fixture)
                               packed_forward)
@@ -104,9 +104,9 @@ def test_quant_stack_with_int8_activations(ckpts, family):  # noqa: F811
 
     model = load_checkpoint(ckpts[family], quantize="int8").model
     assert set_activations(model, "int8") == 4 * model.cfg.num_hidden_layers + 1
-    eager, eager_cache = packed_forward(model, STACK_PARTS, stack=False)
-    fused, fused_cache = packed_forward(model, STACK_PARTS, stack=True)
-    assert model._quant_stack
+    eager, eager_cache, _ = packed_forward(model, STACK_PARTS, stack=False)
+    fused, fused_cache, backend = packed_forward(model, STACK_PARTS, stack=True)
+    assert backend.stack and not backend.fallbacks
     assert not fused.isnan().any()
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fused_cache.data.nan_to_num(), eager_cache.data.nan_to_num(), rtol=1e-4, atol=1e-4)

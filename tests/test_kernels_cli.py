@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from fastdllm.cli.main import main
-from fastdllm.quant import cpu_info, native
+from fastdllm.kernels import cpu_info, native
 
 
 def test_status_names_the_isa_the_compiler_and_a_kernel_per_path(capsys):
@@ -18,7 +18,7 @@ def test_status_names_the_isa_the_compiler_and_a_kernel_per_path(capsys):
         assert word in out
     for path in ("float32", "bfloat16", "int8", "int8, int8 activations", "int4"):
         assert f"\n  {path} " in out
-    if native._built():
+    if native.built():
         assert f"fastdllm W8A8, {cpu_info.w8a8_isa()}" in out and "fallback" not in out
 
 
@@ -34,7 +34,7 @@ def test_w8a8_path_follows_the_cpu_flags(monkeypatch):
 def no_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     monkeypatch.setattr(native, "_state", {})  # nothing loaded yet in this process's view
-    monkeypatch.setattr(native, "_built", lambda: False)  # and no cached build to load
+    monkeypatch.setattr(native, "built", lambda: False)  # and no cached build to load
 
 
 def test_status_without_a_compiler_says_the_fallback_once(no_compiler, capsys):
@@ -46,7 +46,7 @@ def test_status_without_a_compiler_says_the_fallback_once(no_compiler, capsys):
 
 
 def test_no_compiler_means_one_warning_and_torchs_kernels(no_compiler, caplog):
-    with caplog.at_level(logging.WARNING, logger="fastdllm.quant.native"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm.kernels.native"):
         assert native.kernels() is None
         assert native.kernels() is None  # asked again: decided once, not warned again
     warnings = [r.getMessage() for r in caplog.records]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fastdllm.attention import DenseAttention, causal_mask
-from fastdllm.config import ModelConfig
+from fastdllm.model.attention import DenseAttention, causal_mask
+from fastdllm.model.config import ModelConfig
 from fastdllm.errors import ModelLoadError, UnsupportedModelError
 from fastdllm.loading import load_checkpoint
 from fastdllm.loading.weights import expected_hf_shapes

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from fastdllm.attention import CachedAttention, DenseAttention, Segment, block_causal_mask, causal_mask
-from fastdllm.kv_cache import KVCache
+from fastdllm.engine.cached_attention import CachedAttention, Segment
+from fastdllm.model.attention import DenseAttention, block_causal_mask, causal_mask
+from fastdllm.engine.kv_cache import KVCache
 from fastdllm.loading import load_checkpoint
 from tests.helpers import hf_logits, hf_reference_model, make_tiny_checkpoint, random_ids
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdllm.attention import CachedAttention, Segment, block_causal_mask, causal_mask
-from fastdllm.kv_cache import KVCache
-from fastdllm.packed_attention import PackedAttention
+from fastdllm.engine.cached_attention import CachedAttention, Segment
+from fastdllm.model.attention import block_causal_mask, causal_mask
+from fastdllm.engine.kv_cache import KVCache
+from fastdllm.engine.packed_attention import PackedAttention
 
 HQ, HKV, D, LAYERS, SLOTS, LEN = 4, 2, 8, 2, 2, 200
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdllm
-from fastdllm import cpu_kernels, precision
-from fastdllm.attention import DenseAttention, causal_mask
+from fastdllm.kernels import onednn, precision
+from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.cli.main import main
 from fastdllm.loading import load_checkpoint, parse_dtype
 from tests.helpers import make_tiny_checkpoint, random_ids
@@ -143,10 +143,10 @@ def test_bfloat16_logits_close_to_float32(ckpt):
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
 
 
-@pytest.mark.skipif(not cpu_kernels.onednn_available(BF16), reason="oneDNN has no bfloat16 linear on this CPU")
+@pytest.mark.skipif(not onednn.onednn_available(BF16), reason="oneDNN has no bfloat16 linear on this CPU")
 def test_onednn_bfloat16_linear_matches_f_linear():
     torch.manual_seed(0)
-    lin = cpu_kernels.Linear(96, 320).to(BF16)
+    lin = onednn.Linear(96, 320).to(BF16)
     x = torch.randn(40, 96, dtype=BF16)
     with torch.inference_mode():
         y = lin(x)

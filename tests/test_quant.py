@@ -10,14 +10,16 @@ import torch.nn.functional as F
 
 import fastdllm
 from fastdllm.api import LLM
-from fastdllm.attention import DenseAttention, causal_mask
+from fastdllm.engine.backend import NativeStackBackend, TorchBackend, select_backend
 from fastdllm.errors import ModelLoadError
+from fastdllm.kernels import native
 from fastdllm.loading import Checkpoint, load_checkpoint
-from fastdllm.quant import native
+from fastdllm.model.attention import DenseAttention, causal_mask
+from fastdllm.options import RuntimeOptions
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
                             parse_quantized_list, quantize_model, quantized_linear)
-from fastdllm.reference import naive_autoregressive
-from fastdllm.sampling import SamplingParams, make_sampler
+from fastdllm.engine.reference import naive_autoregressive
+from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, random_ids
 from tests.test_engine import EOS, oracle, prompt_of, random_llm
 
@@ -164,15 +166,11 @@ def test_int8_layer_uses_the_native_kernel_for_float32_models_only():
         assert bf16(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_int8_falls_back_to_torchs_kernel_without_the_native_one(monkeypatch, caplog):
-    """FASTDLLM_NATIVE=0 (or no compiler / AVX2): a warning, then torch's bfloat16-input kernel."""
-    monkeypatch.setenv("FASTDLLM_NATIVE", "0")
-    monkeypatch.setattr(native, "_state", {})
-    with caplog.at_level("WARNING", logger="fastdllm.quant.native"):
-        assert not native.available()
-    assert "FASTDLLM_NATIVE=0" in caplog.text
+def test_int8_falls_back_to_torchs_kernel_without_the_native_one():
+    """native="off" (FASTDLLM_NATIVE=0; or no compiler / AVX2): torch's bfloat16-input kernel."""
+    assert RuntimeOptions.from_env({"FASTDLLM_NATIVE": "0"}).native == "off"
     torch.manual_seed(0)
-    layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu")
+    layer = Int8Linear(Int8Weight.from_float(torch.randn(32, 64)), None, torch.float32, "cpu", use_native=False)
     assert not layer.native and layer.kernel_dtype == torch.bfloat16
     x = torch.randn(3, 64)
     with torch.inference_mode():
@@ -186,10 +184,11 @@ def test_kernel_sources_ship_with_the_package():
     from pathlib import Path
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    globs = pyproject["tool"]["setuptools"]["package-data"]["fastdllm.quant"]
-    for path in [*native.SOURCES, native.HEADER]:
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fastdllm.kernels"]
+    for path in [*native.SOURCES, *native.HEADERS]:
         assert path.is_file(), path
-        assert any(fnmatch.fnmatch(path.name, g) for g in globs), (path.name, globs)
+        rel = path.relative_to(native.CSRC.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), (rel, globs)
 
 
 def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
@@ -197,16 +196,16 @@ def test_a_killed_builds_lock_is_cleared(tmp_path, monkeypatch):
     import os
     import time
 
-    monkeypatch.setattr(native, "_build_dir", lambda: tmp_path)
+    monkeypatch.setattr(native, "build_dir", lambda: tmp_path)
     lock = tmp_path / "lock"
     lock.touch()
-    native._clear_stale_lock()
+    native.clear_stale_lock()
     assert lock.exists()  # a build may be running now: left alone
     old = time.time() - native.STALE_LOCK_SECONDS - 5
     os.utime(lock, (old, old))
-    native._clear_stale_lock()
+    native.clear_stale_lock()
     assert not lock.exists()
-    native._clear_stale_lock()  # and no lock is no error
+    native.clear_stale_lock()  # and no lock is no error
 
 
 def test_int8_kernel_input_alignment_in_bfloat16():
@@ -343,9 +342,10 @@ STACK_PARTS = [(0, 0, 40, 8, 48, "full", 0), (0, 60, 0, 5, 5, "causal", 0), (0, 
 
 
 def packed_forward(model, parts, stack: bool):
-    """One packed forward over ``parts`` on a cache that is NaN outside their spans: (logits, cache)."""
-    from fastdllm.kv_cache import KVCache
-    from fastdllm.packed_attention import PackedAttention
+    """One packed forward over ``parts`` on a cache that is NaN outside their spans, on the native
+    stack's backend (``stack``) or the eager one: (logits, cache, backend)."""
+    from fastdllm.engine.kv_cache import KVCache
+    from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
 
     cfg = model.cfg
@@ -358,11 +358,10 @@ def packed_forward(model, parts, stack: bool):
     n = sum(p[3] for p in parts)
     ids = random_ids(n, cfg.vocab_size, seed=4)
     pos = torch.tensor([wp + i for _, _, wp, length, *_ in parts for i in range(length)])
-    model.quant_stack_enabled = stack
+    backend = NativeStackBackend(model) if stack else TorchBackend(model)
     with torch.inference_mode():
-        out = model(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
-    model.quant_stack_enabled = True
-    return out, cache
+        out = backend.forward(ids[None], pos[None], PackedAttention(cache, segments(parts), model.attn_scale))
+    return out, cache, backend
 
 
 @needs_native
@@ -371,10 +370,9 @@ def packed_forward(model, parts, stack: bool):
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     model = load_checkpoint(ckpts[family], quantize=mode).model
-    eager, eager_cache = packed_forward(model, parts, stack=False)
-    assert model._quant_stack is None  # not built while off
-    fused, fused_cache = packed_forward(model, parts, stack=True)
-    assert model._quant_stack  # built and used
+    eager, eager_cache, _ = packed_forward(model, parts, stack=False)
+    fused, fused_cache, backend = packed_forward(model, parts, stack=True)
+    assert backend.stack and not backend.fallbacks  # built and used
     assert not fused.isnan().any()  # nothing read outside a sequence's span or its mask
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
     # the same keys and values, written at the same places and nowhere else
@@ -385,43 +383,46 @@ def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
 @needs_native
 def test_quant_stack_past_its_rotary_table(ckpts, monkeypatch):
     """Positions past the stack's cos/sin table are computed on the spot, to the same results."""
-    from fastdllm.quant import stack
+    from fastdllm.kernels import stack
 
     monkeypatch.setattr(stack, "TABLE_POSITIONS", 20)  # STACK_PARTS run to position 47
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
-    eager, _ = packed_forward(model, STACK_PARTS, stack=False)
-    fused, _ = packed_forward(model, STACK_PARTS, stack=True)
-    assert model._quant_stack
+    eager, _, _ = packed_forward(model, STACK_PARTS, stack=False)
+    fused, _, backend = packed_forward(model, STACK_PARTS, stack=True)
+    assert backend.stack and not backend.fallbacks
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-4)
 
 
 @needs_native
 def test_quant_stack_only_where_it_applies(ckpts, monkeypatch):
-    from fastdllm.kv_cache import KVCache
-    from fastdllm.packed_attention import PackedAttention
+    from fastdllm.engine.kv_cache import KVCache
+    from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
 
     model = load_checkpoint(ckpts["qwen2"], quantize="int8").model
     cfg = model.cfg
-    x = torch.zeros(1, 2, cfg.hidden_size)
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 200, cfg.head_dim, torch.float32, "cpu")
     packed = PackedAttention(cache, segments(STACK_PARTS[:1]), model.attn_scale)
     dense = DenseAttention(None, model.attn_scale)
+    backend = select_backend(model)
+    assert backend.name == "native-stack"
     with torch.inference_mode():
-        assert model._stack_for(x, packed) is not None
-        assert model._stack_for(x, dense) is None  # the oracle and training attend densely: eager
-        assert model._stack_for(x.double(), packed) is None
-    assert model._stack_for(x, packed) is None  # autograd on
+        assert backend.stack_for(packed) is not None
+        assert backend.stack_for(dense) is None  # the oracle and training attend densely: eager
+    assert backend.stack_for(packed) is None  # autograd on
+    assert set(backend.fallbacks) == {"attention is DenseAttention, not over the packed pool", "autograd is on"}
     int4 = load_checkpoint(ckpts["qwen2"], quantize="int4").model
     float32 = load_checkpoint(ckpts["qwen2"]).model
+    assert select_backend(float32).name == "torch"
+    int4_backend = select_backend(int4)
     with torch.inference_mode():
-        assert int4._stack_for(x, packed) is not None and float32._stack_for(x, packed) is None
+        assert int4_backend.stack_for(packed) is not None
         int4.layers[1].mlp.down_proj.native = False  # one projection off the native kernels: no stack
-        int4.quantization = "int4"
-        assert int4._stack_for(x, packed) is None
-        monkeypatch.setenv("FASTDLLM_QUANT_STACK", "0")
-        model.quantization = "int8"  # drops the built stack
-        assert model._stack_for(x, packed) is None
+        int4.weights_changed()
+        assert int4_backend.stack_for(packed) is None
+        assert select_backend(int4).name == "torch"
+    off = select_backend(model, RuntimeOptions.from_env({"FASTDLLM_QUANT_STACK": "0"}))
+    assert off.name == "torch" and off.describe() == "torch (no native stack: quant_stack=off)"
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

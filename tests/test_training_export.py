@@ -9,7 +9,7 @@ import torch
 
 import fastdllm
 from fastdllm.api import MASK_TOKEN
-from fastdllm.attention import DenseAttention, causal_mask
+from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.loading import load_checkpoint
 from fastdllm.training import TrainConfig, train
 from fastdllm.training.vocab import find_or_add_mask_token

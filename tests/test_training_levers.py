@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdllm.attention import DenseAttention, causal_mask
+from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.training import TrainConfig
 from fastdllm.training.config import TrainConfigError
 from fastdllm.training.masks import block_diffusion_mask

@@ -7,7 +7,7 @@ import json
 import torch
 
 import fastdllm
-from fastdllm.attention import DenseAttention, block_causal_mask
+from fastdllm.model.attention import DenseAttention, block_causal_mask
 from fastdllm.loading import load_checkpoint
 from fastdllm.loading.adapter import load_with_adapter
 from fastdllm.training import TrainConfig, train

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdllm.attention import DenseAttention, block_causal_mask, causal_mask
+from fastdllm.model.attention import DenseAttention, block_causal_mask, causal_mask
 from fastdllm.loading import load_checkpoint
 from fastdllm.training.data import Sample
 from fastdllm.training.noise import ar_batch, diffusion_batch

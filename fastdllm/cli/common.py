@@ -175,7 +175,7 @@ def resolved_dtype(args: argparse.Namespace) -> str:
     """The dtype ``--dtype`` runs in on ``--device`` ("auto" and the CPU bfloat16 fallback resolved),
     as a name, for commands that hand it to more than ``fastdllm.load`` (e.g. transformers)."""
     from ..loading import parse_device, parse_dtype
-    from ..precision import resolve_dtype
+    from ..kernels.precision import resolve_dtype
 
     quiet_libraries()  # the fallback's warning becomes a 'fastdllm: warning:' line
     dev = parse_device(args.device)

@@ -20,8 +20,8 @@ from collections import Counter
 
 import torch
 
-from ..device import download, upload
-from ..sampling import GreedySampler, Sampler, argmax_excluding, greedy_pick
+from .device import download, upload
+from .sampling import GreedySampler, Sampler, argmax_excluding, greedy_pick
 
 
 class StepDecision:

@@ -26,12 +26,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..device import download
 from ..model import Transformer
-from ..sampling import GreedySampler
 from .autoregressive import AutoregressivePlanner
+from .backend import ForwardBackend
 from .decision import StepDecision
+from .device import download
+from .hooks import EngineHooks, PerfCounters
+from .params import DecodeParams
 from .runner import ModelRunner
+from .sampling import GreedySampler
 from .scheduler import Scheduler, kv_need
 from .sequence import Sequence
 
@@ -64,11 +67,13 @@ class StepEvent:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch_size: int = 8, steps_per_sync: int = 1):
+    def __init__(self, model: Transformer, max_batch_size: int = 8, steps_per_sync: int = 1,
+                 backend: ForwardBackend | None = None):
         if steps_per_sync < 1:
             raise ValueError(f"steps_per_sync must be at least 1, got {steps_per_sync}")
         self.model = model
-        self.runner = ModelRunner(model)
+        self.runner = ModelRunner(model, backend=backend)  # the forward backend: ``select_backend`` when None
+        self.backend = self.runner.backend
         self.max_batch_size = max_batch_size
         self.steps_per_sync = steps_per_sync  # AR forwards a step may run between two reads
         self._last_decision: tuple[tuple, StepDecision] | None = None
@@ -88,8 +93,33 @@ class Engine:
         while sched.has_work():
             yield self.step(sched)
 
+    @property
+    def hooks(self) -> EngineHooks:
+        """Called around each step and each backend forward (``hooks.py``; no-op by default)."""
+        return self.backend.hooks
+
+    @hooks.setter
+    def hooks(self, hooks: EngineHooks | None) -> None:
+        self.backend.hooks = hooks or EngineHooks()
+
+    @property
+    def counters(self) -> PerfCounters:
+        """Steps, tokens, times and forwards since the last ``counters.reset()``."""
+        return self.backend.counters
+
     def step(self, sched: Scheduler) -> StepEvent:
-        """One step: admissions, cancellations, and one packed forward of the scheduled work."""
+        """One step: admissions, cancellations, and one packed forward of the scheduled work (or a
+        run of AR forwards), between the hooks' ``step_start`` and ``step_end``."""
+        self.backend.hooks.step_start()
+        t0 = time.perf_counter()
+        event = self.run_step(sched)
+        tokens = event.forward_tokens * event.forwards if event.kind != "idle" else 0
+        self.backend.counters.count_step(event.kind, tokens, time.perf_counter() - t0)
+        self.backend.hooks.step_end(event)
+        return event
+
+    def run_step(self, sched: Scheduler) -> StepEvent:
+        """``step`` without the hooks and counters."""
         todo = sched.schedule()
         cache = self.runner.ensure_pool(sched.kv.size)
         for src, dst, n in todo.moves:
@@ -109,6 +139,7 @@ class Engine:
         picks = []
         if work:
             picks = self._decision(work).resolve(self.runner.run([(s.kv_base, p) for s, p in work]))
+            self.backend.counters.reads += 1  # resolve's one read
         for (seq, plan), picked in zip(work, picks):
             if plan.kind == "prefill":
                 seq.slot.prefill_plans.pop(0)
@@ -148,6 +179,7 @@ class Engine:
         decision = self._decision(work)
         picked = download(self.runner.run_steps([(s.kv_base, p) for s, p in work], run, decision.tokens,
                                                 decision.greedy_only, decision.greedy_mask))  # [run][N]
+        self.backend.counters.reads += 1
         for i, (seq, _) in enumerate(work):
             row = self._emit(seq, seq.planner.apply_run(seq, [step[i] for step in picked]), "decode", counted=False)
             rows.append(row)

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import InvalidRequestError
-from ..sampling import SamplingParams, make_sampler
+from .sampling import SamplingParams, make_sampler
 from .params import DecodeParams
 
 # what a checkpoint without bd_size / small_block_size decodes with (Fast-dLLM v2's values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..sampling import Sampler
+from .sampling import Sampler
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ runs for all sequences at once, each against its own span of the KV pool (``Pack
 ``packed=False`` runs it one sequence at a time, ``CachedAttention``), so sequences of
 different lengths and phases (prefill chunks, decode steps) share a forward without padding the
 matrix work. Logits are computed only for the rows the plans read. Everything the forward needs
-from the host goes up before it starts; nothing is read back here. ``run_steps`` runs several AR
+from the host goes up before it starts; nothing is read back here. The forward itself runs on the
+runner's backend (``backend.py``: eager or compiled PyTorch, or a native layer stack), chosen once. ``run_steps`` runs several AR
 decode forwards back to back, each fed the tokens the last one picked, on the device.
 """
 
@@ -15,17 +16,20 @@ from typing import Callable
 
 import torch
 
-from ..attention import CachedAttention, Segment, block_causal_mask, causal_mask
-from ..device import upload
-from ..kv_cache import KVCache
+from ..model.attention import block_causal_mask, causal_mask
+from .backend import ForwardBackend, select_backend
+from .cached_attention import CachedAttention, Segment
+from .device import upload
+from .kv_cache import KVCache
 from ..model import Transformer
-from ..packed_attention import PackedAttention
+from .packed_attention import PackedAttention
 from .sequence import ForwardPlan
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, packed: bool = True):
+    def __init__(self, model: Transformer, packed: bool = True, backend: ForwardBackend | None = None):
         self.model = model
+        self.backend = backend or select_backend(model)  # default runtime options when none is given
         self.cfg = model.cfg
         self.cache: KVCache | None = None
         self.packed = packed
@@ -72,7 +76,7 @@ class ModelRunner:
         meta = upload(tokens + positions + ([] if every else rows), torch.long, dev)  # one upload
         ids, pos = (meta if every else meta[:2 * n]).view(2, 1, n).unbind(0)  # [1, N] each
         read = None if every else meta[2 * n:]  # [R]
-        return self.model(ids, pos, self._attention(segments), read)  # [R, V]
+        return self.backend.forward(ids, pos, self._attention(segments), read)  # [R, V]
 
     def _attention(self, segments: list[Segment]):
         if self.packed:
@@ -85,8 +89,8 @@ class ModelRunner:
         """AR decode plans (one token, one read row, no mask each) for ``steps`` forwards in a row:
         each forward feeds every sequence the token ``pick`` chose from the last one's logits
         ([N, V] -> [N]), on the device. -> [steps, N] the picked tokens, not read back.
-        ``greedy``: ``pick`` is the argmax but column ``excluded``, which a quantised model's C++
-        stack can run with the forwards in one call (``Transformer.greedy_run``)."""
+        ``greedy``: ``pick`` is the argmax but column ``excluded``, which a backend may run with the
+        forwards in one call (``NativeStackBackend.greedy_run``)."""
         assert self.cache is not None
         n = len(work)
         for _, plan in work:
@@ -107,17 +111,17 @@ class ModelRunner:
         if self.packed:
             attend = PackedAttention(self.cache, segments(0), scale)
             if greedy:
-                run = self.model.greedy_run(ids, pos[0], attend, steps, excluded)
+                run = self.backend.greedy_run(ids, pos[0], attend, steps, excluded)
                 if run is not None:
                     return run  # [steps, N]
-            if self.model.quantization is not None:  # only the quantised C++ stack reads the tables
+            if self.backend.reads_row_tables:  # every step's row table at once, for a backend that reads them
                 shift = torch.arange(steps)[:, None, None] * torch.tensor([1, 0, 1])  # [steps, 1, 3]
                 tables = (attend.row_table() + shift).unbind(0)  # steps x [N, 3]
         picked = []
         for j in range(steps):
             attend = (PackedAttention(self.cache, segments(j), scale, tables and tables[j]) if self.packed
                       else CachedAttention(self.cache, segments(j), scale))
-            logits = self.model(ids, pos[j], attend, None)  # [N, V]
+            logits = self.backend.forward(ids, pos[j], attend, None)  # [N, V]
             ids = pick(logits).view(1, n)  # [1, N]
             picked.append(ids)
         return torch.cat(picked)  # [steps, N]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import DenseAttention, causal_mask
+from ..model.attention import DenseAttention, causal_mask
 from ..model import Transformer
 
 

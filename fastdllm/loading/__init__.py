@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
-from ..precision import auto_dtype
+from ..kernels.precision import auto_dtype
 from ..quant import parse_quantize
 from .hub import resolve
+from .quiet import quiet_transformers
 from .weights import build_model, read_safetensors, safetensors_files
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -34,7 +34,7 @@ class Checkpoint:
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
-    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.precision``)."""
+    """A torch dtype for ``dtype``; "auto" is bfloat16 on CUDA and float32 elsewhere (``fastdllm.kernels.precision``)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -61,11 +61,12 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float32",
                     device: str | torch.device | None = "cpu", revision: str | None = None,
-                    quantize: str | None = None) -> Checkpoint:
+                    quantize: str | None = None, use_native: bool = True) -> Checkpoint:
     """Load ``source`` in exactly ``dtype`` (no hardware policy here; see ``fastdllm.load``).
 
     ``quantize``: None, "int8" or "int4" (``fastdllm.quant``). A GGUF file's Q4_0/Q4_1 tensors
     are kept as their 4-bit codes under "int4"; everything else is dequantised first.
+    ``use_native``: False keeps quantised layers off fastdllm's native kernels (``RuntimeOptions.native``).
     """
     dev = parse_device(device)
     dt, mode = parse_dtype(dtype, dev), parse_quantize(quantize)
@@ -77,7 +78,7 @@ def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float
 
         raw_config, tensors, tokenizer = read_gguf(path, keep_q4=mode == "int4")
         cfg = ModelConfig.from_dict(raw_config)
-        model = build_model(cfg, tensors, dt, dev, str(path), mode)
+        model = build_model(cfg, tensors, dt, dev, str(path), mode, use_native)
         gen = {"eos_token_id": cfg.eos_token_id}
         return Checkpoint(model, cfg, tokenizer, path, gen)
     config_file = path / "config.json"
@@ -85,7 +86,7 @@ def load_checkpoint(source: str | Path, dtype: str | torch.dtype | None = "float
         raise ModelLoadError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     cfg = ModelConfig.from_file(config_file)
     tensors = read_safetensors(safetensors_files(path))
-    model = build_model(cfg, tensors, dt, dev, str(path), mode)
+    model = build_model(cfg, tensors, dt, dev, str(path), mode, use_native)
     del tensors
     gen_file = path / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
@@ -98,8 +99,7 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        with warnings.catch_warnings():  # transformers warns about the config's legacy keys
-            warnings.simplefilter("ignore")
+        with quiet_transformers():  # it complains about the custom model_type and the config's legacy keys
             return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # a broken tokenizer is a load error, not a crash
         raise ModelLoadError(f"{path}: cannot load the tokenizer: {e}") from e

@@ -10,13 +10,12 @@ here, when an adapter is actually loaded; writing adapters is ``fastdllm.trainin
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError
-from ..rope import inv_frequencies
+from ..model.rope import inv_frequencies
 from . import Checkpoint, load_checkpoint, load_tokenizer, parse_dtype
 from .rows import init_rows
 
@@ -35,7 +34,7 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
 
 def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, merge: bool = True,
                       dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
-                      quantize: str | None = None) -> Checkpoint:
+                      quantize: str | None = None, use_native: bool = True) -> Checkpoint:
     """The base checkpoint with the adapter applied: merged into the weights, or as live LoRA layers.
 
     ``quantize`` ("int8" / "int4", merged adapters only): quantise the merged float32 weights."""
@@ -64,18 +63,13 @@ def load_with_adapter(base: str | Path | Checkpoint, adapter_dir: str | Path, me
     if merge:
         model = peft_model.merge_and_unload()
     else:
-        model = peft_model.get_base_model()
-        from .. import cpu_kernels
-
-        if cpu_kernels.enabled():
-            warnings.warn("unmerged LoRA layers are bypassed by the compiled decode path; load with merge=True",
-                          stacklevel=2)
+        model = peft_model.get_base_model()  # the compiled decode path warns that it bypasses these (engine.backend)
     if quantize is not None:
         if not merge:
             raise ModelLoadError("a quantised model needs the adapter merged (merge=True)")
         from ..quant import quantize_model
 
-        model = quantize_model(model, quantize, parse_dtype(dtype, device)).eval()
+        model = quantize_model(model, quantize, parse_dtype(dtype, device), use_native=use_native).eval()
     else:
         model = model.to(parse_dtype(dtype, device)).eval()
     model.rotary.inv_freq = inv_frequencies(model.cfg).to(model.device)  # .to(dtype) cast the float32 buffer

@@ -13,8 +13,6 @@ zero point ``m + 8 d`` of Q4_1 is computed (in float32).
 from __future__ import annotations
 
 import re
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..quant.formats import Int4Weight
+from .quiet import quiet_transformers
 
 ARCHITECTURES = ("llama", "qwen2")
 GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -220,21 +219,6 @@ def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
 
 
-@contextmanager
-def _quiet():
-    """Silence transformers' logging and warnings while it builds the tokenizer."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def load_tokenizer(reader, path: Path):
     """A transformers tokenizer built from the GGUF vocabulary, or None if the file has none."""
     if "tokenizer.ggml.tokens" not in reader.fields:
@@ -242,7 +226,7 @@ def load_tokenizer(reader, path: Path):
     # The tokenizer class directly, not AutoTokenizer: that one parses the whole file again for a config.
     from transformers import PreTrainedTokenizerFast
 
-    with _quiet():
+    with quiet_transformers():
         try:
             tok = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
         except Exception as e:

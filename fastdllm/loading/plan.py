@@ -35,6 +35,7 @@ class LoadPlan:
     adapter: str | None = None       # a LoRA adapter merged into the float32 base before ``quantize``
     gptq: bool = False               # built in float32 (quantize None), then rounded to int4 with GPTQ
     calibration: list[str] | None = None  # GPTQ's prompts
+    use_native: bool = True          # quantised layers may run on fastdllm's native kernels (``RuntimeOptions``)
 
     @property
     def load_dtype(self) -> torch.dtype:
@@ -54,10 +55,10 @@ def _resolve_q4(model, revision) -> tuple[Path, bool]:
 
 def plan_load(model: str | None, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
               revision: str | None = None, adapter: str | None = None, quantize: str | None = "auto",
-              calibration: str | list[str] | None = None) -> LoadPlan:
+              calibration: str | list[str] | None = None, use_native: bool = True) -> LoadPlan:
     """The plan for ``fastdllm.load``'s arguments (see its docstring for the rules); ModelLoadError
     for arguments that cannot work, before anything is loaded."""
-    from ..precision import resolve_dtype
+    from ..kernels.precision import resolve_dtype
     from ..quant import parse_quantize
     from . import parse_device, parse_dtype
 
@@ -69,7 +70,7 @@ def plan_load(model: str | None, dtype: str | torch.dtype = "auto", device: str 
 
         model = DEFAULT_MODEL
     if auto:
-        model, mode = _auto_quantize(model, revision, adapter, dev, dt)
+        model, mode = _auto_quantize(model, revision, adapter, dev, dt, use_native)
     gptq, prompts = mode == "int4-gptq", None
     if gptq:
         from ..quant.gptq import read_prompts
@@ -83,18 +84,18 @@ def plan_load(model: str | None, dtype: str | torch.dtype = "auto", device: str 
             gptq, prompts, mode = False, None, "int4"
     elif calibration is not None:
         raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
-    return LoadPlan(model, revision, dev, dt, mode, adapter, gptq, prompts)
+    return LoadPlan(model, revision, dev, dt, mode, adapter, gptq, prompts, use_native)
 
 
-def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype):
+def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype, use_native: bool = True):
     """``quantize="auto"``: (the model, resolved to a path where it had to be opened; "int4" for a GGUF
     file holding 4-bit codes that fastdllm's CPU kernels run as they are, else None)."""
     if adapter is not None or dev.type != "cpu" or dt != torch.float32:
         return model, None
-    from ..quant import native
+    from ..kernels import native
 
     path, q4 = _resolve_q4(model, revision)
-    if not q4 or not native.available():
+    if not q4 or not use_native or not native.available():
         return path, None
     log.info("%s holds 4-bit codes: loaded as int4 (quantize='none' to dequantise it to float32)", path.name)
     return path, "int4"
@@ -110,6 +111,6 @@ def load_planned(plan: LoadPlan) -> Checkpoint:
 
         base = load_checkpoint(plan.source, dtype="float32", device=plan.device, revision=plan.revision)
         return load_with_adapter(base, plan.adapter, merge=True, dtype=plan.load_dtype, device=plan.device,
-                                 quantize=plan.quantize)
+                                 quantize=plan.quantize, use_native=plan.use_native)
     return load_checkpoint(plan.source, dtype=plan.load_dtype, device=plan.device, revision=plan.revision,
-                           quantize=plan.quantize)
+                           quantize=plan.quantize, use_native=plan.use_native)

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..errors import ModelLoadError
 from ..model import Transformer
 from ..quant import GROUP_SIZE, Int4Weight, as_float, cat_rows, layer_mode, linear_names, quantized_linear
-from ..rope import inv_frequencies
+from ..model.rope import inv_frequencies
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -159,7 +159,8 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def build_model(cfg: ModelConfig, hf_tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                device: torch.device | str, source: str, quantize: str | None = None) -> Transformer:
+                device: torch.device | str, source: str, quantize: str | None = None,
+                use_native: bool = True) -> Transformer:
     """Strictly check ``hf_tensors`` against ``cfg`` and return an eval-mode model.
 
     ``quantize`` ("int8" / "int4"): the linear layers are quantised from the checkpoint's own
@@ -176,7 +177,7 @@ def build_model(cfg: ModelConfig, hf_tensors: dict[str, torch.Tensor], dtype: to
             weight = fused.pop(f"{name}.weight")
             layer = quantized_linear(weight, None if bias is None else as_float(bias),
                                      layer_mode(name, quantize, isinstance(weight, Int4Weight)), dtype, device,
-                                     GROUP_SIZE)
+                                     GROUP_SIZE, use_native)
             model.set_submodule(name, layer)
             state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
     state.update({k: as_float(v).to(device=device, dtype=dtype) for k, v in fused.items()})

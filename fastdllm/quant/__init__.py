@@ -71,11 +71,12 @@ def layer_mode(name: str, mode: str, holds_int4: bool = False) -> str:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None,
-                   weights: dict[str, QuantizedWeight] | None = None) -> nn.Module:
+                   weights: dict[str, QuantizedWeight] | None = None, use_native: bool = True) -> nn.Module:
     """Quantise a built model in place from its float weights; other parameters are cast to ``dtype``.
 
     Quantise from float32 weights where possible: the weights are read as they are. ``weights``:
     layers already quantised (say by ``gptq.gptq_weights``), by name, used instead of rounding.
+    ``use_native``: False keeps the layers off fastdllm's native kernels.
     """
     mode = parse_quantize(mode)
     if mode not in ("int8", "int4"):
@@ -86,7 +87,8 @@ def quantize_model(model: nn.Module, mode: str, dtype: torch.dtype | None = None
     for name in linear_names(model.cfg.num_hidden_layers):
         old = model.get_submodule(name)
         weight = weights.get(name, old.weight.detach())
-        model.set_submodule(name, quantized_linear(weight, old.bias, layer_mode(name, mode), dtype, device, GROUP_SIZE))
+        model.set_submodule(name, quantized_linear(weight, old.bias, layer_mode(name, mode), dtype, device, GROUP_SIZE,
+                                                         use_native))
     for m in model.modules():  # only the float parameters: quantised buffers and the rotary table keep theirs
         for p in m.parameters(recurse=False):
             p.data = p.data.to(dtype)
@@ -103,7 +105,7 @@ def set_activations(model: nn.Module, activations: str) -> int:
     if activations not in ACTIVATIONS:
         raise ModelLoadError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
     switched = sum(m.set_activations(activations) for m in model.modules() if isinstance(m, Int8Linear))
-    model._quant_stack = None  # it holds the packed weights it was built with
+    model.weights_changed()  # a native layer stack holds the packed weights it was built with
     return switched
 
 

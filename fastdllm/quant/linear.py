@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from ..kernels import native
 from .formats import Int4Weight, Int8Weight
 
 CPU_INT8_K_MULTIPLE = 16  # the CPU int8 kernel reads 16 inputs at a time and does not check the tail
@@ -102,12 +102,12 @@ class Int8Linear(QuantLinear):
     format = "int8"
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device | str, activations: str = "float32"):
+                 device: torch.device | str, activations: str = "float32", use_native: bool = True):
         device = torch.device(device)
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
-        # fastdllm's kernel: float32 models on the CPU (it takes any shape)
-        self.native = device.type == "cpu" and dtype == torch.float32 and native.available()
+        # fastdllm's kernel: float32 models on the CPU (it takes any shape), unless the runtime options say no
+        self.native = use_native and device.type == "cpu" and dtype == torch.float32 and native.available()
         if self.native:
             self.kernel_dtype = torch.float32
         q = weight.q.to(device).contiguous()  # [N, K] int8
@@ -168,14 +168,14 @@ class Int4Linear(QuantLinear):
     format = "int4"
 
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None, dtype: torch.dtype,
-                 device: torch.device | str, layout: str | None = None):
+                 device: torch.device | str, layout: str | None = None, use_native: bool = True):
         device = torch.device(device)
         N, K = weight.shape
         super().__init__(K, N, bias, dtype, device)
         self.group_size = weight.group_size
         if layout is None:
-            native_ok = (device.type == "cpu" and dtype == torch.float32 and native.int4_fits(K, self.group_size)
-                         and native.available())
+            native_ok = (use_native and device.type == "cpu" and dtype == torch.float32
+                         and native.int4_fits(K, self.group_size) and native.available())
             layout = "native" if native_ok else "cpu" if device.type == "cpu" else "plain"
         self.layout = layout
         self.native = layout == "native"
@@ -230,21 +230,22 @@ class Int4Linear(QuantLinear):
 
 
 def quantized_linear(weight, bias: torch.Tensor | None, mode: str, dtype: torch.dtype, device: torch.device | str,
-                     group_size: int = 32) -> QuantLinear:
+                     group_size: int = 32, use_native: bool = True) -> QuantLinear:
     """A quantised layer for ``weight`` (a float tensor [N, K] or an ``Int8Weight`` / ``Int4Weight``).
 
     ``mode="int4"`` keeps an ``Int4Weight`` as it is (e.g. GGUF Q4 blocks) and quantises floats
     groupwise; a layer whose shape the int4 kernel cannot take becomes int8. ``mode="int8"``
-    quantises everything per channel (an ``Int4Weight`` is dequantised first).
+    quantises everything per channel (an ``Int4Weight`` is dequantised first). ``use_native``:
+    False keeps the layer off fastdllm's native kernels (``RuntimeOptions.native="off"``).
     """
     if mode not in ("int8", "int4"):
         raise ValueError(f"unknown quantisation {mode!r}")
     if mode == "int4" and isinstance(weight, Int4Weight) and int4_fits(weight.shape, weight.group_size, device):
-        return Int4Linear(weight, bias, dtype, device)
+        return Int4Linear(weight, bias, dtype, device, use_native=use_native)
     if isinstance(weight, Int8Weight):
-        return Int8Linear(weight, bias, dtype, device)
+        return Int8Linear(weight, bias, dtype, device, use_native=use_native)
     if isinstance(weight, Int4Weight):
         weight = weight.dequantize()
     if mode == "int4" and int4_fits(tuple(weight.shape), group_size, device):
-        return Int4Linear(Int4Weight.from_float(weight, group_size), bias, dtype, device)
-    return Int8Linear(Int8Weight.from_float(weight), bias, dtype, device)
+        return Int4Linear(Int4Weight.from_float(weight, group_size), bias, dtype, device, use_native=use_native)
+    return Int8Linear(Int8Weight.from_float(weight), bias, dtype, device, use_native=use_native)

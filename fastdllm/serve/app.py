@@ -74,7 +74,8 @@ def create_app(llm, model_name: str, max_batch_size: int | None = None, default_
     if prefill_chunk <= 0:
         raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
     limits = Limits.from_flags(llm.config.max_position_embeddings, batch, kv_cache_tokens, max_model_len)
-    batcher = Batcher(llm.model, batch, limits.kv_tokens, prefill_chunk, interleave_prefill, max_waiting)
+    batcher = Batcher(llm.model, batch, limits.kv_tokens, prefill_chunk, interleave_prefill, max_waiting,
+                      backend=llm.engine.backend)
     metrics = batcher.metrics = ServerMetrics(batcher.stats)
     body_limit = default_body_limit(limits.max_model_len) if max_body_bytes is None else max_body_bytes
     state = ServerState(llm, model_name, now(), limits, batcher, metrics, default_max_tokens, prefill_chunk,

@@ -63,8 +63,8 @@ def runs_alone(options: dict, n_sequences: int) -> bool:
 
 class Batcher:
     def __init__(self, model, max_batch_size: int, kv_tokens: int, prefill_budget: int = 512,
-                 interleave_prefill: bool = True, max_waiting: int | None = None, metrics=None):
-        self.engine = Engine(model, max_batch_size)
+                 interleave_prefill: bool = True, max_waiting: int | None = None, metrics=None, backend=None):
+        self.engine = Engine(model, max_batch_size, backend=backend)  # backend: the loaded LLM's (its runtime options)
         self.scheduler = Scheduler(max_batch_size, kv_tokens, prefill_budget, interleave_prefill,
                                    max_waiting=max_waiting)
         self.metrics = metrics

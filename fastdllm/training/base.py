@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..loading import load_checkpoint, load_tokenizer
 from ..model import Transformer
 from .config import TrainConfig, TrainConfigError

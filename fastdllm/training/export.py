@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..config import ModelConfig
+from ..model.config import ModelConfig
 from ..loading.weights import fused_to_hf
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import DenseAttention, causal_mask
+from ..model.attention import DenseAttention, causal_mask
 from .masks import block_diffusion_mask
 from .noise import Batch
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..config import MASK_TOKEN
+from ..model.config import MASK_TOKEN
 from ..loading.rows import init_rows
 from .config import TrainConfigError
 

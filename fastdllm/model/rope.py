@@ -10,8 +10,8 @@ import math
 
 import torch
 
+from ..errors import UnsupportedModelError
 from .config import ModelConfig
-from .errors import UnsupportedModelError
 
 
 def inv_frequencies(cfg: ModelConfig) -> torch.Tensor:

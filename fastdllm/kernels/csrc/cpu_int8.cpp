@@ -4,7 +4,7 @@
 // torch's own int8 weight-only kernel is vectorised for bfloat16 input only: float32 input
 // takes a scalar loop, and rounding activations to bfloat16 costs accuracy on small models.
 //
-// Weights are packed once (fastdllm/quant/native.py, pack_int8): groups of 8 rows, and within
+// Weights are packed once (fastdllm/kernels/native.py, pack_int8): groups of 8 rows, and within
 // a group 8 inputs of each row in turn, [ceil(N/8)][ceil(K/8)][8 rows][8], zero-padded. One
 // input row then reads a group as one sequential stream with eight sums in flight, and several
 // input rows share each widened weight vector (register tiles of 4 weight rows x 2 input rows;

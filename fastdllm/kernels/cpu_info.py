@@ -4,13 +4,14 @@ status``; ``fastdllm kernels build`` compiles)."""
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
 from functools import lru_cache
 
 import torch
+
+from ..options import cxx_from_env
 
 # the instruction sets the kernels (or torch's, for bfloat16) can use, as /proc/cpuinfo names them
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -56,7 +57,7 @@ def w8a8_isa() -> str:
 def compiler(cxx: str | None = None, path: str | None = None) -> tuple[str | None, str]:
     """(path to the C++ compiler torch's builder would run, its version line), or (None, why not).
     ``cxx``: the compiler's name (default: $CXX, else c++); ``path``: the search path (default: $PATH)."""
-    name = cxx or os.environ.get("CXX") or "c++"
+    name = cxx or cxx_from_env() or "c++"
     found = shutil.which(name, path=path)
     if found is None:
         return None, f"no C++ compiler ({name!r} is not on PATH)"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 #: model_type values fastdllm can run, and whether the family has a QKV bias by default.
 SUPPORTED_MODEL_TYPES = {"Fast_dLLM_Qwen": True, "qwen2": True, "llama": False}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import Segment
+from .cached_attention import Segment
 from .device import upload
 from .kv_cache import KVCache
 
@@ -139,7 +139,7 @@ class PackedAttention:
         return _Group(B, T, start, q_rows, span, key_rows, kmax, mask)
 
     def row_table(self) -> torch.Tensor:
-        """The step's attention as rows, for kernels that take it whole (``quant/stack.py``).
+        """The step's attention as rows, for kernels that take it whole (``kernels/stack.py``).
 
         Per packed query row: the cache row its keys and values go to, the cache row of its
         sequence's position 0, and how many positions from there it attends to (each mask rule

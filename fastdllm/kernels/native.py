@@ -10,14 +10,16 @@ minutes, then cached under ``TORCH_EXTENSIONS_DIR``; ``fastdllm kernels build`` 
 ``int8a8_linear`` (``cpu_int8a8.cpp``) multiplies int8 weights by int8 activations, quantised
 per row and block of 32 inside the call, on AVX-512 VNNI where the CPU has it (chosen at run time,
 ``cpu_int8a8_vnni.cpp``) and on AVX2 elsewhere, with the same bits on both. Without a compiler or AVX2, or with
-``FASTDLLM_NATIVE=0``, quantised layers use torch's kernels with bfloat16 activations instead.
+``RuntimeOptions(native="off")`` (``FASTDLLM_NATIVE=0``), quantised layers use torch's kernels with
+bfloat16 activations instead. The extension is loaded once per process (a C++ module cannot be
+unloaded), so whether it is there is process state; whether a model uses it is that model's
+runtime option (``use_native`` of its quantised layers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,9 +27,10 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp",
-                                                "cpu_int8a8_vnni.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
-HEADERS = [Path(__file__).with_name(n) for n in ("cpu_quant.h", "cpu_a8.h")]
+CSRC = Path(__file__).with_name("csrc")  # the C++ sources, compiled on first use
+SOURCES = [CSRC / n for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp", "cpu_int8a8_vnni.cpp", "cpu_stack.cpp",
+                              "cpu_bindings.cpp")]
+HEADERS = [CSRC / n for n in ("cpu_quant.h", "cpu_a8.h")]
 HEADER = HEADERS[0]
 _state: dict[str, object] = {}
 
@@ -41,14 +44,14 @@ def build_name() -> str:
     return _state["name"]
 
 
-def _cpu_supported() -> bool:
+def cpu_supported() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 STALE_LOCK_SECONDS = 600  # a build takes about two minutes on 2 cores; a lock this old was left by a killed build
 
 
-def _build_dir() -> Path | None:
+def build_dir() -> Path | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
@@ -57,16 +60,16 @@ def _build_dir() -> Path | None:
         return None
 
 
-def _built() -> bool:
+def built() -> bool:
     """Whether a build is cached (only to say so before a long compile)."""
-    d = _build_dir()
+    d = build_dir()
     return d is not None and (d / f"{build_name()}.so").exists()
 
 
-def _clear_stale_lock() -> None:
+def clear_stale_lock() -> None:
     """torch's builder waits, without end, for the lock file of a build that was killed: remove it
     once it is clearly older than any build."""
-    d = _build_dir()
+    d = build_dir()
     lock = None if d is None else d / "lock"
     try:
         if lock is not None and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
@@ -82,18 +85,16 @@ def kernels(verbose: bool = False):
     if "module" in _state:
         return _state["module"]
     module, why = None, None
-    if os.environ.get("FASTDLLM_NATIVE", "1") == "0":
-        why = "FASTDLLM_NATIVE=0"
-    elif not _cpu_supported():
+    if not cpu_supported():
         why = f"the CPU has no AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
-    elif not _built() and unbuildable() is not None:
+    elif not built() and unbuildable() is not None:
         why = unbuildable()
     else:
         try:
             from torch.utils.cpp_extension import load
 
-            _clear_stale_lock()
-            if not _built():
+            clear_stale_lock()
+            if not built():
                 print("fastdllm: compiling the int8/int4 CPU kernels (once, about two minutes)", file=sys.stderr, flush=True)
             # -fopenmp: at::parallel_for is a header template, serial without it; no contraction of
             # a * b + c into FMAs at the compiler's choice, so every row is rounded the same way.

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

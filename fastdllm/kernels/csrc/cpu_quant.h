@@ -1,5 +1,5 @@
 // Declarations shared by fastdllm's CPU kernels: cpu_int8.cpp, cpu_int4.cpp, cpu_stack.cpp and
-// cpu_bindings.cpp (one extension module, built by fastdllm/quant/native.py).
+// cpu_bindings.cpp (one extension module, built by fastdllm/kernels/native.py).
 #pragma once
 
 #include <torch/extension.h>

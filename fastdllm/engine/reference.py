@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from .attention import DenseAttention, block_causal_mask, causal_mask
-from .model import Transformer
+from ..model.attention import DenseAttention, block_causal_mask, causal_mask
+from ..model import Transformer
 from .sampling import Sampler
 
 
-def _forward(model: Transformer, ids: list[int], block_size: int | None, record: bool = False):
+def dense_forward(model: Transformer, ids: list[int], block_size: int | None, record: bool = False):
+    """The oracle's forward over all of ``ids``, no cache: causal (``block_size`` None) or block-causal
+    mask -> (logits [T, V], every layer's (k, v) when ``record``, else None)."""
     pos = torch.arange(len(ids), device=model.device)
     mask = causal_mask(pos, pos) if block_size is None else block_causal_mask(pos, pos, block_size)
     attn = DenseAttention(mask[None, None], model.attn_scale, record=record)
@@ -42,7 +44,7 @@ def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_toke
     bs, L = block_size, len(prompt)
     x = list(prompt)
     if L >= bs and L % bs == 0:
-        logits, _ = _forward(model, x, bs)
+        logits, _ = dense_forward(model, x, bs)
         x.append(int(sampler(logits[-1:])[0][0]))
     while not any(t in stop_ids for t in x[L:]) and len(x) - L < max_new_tokens:
         gen_start = len(x)
@@ -53,7 +55,7 @@ def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_toke
             if _first_stop_ready(x[gen_start:], stop_ids, mask_id):
                 break
             if mask_id not in x[block_start:]:
-                logits, _ = _forward(model, x, bs)  # commit the block; its last output opens the next one
+                logits, _ = dense_forward(model, x, bs)  # commit the block; its last output opens the next one
                 x.append(int(sampler(logits[-1:])[0][0]))
                 break
             for s0 in range(0, bs, small_block_size):
@@ -63,7 +65,7 @@ def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_toke
                     if mask_id not in sub or _first_stop_ready(x[gen_start:], stop_ids, mask_id):
                         break
                     if not use_block_cache or block_kv is None or x[block_start + s0] == mask_id:
-                        logits, kv = _forward(model, x, bs, record=use_block_cache)
+                        logits, kv = dense_forward(model, x, bs, record=use_block_cache)
                         if use_block_cache:
                             block_kv = [(k[:, :, block_start:].clone(), v[:, :, block_start:].clone()) for k, v in kv]
                         block_logits = logits[block_start:]
@@ -88,7 +90,7 @@ def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_toke
 def _sub_block_logits(model, x, block_start, s0, s1, bs, block_kv):
     """Feed only the sub-block; keys = recomputed prefix + the block's cached (stale) KV."""
     if block_start:
-        _, prefix = _forward(model, x[:block_start], bs, record=True)
+        _, prefix = dense_forward(model, x[:block_start], bs, record=True)
     else:
         prefix = [(k[:, :, :0], v[:, :, :0]) for k, v in block_kv]
     keys = [(torch.cat([pk, bk[:, :, :s0], bk[:, :, s1:]], dim=2), torch.cat([pv, bv[:, :, :s0], bv[:, :, s1:]], dim=2))
@@ -106,7 +108,7 @@ def naive_autoregressive(model: Transformer, prompt: list[int], *, max_new_token
                          sampler: Sampler) -> list[int]:
     x = list(prompt)
     while len(x) - len(prompt) < max_new_tokens:
-        logits, _ = _forward(model, x, None)
+        logits, _ = dense_forward(model, x, None)
         x.append(int(sampler(logits[-1:])[0][0]))
         if x[-1] in stop_ids:
             break

@@ -1,4 +1,4 @@
-// The decoder layers of a quantised model in one call per forward (fastdllm/quant/stack.py).
+// The decoder layers of a quantised model in one call per forward (fastdllm/kernels/stack.py).
 //
 // In eager PyTorch a decode step spends longer dispatching each layer's dozen small ops than
 // in the quantised products themselves. Here all layers of a forward run in C++: RMSNorm, the

@@ -2,7 +2,7 @@
 //
 // Codes come in groups of 32 inputs, each group with a scale s and an offset t (the weight is
 // q * s + t, q in 0..15: GGUF Q4_0 / Q4_1 and fastdllm's own int4 both fit). Packed once
-// (fastdllm/quant/native.py, pack_int4) like the int8 kernel's weights: groups of 8 rows, and
+// (fastdllm/kernels/native.py, pack_int4) like the int8 kernel's weights: groups of 8 rows, and
 // per row and group of 32 inputs 16 bytes whose low nibbles hold inputs 0..15 and high nibbles
 // 16..31, so unpacking is a mask and a shift. Half the bytes of int8 for the same rows: decoding
 // one token, which streams every weight once, is bound by memory traffic. Each 8-wide weight

@@ -1,10 +1,13 @@
 """The transformer: one implementation for the Qwen2 and Llama families.
 
 Projections are fused at load time (q/k/v into ``qkv_proj``, gate/up into ``gate_up_proj``) so
-a decoder layer is four matmuls. Attention itself is delegated to an attention back end
-(see ``attention.py``), which decides where keys and values come from and go to. The
-vocabulary projection runs only on the rows the caller asks for. A quantised model on the CPU
-runs the engine's forwards through its C++ layer stack instead (``quant/stack.py``).
+a decoder layer is four matmuls. The model's signature is token ids + positions + an attention
+callable -> hidden states (``hidden_states``), and hidden states -> logits (``logits``) for the
+rows the caller asks for. Attention is the callable's business (``attention.py``): it decides
+where keys and values come from and go to, so the model knows nothing of KV pools. How the
+decoder layers run for a forward (eager here; compiled regions or a native layer stack) is
+chosen by the engine's forward backend (``fastdllm.engine.backend``), which may pass its own
+layer runner to ``hidden_states``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from . import cpu_kernels
-from .cpu_kernels import Linear
+from ..kernels.onednn import Linear
+from .attention import AttentionFn
 from .rope import RotaryEmbedding, apply_rope
 
-AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (x [B, T, hidden], cos, sin [B, T, D], attend) -> x after every decoder layer, [B, T, hidden]
+LayerRunner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionFn], torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -103,8 +107,8 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.weights_version = 0  # bumped where layers are swapped or repacked in place (``weights_changed``)
         self.quantization = None  # "int8" / "int4" once quantised (``fastdllm.quant``)
-        self.quant_stack_enabled = True  # quantised forwards of the engine in one C++ call (``quant/stack.py``)
 
     @property
     def quantization(self) -> str | None:
@@ -113,19 +117,12 @@ class Transformer(nn.Module):
     @quantization.setter
     def quantization(self, mode: str | None) -> None:
         self._quantization = mode
-        self._quant_stack = None  # rebuilt on the next forward that can use it
+        self.weights_changed()
 
-    def _stack_for(self, x: torch.Tensor, attend: AttentionFn):
-        """The C++ layer stack of a quantised model when this forward can take it (``attend`` must say
-        where each row's keys live: ``row_table``), else None."""
-        if (self._quantization is None or not self.quant_stack_enabled or torch.is_grad_enabled()
-                or x.device.type != "cpu" or x.dtype != torch.float32 or not hasattr(attend, "row_table")):
-            return None
-        if self._quant_stack is None:
-            from .quant import stack
-
-            self._quant_stack = stack.build(self) or False
-        return self._quant_stack or None
+    def weights_changed(self) -> None:
+        """Say that layers were swapped or repacked in place: whatever a caller built from the
+        weights (a backend's native layer stack) is rebuilt before its next use."""
+        self.weights_version += 1
 
     @property
     def attn_scale(self) -> float:
@@ -139,64 +136,31 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
-    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
-        """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]."""
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
+                      layers: LayerRunner | None = None) -> torch.Tensor:
+        """input_ids, positions: [B, T] -> final normed hidden states [B, T, hidden]. ``layers``: how
+        the decoder layers run (default ``run_layers``, eager)."""
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
-        stack = self._stack_for(x, attend)
-        if stack is not None:  # rotary embedding, every layer and the final norm in one C++ call
-            B, T, H = x.shape
-            return stack.forward(x.view(B * T, H), positions, attend.cache.data, attend.row_table()).view(B, T, H)
         cos, sin = self.rotary(positions, x.dtype)  # [B, T, D]
-        if self.quantization is None and cpu_kernels.applies(x):
-            return self.norm(self._decode_layers(x, cos, sin, attend))
+        return self.norm((layers or self.run_layers)(x, cos, sin, attend))
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttentionFn) -> torch.Tensor:
+        """Every decoder layer, eagerly (with gradient checkpointing when training asks for it)."""
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, i, attend, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, i, attend)
-        return self.norm(x)
+        return x
 
-    def _decode_layers(self, x, cos, sin, attend: AttentionFn) -> torch.Tensor:
-        """The layer stack for a few tokens, as compiled regions between the attention calls."""
-        B, T, H = x.shape
-        n_q, n_kv = self.cfg.num_attention_heads, self.cfg.num_key_value_heads
-        rows = x.reshape(B * T, H)
-        cos, sin = cos.reshape(B * T, 1, -1), sin.reshape(B * T, 1, -1)
-        q, k, v = cpu_kernels.pre_attention(rows, *self.layers[0].pre_weights(), cos, sin, n_q, n_kv)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            out = attend(i, q.view(B, T, n_q, -1), k.view(B, T, n_kv, -1), v.view(B, T, n_kv, -1))
-            out = out.reshape(B * T, -1)
-            if i < last:
-                nxt = self.layers[i + 1].pre_weights()
-                rows, q, k, v = cpu_kernels.between_layers(rows, out, *layer.post_weights(), nxt[0], nxt[2], nxt[3],
-                                                       cos, sin, n_q, n_kv)
-            else:
-                rows = cpu_kernels.post_attention(rows, out, *layer.post_weights())
-        return rows.view(B, T, H)
-
-    def greedy_run(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn, steps: int,
-                   excluded: int | None) -> torch.Tensor | None:
-        """``steps`` greedy AR forwards of one token per sequence, each fed the last one's picks (the first
-        maximum of the logits but column ``excluded``), in one call of a quantised model's C++ stack:
-        input_ids, positions [1, N] and ``attend`` of the first -> tokens [steps, N]; None where the
-        stack or a native vocabulary projection is not there (the caller runs the forwards itself)."""
-        emb = self.embed_tokens.weight
-        stack = self._stack_for(emb, attend)
-        if stack is None or not emb.is_contiguous():
-            return None
-        from .quant.stack import head_tensors
-
-        head = head_tensors(self)
-        if head is None:
-            return None
-        return stack.greedy_run(input_ids.reshape(-1), positions.reshape(-1), attend.cache.data, attend.row_table(),
-                                steps, emb, *head, -1 if excluded is None else excluded)
+    def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [..., hidden] -> logits [n, vocab] of its flattened rows ``rows`` (all when None)."""
+        h = hidden.flatten(0, -2)  # [B*T, hidden]
+        if rows is not None:
+            h = h.index_select(0, rows)
+        return self.lm_head(h)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend: AttentionFn,
                 logits_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for the flattened rows ``logits_rows`` of [B*T] (all rows when None): [n, vocab]."""
-        h = self.hidden_states(input_ids, positions, attend).flatten(0, 1)  # [B*T, hidden]
-        if logits_rows is not None:
-            h = h.index_select(0, logits_rows)
-        return self.lm_head(h)
+        return self.logits(self.hidden_states(input_ids, positions, attend), logits_rows)

@@ -1,11 +1,10 @@
-"""Attention back ends the transformer calls layer by layer.
+"""Attention over the engine's KV pool, one sequence at a time; the packed step's segments.
 
 The engine packs its batch into one row of tokens, made of segments (one per sequence), each
 written into its span of the KV cache and attending to that span only. ``PackedAttention``
 (``packed_attention.py``) serves the engine: one attention call per layer for all segments.
 ``CachedAttention`` does the same one segment at a time (the reference it is tested against,
-and the engine's fallback). ``DenseAttention`` serves the naive oracle, the training forward and
-the numerical tests: plain attention over the given keys with an explicit boolean mask.
+and the engine's fallback).
 """
 
 from __future__ import annotations
@@ -57,35 +56,3 @@ class CachedAttention:
         return out.unsqueeze(0)
 
 
-class DenseAttention:
-    """Attention over the current tokens only (plus an optional per-layer prefix of K/V).
-
-    ``mask``: bool [B or 1, 1, T, S] with S = prefix length + T; None means full attention.
-    ``record``: keep every layer's (k, v) of the current tokens in ``self.kv``.
-    """
-
-    def __init__(self, mask: torch.Tensor | None, scale: float,
-                 prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, record: bool = False):
-        self.mask = mask
-        self.scale = scale
-        self.prefix = prefix
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if record else None
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        if self.kv is not None:
-            self.kv.append((k, v))
-        if self.prefix is not None:
-            pk, pv = self.prefix[layer]
-            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=self.scale, enable_gqa=True)
-        return o.transpose(1, 2).flatten(2)  # [B, T, Hq*D]
-
-
-def block_causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Query at position i may attend key at j iff block(j) <= block(i). Returns [Tq, Tk] bool."""
-    return (k_pos[None, :] // block_size) <= (q_pos[:, None] // block_size)
-
-
-def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    return k_pos[None, :] <= q_pos[:, None]

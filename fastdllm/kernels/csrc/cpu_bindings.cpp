@@ -1,4 +1,4 @@
-// The Python module of fastdllm's CPU kernels (loaded by fastdllm/quant/native.py).
+// The Python module of fastdllm's CPU kernels (loaded by fastdllm/kernels/native.py).
 
 #include "cpu_quant.h"
 
