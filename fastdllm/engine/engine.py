@@ -32,7 +32,6 @@ from .backend import ForwardBackend
 from .decision import StepDecision
 from .device import download
 from .hooks import EngineHooks, PerfCounters
-from .params import DecodeParams
 from .runner import ModelRunner
 from .sampling import GreedySampler
 from .scheduler import Scheduler, kv_need
