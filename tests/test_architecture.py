@@ -6,9 +6,9 @@
   it needs a public interface instead (``LLM.result``, the server's ``jobs`` module). Dunder
   names (``__version__``) are public; other libraries' private names are their business.
 
-The rule is checked on ``CHECKED``: the modules of the decoding-options, sequence, server and
-loading work (issue 27, part B). Modules still to be reorganised (part A: the model, the kernels,
-the engine's runner) join the list once they are.
+The rule is checked on every module of the package. ``FOREIGN_PRIVATE`` lists the reads of other
+libraries' private names that the AST cannot tell from ours (an attribute of a local tensor), each
+with its reason.
 """
 
 from __future__ import annotations
@@ -20,18 +20,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastdllm"
 
-CHECKED = [
-    "api.py", "errors.py", "visualize.py",
-    "cli/bench.py", "cli/common.py", "cli/generate.py", "cli/serve.py",
-    "engine/options.py", "engine/params.py", "engine/sequence.py", "engine/scheduler.py", "engine/engine.py",
-    "engine/diffusion.py", "engine/autoregressive.py", "engine/kv_space.py", "engine/detokenizer.py",
-    "engine/decision.py",
-    "serve/app.py", "serve/jobs.py", "serve/denoise.py", "serve/page.py", "serve/protocol.py", "serve/batcher.py",
-    "serve/limits.py", "serve/frames.py", "serve/errors.py", "serve/guards.py", "serve/stream.py",
-    "serve/metrics.py", "serve/schema.py", "serve/http.py",
-    "benchmarking/run.py",
-    "loading/__init__.py", "loading/plan.py", "loading/adapter.py", "loading/weights.py",
-]
+CHECKED = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+
+# torch's own private names, read on a value the AST cannot trace back to torch
+FOREIGN_PRIVATE = {
+    # a tensor's in-place version counter: how the prepacked oneDNN weight notices that its source changed
+    "kernels/onednn.py": {"w._version"},
+}
 
 
 def _private(name: str) -> bool:
@@ -63,8 +58,13 @@ def private_reads(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Attribute) and _private(node.attr)):
             continue
-        owner = node.value.id if isinstance(node.value, ast.Name) else None
-        if owner in modules or owner not in ("self", "cls", *foreign):
+        root = node.value
+        while isinstance(root, ast.Attribute):  # torch.ops.aten._x: the chain's first name decides
+            root = root.value
+        owner = root.id if isinstance(root, ast.Name) else None
+        if owner in foreign and owner not in modules:
+            continue
+        if owner in modules or owner not in ("self", "cls"):
             found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -74,4 +74,5 @@ def test_no_private_names_across_modules(rel):
     path = PACKAGE / rel
     if not path.is_file():
         pytest.skip(f"{rel} is not there (moved?)")
-    assert private_reads(path) == []
+    allowed = FOREIGN_PRIVATE.get(rel, set())
+    assert [f for f in private_reads(path) if f.split(": ", 1)[1] not in allowed] == []

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__package__}.{name}")
         sub = module.add_parser(subparsers)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(command_run=module.run)
     return parser
 
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors: argparse already printed
         return _status(e.code)
-    return common.run_guarded(args._run, args)
+    return common.run_guarded(args.command_run, args)
 
 
 def _status(code) -> int:
