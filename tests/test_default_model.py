@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(not (models.WORD_PROBLEMS_DIR / "config.json").i
                                 reason="the embedded model is not built (python examples/word_problems/build.py --install)")
 
 N_PROBLEMS = 100        # the first problems of the shipped held-out file
-MIN_ACCURACY = 0.43     # measured: 0.47 (47 of these 100 problems; see the model card)
-MIN_TPF = 2.8           # measured: 2.96
+MIN_ACCURACY = 0.63     # measured: 0.67 (67 of these 100 problems; see the model card)
+MIN_TPF = 2.55          # measured: 2.69
+MIN_PARENT_ACCURACY = 0.77  # the AR parent, measured: 0.81
+MAX_GAP = 0.16          # block diffusion at 0.9 under its parent: measured 0.14 (81% against 67%), plus 2 points
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +40,41 @@ def test_loads_with_no_argument_as_block_diffusion(llm):
     assert size <= 25 * 2**20
 
 
-def test_held_out_accuracy_and_tpf(llm):
+def _score(llm, problems: list[dict], **opts) -> tuple[float, float, list]:
+    """(accuracy, TPF, results) on ``problems``, 16 at a time, greedy."""
+    results = llm.generate([[{"role": "user", "content": p["question"]}] for p in problems], max_new_tokens=320,
+                           **opts)
+    correct = sum(models.extract_answer(r.text) == p["answer"] for p, r in zip(problems, results))
+    tpf = sum(r.stats.generated_tokens for r in results) / sum(r.stats.nfe for r in results)
+    return correct / len(problems), tpf, results
+
+
+@pytest.fixture(scope="module")
+def problems():
     problems = models.load_heldout_problems()[:N_PROBLEMS]
     assert len(problems) == N_PROBLEMS and all(p["held_out"] for p in problems)
-    results = llm.generate([[{"role": "user", "content": p["question"]}] for p in problems], threshold=0.9,
-                           max_new_tokens=320)
-    correct = sum(models.extract_answer(r.text) == p["answer"] for p, r in zip(problems, results))
-    tokens = sum(r.stats.generated_tokens for r in results)
-    nfe = sum(r.stats.nfe for r in results)
-    assert correct / N_PROBLEMS >= MIN_ACCURACY, correct
-    assert tokens / nfe >= MIN_TPF, tokens / nfe
+    return problems
+
+
+@pytest.fixture(scope="module")
+def block_diffusion(llm, problems):
+    return _score(llm, problems, threshold=0.9)
+
+
+def test_held_out_accuracy_and_tpf(block_diffusion):
+    accuracy, tpf, results = block_diffusion
+    assert accuracy >= MIN_ACCURACY, accuracy
+    assert tpf >= MIN_TPF, tpf
     assert all(r.finish_reason == "stop" for r in results)
+
+
+def test_block_diffusion_stays_near_its_ar_parent(block_diffusion, problems):
+    parent = fastdllm.load(str(models.WORD_PROBLEMS_DIR / "ar_parent"), max_batch_size=16)
+    assert not parent.is_block_diffusion
+    ar_accuracy, ar_tpf, _ = _score(parent, problems, mode="ar")
+    assert ar_accuracy >= MIN_PARENT_ACCURACY, ar_accuracy
+    assert ar_tpf == 1.0
+    assert ar_accuracy - block_diffusion[0] <= MAX_GAP, (ar_accuracy, block_diffusion[0])
 
 
 @pytest.mark.parametrize("prompt", ["Hello! Who are you?", "def f(x): return x", "Ça va? 你好 🙂", "1" * 5, "x"])
