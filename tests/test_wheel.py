@@ -62,8 +62,9 @@ def test_wheel_holds_the_model_kernels_and_page_and_nothing_else(wheel):
               "generation_config.json", "heldout.jsonl", "README.md", "ar_parent/model.safetensors",
               "ar_parent/config.json", "ar_parent/tokenizer.json"):
         assert model + f in names, f
-    for f in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_stack.cpp", "cpu_bindings.cpp", "cpu_quant.h"):
-        assert "fastdllm/quant/" + f in names, f
+    for f in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp", "cpu_int8a8_vnni.cpp", "cpu_stack.cpp",
+              "cpu_bindings.cpp", "cpu_quant.h", "cpu_a8.h"):
+        assert "fastdllm/kernels/csrc/" + f in names, f
     for f in ("index.html", "denoise.js", "denoise.css"):
         assert "fastdllm/serve/static/" + f in names, f
     top = {n.split("/")[0] for n in names}
