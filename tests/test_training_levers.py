@@ -287,3 +287,18 @@ def test_lever_flags_reach_the_config(tmp_path):
     assert cfg.block_curriculum == [4, 8, 16] and cfg.block_curriculum_steps == 300
     assert (cfg.attention_anneal_steps, cfg.ar_loss_weight, cfg.mask_position_tilt) == (200, 0.5, 0.3)
     assert cfg.mask_rates() == MaskRates(eps=1e-3, rate="clipped", low=0.1, high=0.9, tilt=0.3)
+
+
+# ---- compiled training (--compile) ------------------------------------------------------------------
+
+def test_compiled_trainer_takes_the_eager_steps(tmp_path):
+    """``compile=True`` compiles the model's forward only: the same losses and weights as eager, to float
+    rounding, over steps whose lengths differ (dynamic shapes), with the AR loss's causal pass beside."""
+    eager = _trainer(tmp_path / "eager", ar_loss_weight=1.0, attention="split")
+    compiled = _trainer(tmp_path / "compiled", ar_loss_weight=1.0, attention="split", compile=True)
+    for step in range(3):
+        a, b = eager.train_step(step), compiled.train_step(step)
+        assert a[1] == b[1]
+        assert abs(a[0] - b[0]) <= 1e-4 * max(1.0, abs(a[0])), (step, a, b)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
