@@ -363,6 +363,17 @@ async def load_runs(url: str, pid: int, args) -> dict:
     }
 
 
+def table_cells(r: dict, message) -> tuple[str, str]:
+    """The answer and time cells of one row of the issue's table (terminal and docs alike);
+    ``message`` formats the error message for its medium."""
+    answer = "" if "status" not in r else f"{r['status']} {message(r.get('message', ''))}"
+    if "alone_seconds" in r:
+        answer = f"{r['status']} (the 20 MB one: {r['big_status']})"
+    took = "" if "seconds" not in r else f"{r['seconds']:.2f} s" + (
+        f" ({r['alone_seconds']:.2f} s alone)" if "alone_seconds" in r else "")
+    return answer, took
+
+
 def print_report(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -372,11 +383,7 @@ def print_report(result: dict) -> None:
     for col in ("request", "answer", "time", "server RSS"):
         t.add_column(col)
     for r in result["table"]:
-        answer = "" if "status" not in r else f"{r['status']} {r.get('message', '')[:70]}"
-        if "alone_seconds" in r:
-            answer = f"{r['status']} (the 20 MB one: {r['big_status']})"
-        took = "" if "seconds" not in r else f"{r['seconds']:.2f} s" + (
-            f" ({r['alone_seconds']:.2f} s alone)" if "alone_seconds" in r else "")
+        answer, took = table_cells(r, lambda m: m[:70])
         t.add_row(r["request"], answer, took, f"{r['rss_mib']} MiB")
     console.print(t)
     for i, load in enumerate(result["load"], 1):
@@ -416,11 +423,7 @@ def markdown(result: dict) -> str:
             f"`{result['command']}`. Data: `{result['settings']['out']}`.*")
     out = ["| request | answer | time | server RSS |", "|---|---|---|---|"]
     for r in result["table"]:
-        answer = "" if "status" not in r else f"{r['status']} \"{r.get('message', '')[:60]}...\""
-        if "alone_seconds" in r:
-            answer = f"{r['status']} (the 20 MB one: {r['big_status']})"
-        took = "" if "seconds" not in r else f"{r['seconds']:.2f} s" + (
-            f" ({r['alone_seconds']:.2f} s alone)" if "alone_seconds" in r else "")
+        answer, took = table_cells(r, lambda m: f"\"{m[:60]}...\"")
         out.append(f"| {r['request']} | {answer if 'message' not in r or r['message'] else r['status']} | {took} | "
                    f"{r['rss_mib']:.0f} MiB |")
     out += ["", foot, "", "| run | normal requests | failed | p50 | p95 | p99 | hostile requests | RSS before / peak / "
