@@ -8,19 +8,17 @@ server is idle again none of its structures may hold anything."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 import fastdllm
 from fastdllm.serve import create_app
 from tests.helpers import make_tiny_chat_checkpoint
+from tests.server_helpers import live
 
 NAME = "tiny-bd"
 STREAMS, HANG_EVERY = 20, 4
@@ -45,19 +43,8 @@ def llm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(llm):
     app = create_app(llm, NAME, max_batch_size=6, kv_cache_tokens=256, default_max_tokens=24)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=60)
-    sock.close()
+    with live(app) as url:  # the protocol `fastdllm serve` runs
+        yield app, url
 
 
 def messages(i: int) -> list[dict]:
