@@ -737,7 +737,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         rep.mkdir(exist_ok=True)
         title = f"word problems, {len(held)} held-out problems (unseen phrasings)"
         results = {**kept, "quick": quick, "seed": seed, "budget": dataclasses.asdict(b),
-                   "threads": torch.get_num_threads(), "machine": _machine(),
+                   "threads": torch.get_num_threads(), "machine": machine_info(),
                    "ar_pretrain": ar if ar is not None else kept.get("ar_pretrain"),
                    "adaptation": bd if bd is not None else kept.get("adaptation"),
                    "block_sweep": sweep if sweep is not None else kept.get("block_sweep"),
@@ -787,7 +787,7 @@ def _kept_results(results_file: Path, stages: tuple[str, ...]) -> dict:
     return json.loads(results_file.read_text())
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     import os
     import platform
 

@@ -140,7 +140,7 @@ def _job(run: Path, out: Path, name: str, steps: int, seed: int, threads: int, p
            "seconds_per_step": elapsed / max(metrics[-1]["step"], 1), "train": trained,
            "train_loss_last50": sum(m["loss"] for m in metrics[-5:]) / len(metrics[-5:]),
            "val_loss": validation_loss(d / "model", run / "tokenizer", val, b),
-           "scores": score(run, d / "model", val, b, progress), "n_val": len(val), "machine": B._machine(),
+           "scores": score(run, d / "model", val, b, progress), "n_val": len(val), "machine": B.machine_info(),
            "date": time.strftime("%Y-%m-%d")}
     done.write_text(json.dumps(res, indent=2) + "\n")
     return res

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['median_step_s']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
     print(table(rows))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"machine": B._machine(), "date": time.strftime("%Y-%m-%d"), "steps": a.steps,
+    a.out.write_text(json.dumps({"machine": B.machine_info(), "date": time.strftime("%Y-%m-%d"), "steps": a.steps,
                                  "skip": a.skip, "rows": rows}, indent=2) + "\n")
     print(f"wrote {a.out}")
     return 0
