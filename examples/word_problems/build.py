@@ -121,7 +121,9 @@ class Budget:
 
 FULL = Budget(n_train=60_000, n_heldout=500, vocab=1024, model=model_config(), ar_steps=7500, ar_batch=32,
               ar_lr=3e-3, bd_steps=300, bd_batch=32, bd_lr=2e-3, warmup=100, bd_warmup=50,
-              bd_more=((1600, 1.5e-3, 20, 0.1),),
+              # the adaptation loss still fell by a third over the last 600 of the first 1,600 continued
+              # steps: a second stage at a lower peak takes it further (docs/history/2026-12-07-longer.md)
+              bd_more=((1600, 1.5e-3, 20, 0.1), (2400, 1e-3, 20, 0.1)),
               # the screening's winner (docs/training-levers.md): the AR loss beside the diffusion loss,
               # small blocks first and the in-block attention opened gradually over 40% of the first stage
               recipe={"ar_loss_weight": 1.0, "block_curriculum": [4, 8, 16], "block_curriculum_steps": 120,
