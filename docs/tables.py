@@ -236,6 +236,22 @@ def screening_levers() -> str:
                     "python examples/word_problems/screen.py --run RUN --out OUT --steps 400 [--levers A+B]")
 
 
+@table("versions_redesign")
+def versions_redesign() -> str:
+    """Decoding speed before and after the package's redesign (issue 27), same run."""
+    name = "versions_redesign.json"
+    d = load(name)
+    c = d["commits"]
+    rows = [[r["quantize"], r["batch"], r["mode"], f"{r['tokens_per_s']['baseline']:.1f}",
+             f"{r['tokens_per_s']['this']:.1f}", f"{r['ratio']:.3f}x",
+             " / ".join(f"{x:.0f}" for x in r["rounds"]["baseline"]),
+             " / ".join(f"{x:.0f}" for x in r["rounds"]["this"]), "yes" if r["same_tokens"] else "**no**"]
+            for r in d["results"]]
+    return markdown(["weights", "batch", "mode", f"before ({c['baseline']}) tok/s", f"after ({c['this']}) tok/s",
+                     "after / before", "rounds before", "rounds after", "same tokens"], rows, name, d,
+                    d["command"])
+
+
 @table("hostile_default")
 def hostile_default() -> str:
     """The serving page's three tables, written by the benchmark's own ``markdown`` (one format)."""
@@ -275,9 +291,11 @@ def headline() -> str:
     prec_name = "precision.json"
     smol = load(prec_name)["results"]["SmolLM2-135M-Instruct.Q4_1.gguf"]
     qa_name = "quant_accuracy.json"
-    qa = {r["path"]: r for r in load(qa_name)["rows"]}
+    qa_data = load(qa_name)
+    qa = {r["path"]: r for r in qa_data["rows"]}
     serve_name = "serve_default.json"
-    serve = {r["concurrency"]: r for r in load(serve_name)["results"]}
+    serve_data = load(serve_name)
+    serve = {r["concurrency"]: r for r in serve_data["results"]}
     res = "benchmarks/results/"
     rows = [
         ["the default model (1.3M parameters, trained here), 500 held-out word problems",
@@ -298,11 +316,11 @@ def headline() -> str:
          link("benchmarks/bench_precision.py"), link(res + prec_name)],
         ["quantised block diffusion, 1,500 word problems paired with float32",
          f"int8 **{qa['int8']['points']:+.1f}**, int4-gptq **{qa['int4-gptq']['points']:+.1f}**, "
-         f"plain int4 {qa['int4']['points']:+.1f} points",
+         f"plain int4 {qa['int4']['points']:+.1f} points (measured {date_of(qa_name, qa_data)})",
          link("benchmarks/bench_quant_accuracy.py"), link(res + qa_name)],
         ["`fastdllm serve`, default model, 32 streaming clients",
          f"**{serve[32]['tokens_per_second']:.0f}** completion tokens/s, "
-         f"{serve[32]['ttft_mean']:.2f} s mean time to first token",
+         f"{serve[32]['ttft_mean']:.2f} s mean time to first token (measured {date_of(serve_name, serve_data)})",
          link("benchmarks/bench_serve.py"), link(res + serve_name)],
     ]
     lines = ["| what | result | script | data |", "|---|---|---|---|"]
