@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fastdllm.benchmarking.machine import cpu_name  # noqa: E402
+
 DEFAULT_MODEL = ROOT / "fastdllm" / "models" / "word_problems"
 
 # Runs inside each tree's process: load, warm up, decode, print one JSON line.
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   command="python benchmarks/bench_versions.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   commits={"baseline": a.baseline_commit or git_commit(a.baseline), "this": git_commit(ROOT)},
                   settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-                  machine=dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                  machine=dict(cpu=cpu_name(), cores=os.cpu_count(),
                                load_average_before=load_before, load_average_after=os.getloadavg()),
                   results=results)
     a.out.parent.mkdir(parents=True, exist_ok=True)
