@@ -11,7 +11,7 @@ import torch
 from .engine.backend import select_backend
 from .engine.detokenizer import IncrementalDetokenizer
 from .engine.engine import Engine, StepEvent
-from .engine.options import DecodeOptions, ModelFacts, context_cap, merge, resolve
+from .engine.options import DecodeOptions, ModelFacts, checkpoint_acceptance, context_cap, merge, resolve
 from .engine.params import DecodeParams
 from .engine.sequence import Request, Sequence
 from .errors import InvalidRequestError
@@ -71,6 +71,7 @@ class LLM:
         self.tokenizer = checkpoint.tokenizer
         self.generation_config = checkpoint.generation_config
         self._mask_token_id = mask_token_id
+        checkpoint_acceptance(self.config.threshold, self.config.acceptance)  # an unknown rule fails at load
         self.engine = Engine(self.model, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
                              backend=select_backend(self.model, self.runtime))
 
@@ -151,7 +152,8 @@ class LLM:
         """What the decoding options are resolved against (``engine.options.resolve``)."""
         return ModelFacts(self.is_block_diffusion, self.config.bd_size, self.config.small_block_size,
                           self.config.vocab_size, self.config.max_position_embeddings, self.mask_token_id,
-                          tuple(self.eos_token_ids), self.tokenizer is not None, self.model.device)
+                          tuple(self.eos_token_ids), self.tokenizer is not None, self.model.device,
+                          self.config.threshold, self.config.acceptance)
 
     def resolve(self, options: DecodeOptions) -> DecodeParams:
         """The engine's parameters for ``options`` on this model (checked: ``InvalidRequestError``)."""

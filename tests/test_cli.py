@@ -29,7 +29,8 @@ from tests.helpers import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 STATS = re.compile(r"^\[fastdllm\] (\d+) tokens, NFE (\d+), TPF \d+\.\d\d, \d+\.\d tok/s, \d+\.\d\d s, "
-                   r"finish=(stop|length), mode=(diffusion|ar)$")
+                   r"finish=(stop|length), mode=(diffusion|ar)"
+                   r"(, threshold=[\d.]+, acceptance=(?:threshold|prefix|joint))?$")
 VOCAB = 512
 MAX_POS = 256
 PROMPT = "What is the capital of France?"
@@ -144,6 +145,7 @@ FLAG_ERRORS = [
     (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
     (["--threshold", "-0.1"], "--threshold must be in [0, 1]"),
     (["--threshold", "nan"], "--threshold"),
+    (["--acceptance", "best"], "--acceptance"),
     (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
     (["--block-size", "32", "--small-block-size", "5"], "must divide --block-size"),
     (["--small-block-size", "5"], "must divide the block size (32"),  # bd_size read from config.json
@@ -316,6 +318,19 @@ def test_prompt_ids_without_tokenizer(capsys, ids_ckpt):
     assert code == 0 and out.split() == [str(t) for t in data["token_ids"]]
     code, out, err = run_cli(capsys, *argv, "--stream")
     assert code == 0 and out.split() == [str(t) for t in data["token_ids"]]
+    assert "threshold=0.5, acceptance=threshold" in err  # the stats line says which rule decided
+
+
+def test_acceptance_flag_decodes_as_the_api(capsys, ids_ckpt):
+    import fastdllm
+
+    argv = ["generate", "--model", ids_ckpt, "--prompt-ids", "1, 2, 3", "--mask-token-id", VOCAB - 1,
+            "--max-new-tokens", "24", "--threshold", "0.4", "--acceptance", "joint", "--dtype", "float64", "--json"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    llm = fastdllm.load(ids_ckpt, dtype="float64", mask_token_id=VOCAB - 1)
+    ref = llm.generate([[1, 2, 3]], max_new_tokens=24, threshold=0.4, acceptance="joint")[0]
+    assert json.loads(out)["token_ids"] == ref.token_ids
 
 
 def test_stop_token_and_stop_string(capsys, ckpt):

@@ -282,7 +282,7 @@ def test_steps_reuse_a_decision_only_when_their_plans_read_alike(monkeypatch):
     init = StepDecision.__init__
 
     def counting(self, plans, device):
-        built.append([(id(s), n, t) for s, n, t in plans])
+        built.append([(id(p[0]), *p[1:]) for p in plans])
         init(self, plans, device)
 
     monkeypatch.setattr(StepDecision, "__init__", counting)

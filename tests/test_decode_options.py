@@ -22,6 +22,7 @@ from fastdllm.engine.options import (
     DEFAULTS,
     FALLBACK_BLOCK_SIZE,
     FALLBACK_SMALL_BLOCK_SIZE,
+    FALLBACK_THRESHOLD,
     FIELDS,
     DecodeOptions,
     ModelFacts,
@@ -72,22 +73,23 @@ def test_request_model_ranges_are_the_schema_bounds():
 
 
 def test_page_defaults_are_the_schema_defaults():
-    for bd, sbs, want in [(None, None, (FALLBACK_BLOCK_SIZE, FALLBACK_SMALL_BLOCK_SIZE)), (16, 4, (16, 4))]:
+    for bd, sbs, thr, want in [(None, None, None, (FALLBACK_BLOCK_SIZE, FALLBACK_SMALL_BLOCK_SIZE)),
+                               (16, 4, 0.95, (16, 4))]:
         llm = SimpleNamespace(tokenizer=None, is_block_diffusion=True, checkpoint=SimpleNamespace(path=None),
-                              config=SimpleNamespace(bd_size=bd, small_block_size=sbs))
+                              config=SimpleNamespace(bd_size=bd, small_block_size=sbs, threshold=thr, acceptance=None))
         server = SimpleNamespace(model_name="m", default_max_tokens=10_000,
                                  limits=SimpleNamespace(max_model_len=100_000))
         cfg = page_config(SimpleNamespace(state=SimpleNamespace(server=server, llm=llm)))
         assert (cfg["block_size"], cfg["sub_block_size"]) == want
-        assert cfg["threshold"] == DEFAULTS.threshold
+        assert cfg["threshold"] == (FALLBACK_THRESHOLD if thr is None else thr)  # the checkpoint's, else 0.9
         assert cfg["use_block_cache"] == DEFAULTS.use_block_cache
         assert cfg["max_tokens"] == DEFAULTS.max_new_tokens
 
 
 def test_bench_defaults_are_the_schema_defaults():
-    assert BenchSettings(model="m", prompts=[]).thresholds == [DEFAULTS.threshold]
+    assert BenchSettings(model="m", prompts=[]).thresholds == [FALLBACK_THRESHOLD]
     args = build_parser().parse_args(["bench"])
-    assert float(args.threshold) == DEFAULTS.threshold
+    assert float(args.threshold) == FALLBACK_THRESHOLD
 
 
 def test_schema_fills_block_sizes_from_the_checkpoint():

@@ -87,6 +87,10 @@ def test_completion_is_plain_text_and_honours_options(client, llm):
     ar = client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=12, extra_body={"mode": "ar"})
     assert ar.choices[0].text == llm.generate("Once upon a time", chat=False, max_new_tokens=12, mode="ar")[0].text
     assert ar.model_extra["fastdllm"]["tpf"] <= 1.0
+    joint = client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=12,
+                                      extra_body={"acceptance": "joint", "threshold": 0.3})
+    assert joint.choices[0].text == llm.generate("Once upon a time", chat=False, max_new_tokens=12,
+                                                 acceptance="joint", threshold=0.3)[0].text
 
 
 def test_completion_batch_of_prompts_and_token_ids(client, llm):
@@ -138,6 +142,7 @@ def test_streaming_completion(client, llm):
     (dict(n=2), 400, "n > 1"),
     (dict(messages=[]), 400, "messages"),
     (dict(extra_body={"threshold": 1.5}), 400, "threshold"),
+    (dict(extra_body={"acceptance": "best"}), 400, "acceptance"),
     (dict(extra_body={"small_block_size": 5}), 400, "divide"),
     (dict(extra_body={"unknown_knob": 1}), 400, "unknown_knob"),
     (dict(messages=[{"role": "wizard", "content": "hi"}]), 400, "role"),

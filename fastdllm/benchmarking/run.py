@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .engines import FastdllmEngine, Sample, decode_text, measure
-from ..engine.options import DEFAULTS, checkpoint_block_sizes
+from ..engine.options import FALLBACK_THRESHOLD, checkpoint_block_sizes
 from .machine import machine_info
 from .prompts import BenchPrompt
 from .rows import add_speedups, compare_tokens, make_row
@@ -35,7 +35,7 @@ class BenchSettings:
     model: str
     prompts: list[BenchPrompt]
     prompts_source: str = ""
-    thresholds: list[float] = field(default_factory=lambda: [DEFAULTS.threshold])
+    thresholds: list[float] = field(default_factory=lambda: [FALLBACK_THRESHOLD])
     batch_size: int = 16
     max_new_tokens: int = 320          # the workload's length (longer than one answer needs), not a decode default
     ar_model: str | None = None        # the AR parent; None: AR decoding of the model's own weights

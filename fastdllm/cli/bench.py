@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..engine.options import DEFAULTS, DecodeOptions
+from ..engine.options import FALLBACK_THRESHOLD, DecodeOptions
 from ..errors import InvalidRequestError
 from . import common
 from .common import CLIError
@@ -46,8 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "MODEL/heldout.jsonl when it exists, else 8 built-in chat prompts)")
     w.add_argument("--limit", type=int, default=100, metavar="N",
                    help="use the first N prompts; 0 = all (default: %(default)s)")
-    w.add_argument("--threshold", default=f"{DEFAULTS.threshold:g}", metavar="T[,T...]",
-                   help="block-diffusion confidence threshold(s) in [0, 1]; a list sweeps (default: %(default)s)")
+    w.add_argument("--threshold", default=f"{FALLBACK_THRESHOLD:g}", metavar="T[,T...]",
+                   help="block-diffusion confidence threshold(s) in [0, 1]; a list sweeps (default: %(default)s); "
+                        "the accept rule is the checkpoint's (config.json acceptance, else Fast-dLLM v2's)")
     w.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="the batched rows' batch size; batch 1 always runs (default: %(default)s)")
     w.add_argument("--max-new-tokens", type=int, default=320, metavar="N",

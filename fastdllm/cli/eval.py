@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine.acceptance import RULES
+from ..engine.options import DecodeOptions
 from . import common
 from .common import CLIError
 
@@ -38,7 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per batch (default: 8)")
     d = p.add_argument_group("decoding (generation tasks)")
     d.add_argument("--ar", action="store_true", help="decode autoregressively")
-    d.add_argument("--threshold", type=float, default=0.9, help="confidence threshold in [0, 1] (default: 0.9)")
+    d.add_argument("--threshold", type=float,
+                   help="confidence threshold in [0, 1] (default: the checkpoint's, else 0.9)")
+    d.add_argument("--acceptance", choices=RULES,
+                   help="accept rule (see fastdllm generate --help; default: the checkpoint's, else threshold)")
     d.add_argument("--block-size", type=int, metavar="N", help="block size (default: the checkpoint's bd_size)")
     d.add_argument("--small-block-size", type=int, metavar="N",
                    help="sub-block size (default: the checkpoint's small_block_size, else 8)")
@@ -60,7 +65,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold must be in [0, 1], got {args.threshold}")
     sbs = args.small_block_size
     if (sbs is not None and sbs <= 0) or (args.block_size is not None and
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     llm = common.load_model(args, max_batch_size=args.batch_size)
     lm = FastDLLMLM(llm=llm, pretrained=args.model, batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
-                    threshold=args.threshold, block_size=args.block_size, small_block_size=args.small_block_size,
+                    threshold=args.threshold, acceptance=args.acceptance, block_size=args.block_size, small_block_size=args.small_block_size,
                     use_block_cache=args.use_block_cache, mode="ar" if args.ar else None)
     results = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, task_manager=manager, num_fewshot=args.num_fewshot, limit=args.limit,
@@ -103,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(make_table(results))
     summary = lm.decoding_summary()
-    mode = "ar" if args.ar or not llm.is_block_diffusion else f"diffusion, threshold {args.threshold}"
+    if args.ar or not llm.is_block_diffusion:
+        mode = "ar"
+    else:
+        p = llm.resolve(DecodeOptions(threshold=args.threshold, acceptance=args.acceptance))
+        mode = f"diffusion, threshold {p.threshold:g}, {p.acceptance} rule"
     if summary["requests"]:
         print(f"[{common.PROG}] generation ({mode}): {summary['requests']} requests, "
               f"{summary['generated_tokens']} tokens, NFE {summary['nfe']}, TPF {summary['tpf']:.2f}, "

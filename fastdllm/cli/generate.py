@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine.options import DEFAULTS, DecodeOptions, block_sizes, checkpoint_block_sizes, context_cap, merge
+from ..engine.acceptance import RULES
+from ..engine.options import DEFAULTS, FALLBACK_THRESHOLD, DecodeOptions, block_sizes, checkpoint_block_sizes, context_cap, merge
 from ..errors import InvalidRequestError
 from . import common
 from .common import CLIError
@@ -40,8 +41,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="maximum number of generated tokens (default: %(default)s)")
     d.add_argument("--ar", action="store_true",
                    help="plain autoregressive decoding, one token per forward (default for non-diffusion models)")
-    d.add_argument("--threshold", type=float, default=DEFAULTS.threshold,
-                   help="confidence a masked token needs to be decoded in parallel, in [0, 1] (default: %(default)s)")
+    d.add_argument("--threshold", type=float,
+                   help="confidence a masked token needs to be decoded in parallel, in [0, 1] (default: the "
+                        f"checkpoint's threshold, else {FALLBACK_THRESHOLD:g})")
+    d.add_argument("--acceptance", choices=RULES,
+                   help="which confident positions a forward keeps: 'threshold' (Fast-dLLM v2: every one over "
+                        "the threshold, and the most confident), 'prefix' (the leftmost masked one and the run "
+                        "after it, each over the threshold), 'joint' (the leftmost and the run whose product of "
+                        "confidences stays over it) (default: the checkpoint's, else threshold)")
     d.add_argument("--block-size", type=int, metavar="N", help="diffusion block size (default: the checkpoint's bd_size)")
     d.add_argument("--small-block-size", type=int, metavar="N",
                    help="sub-block size; must divide the block size (default: the checkpoint's small_block_size, "
@@ -84,7 +91,8 @@ def flag_error(e: InvalidRequestError) -> CLIError:
 def decode_options(args: argparse.Namespace) -> DecodeOptions:
     """The flags as ``DecodeOptions`` (argparse's defaults are the schema's), checked."""
     given = dict(
-        max_new_tokens=args.max_new_tokens, threshold=args.threshold, block_size=args.block_size,
+        max_new_tokens=args.max_new_tokens, threshold=args.threshold, acceptance=args.acceptance,
+        block_size=args.block_size,
         small_block_size=args.small_block_size, use_block_cache=args.use_block_cache or None,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         stop_token_ids=args.stop_token_id, stop=args.stop, mask_token_id=args.mask_token_id,
@@ -195,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(as_json(result, llm, args, mode), ensure_ascii=False))
         else:
             print(output_text(llm, result), flush=True)
-    print(common.stats_line(result, mode), file=sys.stderr, flush=True)
+    line = common.stats_line(result, mode)
+    if mode == "diffusion":  # which rule decided: the checkpoint may set its own (config.json)
+        line += f", threshold={params.threshold:g}, acceptance={params.acceptance}"
+    print(line, file=sys.stderr, flush=True)
     if trace is not None:
         from ..visualize import plot_trace
 

@@ -8,7 +8,9 @@ generator draws exactly what it drew when sequences were decided one at a time. 
 accepted when its confidence exceeds its plan's threshold, and the most confident row of each
 segment always is (the first maximum on ties, as ``torch.argmax``): a block-diffusion sub-block
 keeps every confident position and at least one; an AR step, a block's first token and a
-prompt's last row are one-row segments, always accepted.
+prompt's last row are one-row segments, always accepted. A plan may name an ordered rule instead
+(``acceptance.py``: ``prefix``, ``joint``): its first row is always accepted and the rows after it
+while each (``prefix``) or their running product (``joint``) exceeds the threshold.
 
 The accepted tokens (-1 elsewhere) come back to the host in ONE copy: the step's only
 device-to-host synchronisation. Segment ids and thresholds go up before the forward.
@@ -20,18 +22,21 @@ from collections import Counter
 
 import torch
 
+from .acceptance import DEFAULT_RULE, ORDERED
 from .device import download, upload
 from .sampling import GreedySampler, Sampler, argmax_excluding, greedy_pick
 
 
 class StepDecision:
-    def __init__(self, plans: list[tuple[Sampler, int, float]], device: torch.device):
-        """``plans``: (sampler, rows read, threshold) per plan, in packed order (before the forward)."""
-        self.samplers = [s for s, _, _ in plans]
-        self.sizes = [n for _, n, _ in plans]
-        self.thresholds = [t for _, _, t in plans]
+    def __init__(self, plans: list[tuple], device: torch.device):
+        """``plans``: (sampler, rows read, threshold[, accept rule]) per plan, in packed order (before
+        the forward); the rule defaults to ``threshold``."""
+        self.samplers = [p[0] for p in plans]
+        self.sizes = [p[1] for p in plans]
+        self.thresholds = [p[2] for p in plans]
+        rules = [p[3] if len(p) > 3 else DEFAULT_RULE for p in plans]
         self.rows = sum(self.sizes)
-        masks = Counter(s.mask_token_id for s, n, _ in plans if n and isinstance(s, GreedySampler))
+        masks = Counter(p[0].mask_token_id for p in plans if p[1] and isinstance(p[0], GreedySampler))
         self.greedy_mask = masks.most_common(1)[0][0] if masks else None
         self.batched = bool(masks)  # some rows are picked by the batched greedy pick
         # one-row segments (AR steps, block openers) are always accepted: no confidence needed
@@ -44,6 +49,21 @@ class StepDecision:
             counts = [n for n in self.sizes if n]
             ids = [i for i, n in enumerate(counts) for _ in range(n)]
             self.segment = upload(ids, torch.long, device)  # [R] segment of each row, non-empty segments only
+        # ordered rules (prefix, joint) on segments of more than one row: a [S, L] layout of the rows
+        # so that each segment's running test is one cumulative op along its row
+        seg_rules = [r for n, r in zip(self.sizes, rules) if n]
+        self.ordered = None
+        if not self.single_rows and any(r in ORDERED for r in seg_rules):
+            counts = [n for n in self.sizes if n]
+            starts = [sum(counts[:i]) for i in range(len(counts))]
+            self.ordered = (
+                upload([i for i, n in enumerate(counts) for _ in range(n)], torch.long, device),  # [R] segment
+                upload([j for n in counts for j in range(n)], torch.long, device),  # [R] column in it
+                upload([r in ORDERED for r in seg_rules], torch.bool, device),  # [S] ordered segment
+                upload([seg_rules[i] == "joint" for i, n in enumerate(counts) for _ in range(n)], torch.bool,
+                       device),  # [R] row of a joint segment
+                upload(starts, torch.long, device),  # [S] first row of each segment
+                max(counts))
 
     @property
     def greedy_only(self) -> bool:
@@ -84,7 +104,10 @@ class StepDecision:
         if conf is not None:
             wide = conf if conf.dtype == torch.float64 else conf.double()
             accept = wide > self.threshold  # [R]; compared as Python floats are: float32(0.1) > 0.1
-            accept.index_fill_(0, self._most_confident(conf), True)
+            forced = self._most_confident(conf)
+            if self.ordered is not None:
+                accept, forced = self._ordered(wide, accept, forced)
+            accept.index_fill_(0, forced, True)
             tokens = torch.where(accept, tokens, -1)
         return tokens
 
@@ -98,6 +121,21 @@ class StepDecision:
             out.append(flat[a:a + n])
             a += n
         return out
+
+    def _ordered(self, wide: torch.Tensor, over: torch.Tensor, forced: torch.Tensor):
+        """The ordered rules on their segments: wide [R] float64 confidences, over [R] (> threshold),
+        forced ([S] or one index) -> (accept [R], forced rows [S])."""
+        seg, col, ordered_seg, joint_row, first, width = self.ordered
+        S = ordered_seg.shape[0]
+        # prefix: a row counts while every row of its segment up to it is over the threshold;
+        # joint: while the running product of the confidences is (padding: 1, multiplies nothing)
+        grid = wide.new_ones((S, width))  # [S, L]
+        grid[seg, col] = torch.where(joint_row, wide, over.double())
+        run = grid.cumprod(1)[seg, col]  # [R]
+        ordered_ok = torch.where(joint_row, run > self.threshold, run > 0.5)  # prefix: a product of 0/1
+        accept = torch.where(ordered_seg[seg], ordered_ok, over)
+        forced = torch.where(ordered_seg, first, forced.reshape(-1).expand(S) if forced.dim() == 0 else forced)
+        return accept, forced
 
     def _most_confident(self, conf: torch.Tensor) -> torch.Tensor:
         """Row index of each non-empty segment's first maximum of ``conf`` [R] -> [segments] (or [] for one)."""

@@ -4,7 +4,8 @@ A sequence decodes one block of ``block_size`` positions at a time, one sub-bloc
 ``small_block_size`` at a time. Each step feeds the block (or, with the sub-block cache and a
 fresh block KV, only the current sub-block), reads the logits of position i from output i-1
 (token shift), and fills every masked position of the sub-block whose confidence exceeds the
-threshold, and always the most confident one. A full block is fed once more to commit its KV,
+threshold, and always the most confident one (or, with an ordered accept rule, the leftmost
+masked position and the confident run after it: ``acceptance.py``). A full block is fed once more to commit its KV,
 and that forward's last output gives the first token of the next block.
 
 The planner only plans and keeps the books: the engine samples and applies the accept rule for
@@ -78,6 +79,7 @@ class DiffusionPlanner:
             st.block_cache_fresh = True
         plan.targets = targets
         plan.threshold = self.p.threshold
+        plan.acceptance = self.p.acceptance
         return plan
 
     def apply(self, seq: Sequence, plan: ForwardPlan, picks: list[int]) -> list[int]:

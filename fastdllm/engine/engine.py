@@ -188,9 +188,10 @@ class Engine:
     def _decision(self, work: list) -> StepDecision:
         """The step's ``StepDecision``; the last one again when the plans read the same (steady decoding
         repeats its shape step after step, and building one costs as much as using it)."""
-        key = (self.runner.device, *[(id(s.planner.p.sampler), len(p.logit_rows), p.threshold) for s, p in work])
+        key = (self.runner.device, *[(id(s.planner.p.sampler), len(p.logit_rows), p.threshold, p.acceptance)
+                                     for s, p in work])
         if self._last_decision is None or self._last_decision[0] != key:
-            plans = [(s.planner.p.sampler, len(p.logit_rows), p.threshold) for s, p in work]
+            plans = [(s.planner.p.sampler, len(p.logit_rows), p.threshold, p.acceptance) for s, p in work]
             self._last_decision = (key, StepDecision(plans, self.runner.device))  # holds the samplers: ids stay theirs
         return self._last_decision[1]
 

@@ -12,7 +12,7 @@ drifted. Now:
   "not given", and a field takes its value from the first layer that gives it, so a front-end
   passes ``merge(request, server_or_cli_defaults)`` and the schema's defaults come last.
 - ``resolve(options, model)`` is the model-dependent step (as vLLM's ``SamplingParams.verify``):
-  block sizes from the checkpoint, the sub-block dividing the block, a mask token for
+  block sizes, threshold and accept rule from the checkpoint (its ``config.json``), the sub-block dividing the block, a mask token for
   diffusion, stop ids in the vocabulary. It is the only place the engine's ``DecodeParams`` are
   built. ``context_cap`` is the longest sequence the model holds under those params.
 """
@@ -25,13 +25,16 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedModelError
+from .acceptance import DEFAULT_RULE, RULES
 from .sampling import SamplingParams, make_sampler
 from .params import DecodeParams
 
-# what a checkpoint without bd_size / small_block_size decodes with (Fast-dLLM v2's values)
+# what a checkpoint without bd_size / small_block_size / threshold / acceptance decodes with
+# (Fast-dLLM v2's values)
 FALLBACK_BLOCK_SIZE = 32
 FALLBACK_SMALL_BLOCK_SIZE = 8
+FALLBACK_THRESHOLD = 0.9
 MODES = ("diffusion", "ar")
 
 
@@ -98,7 +101,8 @@ class DecodeOptions:
 
     max_new_tokens: int = 256          # cut to the context
     mode: str | None = None            # "diffusion" or "ar"; None: diffusion for block-diffusion checkpoints
-    threshold: float = 0.9             # confidence a masked token needs to be decoded in parallel
+    threshold: float | None = None     # confidence a masked token needs; None: the checkpoint's, else 0.9
+    acceptance: str | None = None      # accept rule (``acceptance.RULES``); None: the checkpoint's, else "threshold"
     block_size: int | None = None      # None: the checkpoint's bd_size, else FALLBACK_BLOCK_SIZE
     small_block_size: int | None = None  # None: the checkpoint's small_block_size, else FALLBACK_SMALL_BLOCK_SIZE
     use_block_cache: bool = False      # reuse the block's KV across its sub-blocks
@@ -125,9 +129,11 @@ class DecodeOptions:
         """The model-independent checks; raises ``InvalidRequestError`` naming the field. Returns self."""
         if self.mode is not None and self.mode not in MODES:
             raise _bad("mode", f"must be 'diffusion' or 'ar', got {self.mode!r}")
+        if self.acceptance is not None and self.acceptance not in RULES:
+            raise _bad("acceptance", f"must be one of {', '.join(repr(r) for r in RULES)}, got {self.acceptance!r}")
         for name, bound in BOUNDS.items():
             v = getattr(self, name)
-            if v is None and name in ("block_size", "small_block_size", "mask_token_id"):
+            if v is None and name in ("block_size", "small_block_size", "mask_token_id", "threshold"):
                 continue
             if bound.integer and (not isinstance(v, int) or isinstance(v, bool)):
                 raise _bad(name, f"must be an integer, got {v!r}")
@@ -180,11 +186,21 @@ class ModelFacts:
     eos_token_ids: tuple[int, ...]
     has_tokenizer: bool
     device: torch.device | str = "cpu"
+    threshold: float | None = None       # the checkpoint's decoding threshold (config ``threshold``)
+    acceptance: str | None = None        # the checkpoint's accept rule (config ``acceptance``)
 
 
 def checkpoint_block_sizes(bd_size: int | None, small_block_size: int | None) -> tuple[int, int]:
     """The block and sub-block sizes a checkpoint decodes with when a request gives none."""
     return bd_size or FALLBACK_BLOCK_SIZE, small_block_size or FALLBACK_SMALL_BLOCK_SIZE
+
+
+def checkpoint_acceptance(threshold: float | None, acceptance: str | None) -> tuple[float, str]:
+    """The threshold and accept rule a checkpoint decodes with when a request gives none
+    (UnsupportedModelError for an accept rule this version does not know)."""
+    if acceptance is not None and acceptance not in RULES:
+        raise UnsupportedModelError(f"config.json: acceptance must be one of {', '.join(RULES)}, got {acceptance!r}")
+    return (FALLBACK_THRESHOLD if threshold is None else threshold), acceptance or DEFAULT_RULE
 
 
 def block_sizes(opts: DecodeOptions, bd_size: int | None, small_block_size: int | None) -> tuple[int, int]:
@@ -224,7 +240,11 @@ def resolve(opts: DecodeOptions, model: ModelFacts) -> DecodeParams:
     if opts.stop and not model.has_tokenizer:
         raise _bad("stop", "strings need a tokenizer")
     sampler = make_sampler(SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed), mask_id, model.device)
-    return DecodeParams(mode, sampler, frozenset(stop_ids), bs, sbs, opts.threshold, opts.use_block_cache, mask_id)
+    threshold, acceptance = checkpoint_acceptance(model.threshold, model.acceptance)
+    if opts.threshold is not None:
+        threshold = opts.threshold
+    return DecodeParams(mode, sampler, frozenset(stop_ids), bs, sbs, threshold, opts.use_block_cache, mask_id,
+                        acceptance=opts.acceptance or acceptance)
 
 
 def context_cap(params: DecodeParams, max_position_embeddings: int) -> int:

@@ -17,4 +17,5 @@ class DecodeParams:
     threshold: float = 0.9
     use_block_cache: bool = False
     mask_token_id: int | None = None
+    acceptance: str = "threshold"  # which confident positions a forward keeps (``acceptance.py``)
     prefill_chunk: int = 512       # tokens per prefill forward (a multiple of block_size)

@@ -14,6 +14,7 @@ import torch
 
 from ..model.attention import DenseAttention, block_causal_mask, causal_mask
 from ..model import Transformer
+from .acceptance import DEFAULT_RULE, accept as accept_rows
 from .sampling import Sampler
 
 
@@ -40,7 +41,7 @@ def _first_stop_ready(tokens: list[int], stop_ids: set[int], mask_id: int) -> bo
 @torch.inference_mode()
 def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_tokens: int, block_size: int,
                           small_block_size: int, threshold: float, use_block_cache: bool, mask_id: int,
-                          stop_ids: set[int], sampler: Sampler) -> list[int]:
+                          stop_ids: set[int], sampler: Sampler, acceptance: str = DEFAULT_RULE) -> list[int]:
     bs, L = block_size, len(prompt)
     x = list(prompt)
     if L >= bs and L % bs == 0:
@@ -74,8 +75,7 @@ def naive_block_diffusion(model: Transformer, prompt: list[int], *, max_new_toke
                         shifted = _sub_block_logits(model, x, block_start, s0, s1, bs, block_kv)
                     masked = [j for j, t in enumerate(sub) if t == mask_id]
                     tokens, conf = sampler(shifted[masked])  # only masked positions are drawn
-                    accept = conf > threshold
-                    accept[conf.argmax()] = True
+                    accept = accept_rows(conf, threshold, acceptance)
                     for j, tok, ok in zip(masked, tokens.tolist(), accept.tolist()):
                         if ok:
                             x[block_start + s0 + j] = tok

@@ -39,6 +39,7 @@ class ForwardPlan:
     kind: str = "decode"           # "prefill", "decode" or "commit"
     block_size: int = 0            # for the block-causal mask
     threshold: float = 1.0         # read rows more confident than this are accepted; the most confident one always is
+    acceptance: str = "threshold"  # the accept rule (``acceptance.py``)
     targets: list[int] = field(default_factory=list)  # block indices the read logits decide
 
 

@@ -38,7 +38,8 @@ def _bool(v) -> bool:
 @register_model("fastdllm")
 class FastDLLMLM(LM):
     def __init__(self, pretrained: str | None = None, llm=None, dtype: str = "float32", device: str = "cpu",
-                 batch_size: int | str = 8, max_gen_toks: int = 256, threshold: float = 0.9,
+                 batch_size: int | str = 8, max_gen_toks: int = 256, threshold: float | None = None,
+                 acceptance: str | None = None,
                  block_size: int | None = None, small_block_size: int | None = None, use_block_cache: bool = False,
                  mode: str | None = None, mask_token_id: int | None = None, add_bos_token: bool = False,
                  compile: bool | None = None, progress: bool = True, quantize: str | None = "auto", **unknown):
@@ -61,7 +62,11 @@ class FastDLLMLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = _bool(add_bos_token)
         self.progress = _bool(progress)
-        self.decode_options = {"threshold": float(threshold), "use_block_cache": _bool(use_block_cache)}
+        self.decode_options = {"use_block_cache": _bool(use_block_cache)}  # threshold, rule: the checkpoint's
+        if threshold is not None:
+            self.decode_options["threshold"] = float(threshold)
+        if acceptance is not None:
+            self.decode_options["acceptance"] = str(acceptance)
         if small_block_size is not None:
             self.decode_options["small_block_size"] = int(small_block_size)
         if block_size is not None:

@@ -46,6 +46,8 @@ class ModelConfig:
     bd_size: int | None = None
     mask_token_id: int | None = None
     small_block_size: int | None = None  # sub-block size the model decodes with (default 8)
+    threshold: float | None = None       # decoding threshold the model was tuned for (default 0.9)
+    acceptance: str | None = None        # accept rule the model decodes with (default "threshold")
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -97,6 +99,8 @@ class ModelConfig:
             bd_size=bd_size,
             mask_token_id=d.get("mask_token_id"),
             small_block_size=d.get("small_block_size"),
+            threshold=_threshold(d.get("threshold")),
+            acceptance=_acceptance(d.get("acceptance")),
             raw=dict(d),
         )
 
@@ -104,3 +108,18 @@ class ModelConfig:
     def from_file(cls, path: str | Path) -> "ModelConfig":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _threshold(v) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise UnsupportedModelError(f"config.json: threshold must be a number in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _acceptance(v) -> str | None:
+    # which names exist is the engine's business (``engine.options.checkpoint_acceptance`` checks at load)
+    if v is not None and not isinstance(v, str):
+        raise UnsupportedModelError(f"config.json: acceptance must be a string, got {v!r}")
+    return v

@@ -9,7 +9,7 @@ response always streams (``stream`` may be left out or true). Every event is one
 ``data: {json}`` line:
 
 - ``{"type": "start", "id", "model", "prompt_tokens", "max_tokens", "mode", "block_size",
-  "sub_block_size", "threshold", "use_block_cache"}`` (the decoding parameters in force;
+  "sub_block_size", "threshold", "acceptance", "use_block_cache"}`` (the decoding parameters in force;
   ``sub_block_size`` is 1 in AR mode);
 - ``{"type": "step", "forward", "tokens", "seconds", "text", "block": {"start", "index",
   "prompt", "pieces", "decoded_at", "new", "active"}}`` after a forward: ``forward`` is the
@@ -129,7 +129,7 @@ def start_event(rid: str, model: str, job: Job) -> dict:
     return {"type": "start", "id": rid, "model": model, "prompt_tokens": seq.prompt_len,
             "max_tokens": seq.max_new_tokens, "mode": p.mode, "block_size": p.block_size,
             "sub_block_size": p.small_block_size if p.mode == "diffusion" else 1, "threshold": p.threshold,
-            "use_block_cache": p.use_block_cache}
+            "acceptance": p.acceptance, "use_block_cache": p.use_block_cache}
 
 
 def step_event(f: Frame, piece, block_size: int, text: str = "") -> dict:

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..engine.options import DEFAULTS, checkpoint_block_sizes
+from ..engine.options import DEFAULTS, checkpoint_acceptance, checkpoint_block_sizes
 from .schema import errors
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -53,7 +53,7 @@ def page_config(app: FastAPI) -> dict:
         "block_size": block_size,
         "sub_block_size": sub_block_size,
         # the schema's defaults; max tokens at most the server's default and what the context leaves
-        "threshold": DEFAULTS.threshold,
+        "threshold": checkpoint_acceptance(llm.config.threshold, llm.config.acceptance)[0],
         "use_block_cache": DEFAULTS.use_block_cache,
         "max_tokens": min(DEFAULTS.max_new_tokens, s.default_max_tokens, s.limits.max_model_len - 1),
         "max_model_len": s.limits.max_model_len,

@@ -4,7 +4,7 @@ Requests are validated by pydantic in strict mode, as the OpenAI API does: a fie
 type (``"max_tokens": "5"``), an out-of-range number or an unknown field is rejected, and so
 are fields fastdllm does not implement (``logprobs``, ``n > 1``, tools...), with a clear
 message rather than silently ignored. The block-diffusion knobs (``threshold``,
-``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``top_k``) and vLLM's
+``block_size``, ``small_block_size``, ``use_block_cache``, ``mode``, ``acceptance``, ``top_k``) and vLLM's
 ``ignore_eos`` are accepted as extra body fields, which the ``openai`` client sends with
 ``extra_body={...}``.
 
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..engine.acceptance import RULES
 from ..engine.options import BOUNDS
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -43,6 +44,7 @@ class DiffusionOptions(BaseModel):
     small_block_size: int | None = Field(None, **_range("small_block_size"))
     use_block_cache: bool | None = None
     mode: Literal["diffusion", "ar"] | None = None
+    acceptance: Literal[RULES] | None = None  # type: ignore[valid-type]  (the engine's rule names)
     top_k: int | None = Field(None, **_range("top_k"))
     ignore_eos: bool = False  # as vLLM: decode max_tokens tokens whatever the model says (benchmarks)
 
@@ -92,7 +94,8 @@ class GenerationRequest(DiffusionOptions):
     def decode_fields(self, max_tokens: int | None) -> dict[str, Any]:
         """The ``DecodeOptions`` fields this request gives (None: not given; ``engine.options.merge``)."""
         given = {k: getattr(self, k) for k in ("temperature", "top_p", "seed", "stop", "threshold", "block_size",
-                                               "small_block_size", "use_block_cache", "mode", "top_k")}
+                                               "small_block_size", "use_block_cache", "mode", "acceptance",
+                                               "top_k")}
         return {**given, "max_new_tokens": max_tokens, "stop_token_ids": [] if self.ignore_eos else None}
 
 
