@@ -28,14 +28,20 @@ from fastdllm.kernels import native
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_tokens.json"
 
 # (label, generate options, problems at a time)
+# Fast-dLLM v2's accept rule at the sub-block these cases were first recorded with (the model's
+# config.json has since named its own decoding: the "shipped" cases)
+V2 = {"acceptance": "threshold", "small_block_size": 4}
 DEFAULT_CASES = (
     ("ar", {"mode": "ar"}, 1),
-    ("bd-0.9", {"threshold": 0.9}, 1),
-    ("bd-0.9-cache", {"threshold": 0.9, "use_block_cache": True}, 1),
-    ("bd-0.5", {"threshold": 0.5}, 1),
-    ("bd-1.0-block16", {"threshold": 1.0, "block_size": 16, "small_block_size": 4}, 1),
-    ("bd-0.9-batch4", {"threshold": 0.9}, 4),
+    ("bd-0.9", {"threshold": 0.9, **V2}, 1),
+    ("bd-0.9-cache", {"threshold": 0.9, "use_block_cache": True, **V2}, 1),
+    ("bd-0.5", {"threshold": 0.5, **V2}, 1),
+    ("bd-1.0-block16", {"threshold": 1.0, "block_size": 16, "small_block_size": 4, "acceptance": "threshold"}, 1),
+    ("bd-0.9-batch4", {"threshold": 0.9, **V2}, 4),
     ("ar-batch4", {"mode": "ar"}, 4),
+    ("shipped", {}, 1),                                           # as config.json says: joint, 0.99, sub-block 32
+    ("shipped-batch4", {}, 4),
+    ("prefix-0.9-sub8", {"threshold": 0.9, "acceptance": "prefix", "small_block_size": 8}, 1),
 )
 SMOLLM2_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.")
 SMOLLM2_CASES = (

@@ -86,14 +86,34 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
         else:  # a forward decodes at most one sub-block
             assert 0 < e["tpf"] <= e["small_block_size"]
     assert {(e["threshold"], e["block_cache"]) for e in evals if e["model"] == "BD, compl. mask"
-            and e["batch"] == 1} == {(t, c) for t in build.THRESHOLDS for c in (False, True)}
+            and e["batch"] == 1 and e["acceptance"] == "threshold"} == {(t, c) for t in build.THRESHOLDS
+                                                                         for c in (False, True)}
     assert any(e["batch"] == b.batched for e in evals if e["mode"] == "ar")
+
+    # the shipped decoding: every (sub-block, rule, threshold) and the parent on the validation problems;
+    # the most tokens per forward within a point of the parent, else the most accurate
+    dec, sweep = res["chosen"]["decoding"], res["chosen"]["decoding_sweep"]
+    assert [(r["small_block_size"], r["acceptance"], r["threshold"]) for r in sweep[1:]] == [
+        (sbs, rule, thr) for sbs in build.DECODING_SUB_BLOCKS if res["chosen"]["block_size"] % sbs == 0
+        for rule, thr in build.DECODING_RULES]
+    assert sweep[0]["mode"] == "ar" and all(r["n"] == b.n_sweep for r in sweep)
+    keeps = [r for r in sweep[1:] if r["accuracy"] >= sweep[0]["accuracy"] - 0.01]
+    best = (max(keeps, key=lambda r: r["tpf"]) if keeps else max(sweep[1:], key=lambda r: (r["accuracy"], r["tpf"])))
+    assert dec == {k: best[k] for k in ("block_size", "small_block_size", "acceptance", "threshold")}
+    ruled = dec["acceptance"] != "threshold"  # its rows join the table and the headline
+    chosen_rows = [e for e in evals if e["acceptance"] == dec["acceptance"] != "threshold"]
+    assert {(e["block_cache"], e["batch"]) for e in chosen_rows} == (
+        {(c, n) for c in (False, True) for n in (1, b.batched)} if ruled else set())
+    assert all(e["small_block_size"] == dec["small_block_size"] and e["threshold"] == dec["threshold"]
+               for e in chosen_rows)
     head = res["headline"]
     assert [(e["model"], e["mode"], e["threshold"], e["batch"], e["n"]) for e in head] == [
-        ("AR parent", "ar", None, 1, b.n_heldout), ("BD, compl. mask", "diffusion", 0.9, 1, b.n_heldout)]
+        ("AR parent", "ar", None, 1, b.n_heldout), ("BD, compl. mask", "diffusion", 0.9, 1, b.n_heldout)] + (
+        [("BD, compl. mask", "diffusion", dec["threshold"], 1, b.n_heldout)] if ruled else [])
     for e in head:  # greedy: the same problems decode to the same text as in the full table
-        same = next(r for r in evals if (r["model"], r["mode"], r["threshold"], r["block_cache"], r["batch"]) ==
-                    (e["model"], e["mode"], e["threshold"], False, 1))
+        same = next(r for r in evals if (r["model"], r["mode"], r["threshold"], r["block_cache"], r["batch"],
+                                         r["acceptance"]) == (e["model"], e["mode"], e["threshold"], False, 1,
+                                                              e["acceptance"]))
         assert e["samples"] == same["samples"]
 
     # the phrasings check: the same two models on as many problems in training phrasings
@@ -106,7 +126,7 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
         assert sum(e["errors"].values()) == round(e["n"] * (1 - e["accuracy"]))
         first = (held if e["phrasings"] == "held-out" else P.unseen_numbers(1, 0))[0]
         assert e["samples"][0]["question"] == first.question
-    for e, h in zip(ph[::2], head):  # the held-out rows, batched, answer as the headline rows one at a time
+    for e, h in zip(ph[::2], head[:2]):  # the held-out rows, batched, answer as the headline rows one at a time
         assert e["samples"] == h["samples"] and e["accuracy"] == h["accuracy"]
     assert "| AR parent | ar | training |" in (tmp_path / "report" / "results.md").read_text()
 
@@ -124,6 +144,9 @@ def test_quick_build_end_to_end(tmp_path, two_threads):
     assert f"{100 * ph[1]['accuracy']:.1f}% right in wordings it trained on" in card
     shipped = fastdllm.load(str(rel))
     assert shipped.is_block_diffusion
+    assert (shipped.config.bd_size, shipped.config.small_block_size, shipped.config.acceptance,
+            shipped.config.threshold) == (dec["block_size"], dec["small_block_size"], dec["acceptance"],
+                                          dec["threshold"])  # it decodes as chosen when a request names nothing
     out = shipped.generate([held[0].messages(with_answer=False)], max_new_tokens=16)[0]
     assert out.stats.nfe > 0 and out.text is not None
 

@@ -321,21 +321,24 @@ def adapt_more(b: Budget, out: Path, data: Path, tok_dir: Path, seed: int, progr
 
 def evaluate(llm, problems: list[P.Problem], mode: str, threshold: float | None = None, cache: bool = False,
              batch: int = 1, b: Budget = FULL, progress: bool = True, desc: str = "", block_size: int | None = None,
-             small_block_size: int | None = None) -> dict:
+             small_block_size: int | None = None, acceptance: str = "threshold") -> dict:
     """Exact-answer accuracy, TPF and tokens/s on ``problems``, ``batch`` problems at a time (greedy).
 
-    Block sizes default to the checkpoint's (``bd_size``, ``small_block_size`` in its config).
+    Block sizes default to the checkpoint's (``bd_size``, ``small_block_size`` in its config); the
+    accept rule is Fast-dLLM v2's unless ``acceptance`` says otherwise (never the checkpoint's, so
+    that a row means the same whatever the config holds).
     """
     opts = dict(mode=mode, max_new_tokens=b.max_new_tokens, temperature=0.0)
     if mode == "diffusion":
         opts.update(threshold=threshold, block_size=block_size, small_block_size=small_block_size,
-                    use_block_cache=cache)
+                    use_block_cache=cache, acceptance=acceptance)
     llm.generate([p.messages(with_answer=False) for p in problems[:batch]], **opts)  # warm-up (allocations)
     results, seconds = decode_problems(llm, problems, opts, batch, progress, desc)
     correct = [P.is_correct(p, r.text) for p, r in zip(problems, results)]
     gen = sum(r.stats.generated_tokens for r in results)
     nfe = sum(r.stats.nfe for r in results)
     return {"mode": mode, "threshold": threshold, "block_cache": cache, "batch": batch, "n": len(problems),
+            "acceptance": acceptance if mode == "diffusion" else None,
             "block_size": block_size or llm.config.bd_size, "small_block_size":
                 small_block_size or llm.config.small_block_size,
             "accuracy": sum(correct) / len(problems), "generated_tokens": gen, "nfe": nfe,
@@ -377,9 +380,11 @@ def matched_label(b: Budget, complementary: bool) -> str:
 
 def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool, log,
                  all_problems: list[P.Problem] | None = None,
-                 earlier: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
-    """The full table on ``problems``; and, when ``all_problems`` holds more, the two rows the
-    targets are about (AR parent; BD at threshold 0.9, one problem at a time) on all of them.
+                 earlier: list[dict] | None = None,
+                 decoding: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """The full table on ``problems``; and, when ``all_problems`` holds more, the rows the targets
+    are about (AR parent; BD at threshold 0.9; BD with the ``decoding`` the sweep chose, when it is
+    not that one: one problem at a time) on all of them.
 
     The ablation models (``bd_matched``, ``bd_nocomp``) are evaluated when they are in ``out``; a
     partial rerun without them (say, on a model continued from the shipped one) keeps their rows
@@ -407,6 +412,8 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
         """One evaluation of the model ``out / name``; a finished one is kept in ``report/rows``, so
         an evaluation stopped part-way continues from its last finished row."""
         desc = f"{label} {kw.get('mode')} thr={kw.get('threshold')} cache={kw.get('cache', False)} batch={kw.get('batch', 1)}"
+        if kw.get("acceptance", "threshold") != "threshold":
+            desc += f" rule={kw['acceptance']} sizes={kw.get('block_size')}/{kw.get('small_block_size')}"
         if on is not problems:
             desc += f" on all {len(on)}"
 
@@ -430,13 +437,24 @@ def evaluate_all(out: Path, problems: list[P.Problem], b: Budget, progress: bool
     if ablation("bd_nocomp", matched_label(b, False)):
         for thr in THRESHOLDS:
             row(matched_label(b, False), "bd_nocomp", mode="diffusion", threshold=thr)
+    chosen = None
+    if decoding and decoding["acceptance"] != "threshold":  # (a threshold-rule choice: add its rows likewise)
+        chosen = dict(mode="diffusion", threshold=decoding["threshold"], acceptance=decoding["acceptance"],
+                      block_size=decoding["block_size"], small_block_size=decoding["small_block_size"])
+        for cache in (False, True):
+            row("BD, compl. mask", "bd", cache=cache, **chosen)
     row("AR parent", "ar", mode="ar", batch=b.batched)
     row("BD, compl. mask", "bd", mode="diffusion", threshold=0.9, batch=b.batched)
     row("BD, compl. mask", "bd", mode="diffusion", threshold=0.9, cache=True, batch=b.batched)
+    if chosen:
+        for cache in (False, True):
+            row("BD, compl. mask", "bd", cache=cache, batch=b.batched, **chosen)
     if all_problems is not None and len(all_problems) > len(problems):
         log(f"  the AR parent and block diffusion at threshold 0.9 on all {len(all_problems)} held-out problems")
         row("AR parent", "ar", into=headline, on=all_problems, mode="ar")
         row("BD, compl. mask", "bd", into=headline, on=all_problems, mode="diffusion", threshold=0.9)
+        if chosen:
+            row("BD, compl. mask", "bd", into=headline, on=all_problems, **chosen)
     return rows, headline
 
 
@@ -444,8 +462,11 @@ def cached_row(cache_dir: Path, model_dir: Path, key: str, measure) -> dict:
     """``measure()``, or what it gave in an earlier run for the same ``key`` on the same model
     (weights and config: the sweep stage rewrites the block sizes)."""
     h = hashlib.sha256()
-    for f in ("model.safetensors", "config.json"):
-        h.update((model_dir / f).read_bytes())
+    h.update((model_dir / "model.safetensors").read_bytes())
+    cfg = json.loads((model_dir / "config.json").read_text())
+    for k in DECODING_KEYS:  # every row names its rule and threshold: the config's default does not matter
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, indent=2).encode() + b"\n")
     h.update(key.encode())
     path = cache_dir / f"{h.hexdigest()[:24]}.json"
     kept = _read_json(path)
@@ -458,6 +479,12 @@ def cached_row(cache_dir: Path, model_dir: Path, key: str, measure) -> dict:
 
 
 SWEEP = ((32, 8), (32, 4), (32, 16), (16, 8), (16, 4))
+# the shipped decoding: sub-blocks (at the chosen block size) x accept rules and thresholds
+# (``fastdllm.engine.acceptance``); the ordered rules stop at the first unsure position, so a larger
+# sub-block no longer costs them the accuracy it costs Fast-dLLM v2's rule
+DECODING_SUB_BLOCKS = (4, 8, 16, 32)
+DECODING_RULES = (("threshold", 0.9), ("prefix", 0.95), ("joint", 0.9), ("joint", 0.95), ("joint", 0.99))
+DECODING_KEYS = ("acceptance", "threshold")  # what the release's config.json adds (``write_decoding``)
 
 
 def validation_split(n: int, seed: int, evaluation: list[P.Problem]) -> list[P.Problem]:
@@ -478,6 +505,7 @@ def choose_block_sizes(model_dir: Path, problems: list[P.Problem], b: Budget, pr
     rows = []
     for bs, sbs in SWEEP:
         e = evaluate(llm, problems, "diffusion", 0.9, b=b, progress=progress, block_size=bs, small_block_size=sbs,
+                     acceptance="threshold",
                      desc=f"block {bs} / sub-block {sbs}")
         rows.append({k: e[k] for k in ("block_size", "small_block_size", "n", "accuracy", "tpf", "tokens_per_s")})
         log(f"  block {bs}, sub-block {sbs}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}, "
@@ -485,6 +513,46 @@ def choose_block_sizes(model_dir: Path, problems: list[P.Problem], b: Budget, pr
     best = max(r["accuracy"] for r in rows)
     chosen = max((r for r in rows if r["accuracy"] >= best - 0.01), key=lambda r: r["tokens_per_s"])
     return {"block_size": chosen["block_size"], "small_block_size": chosen["small_block_size"]}, rows
+
+
+def choose_decoding(model_dir: Path, ar_dir: Path, problems: list[P.Problem], block_size: int, b: Budget,
+                    progress: bool, log) -> tuple[dict, list]:
+    """Decode ``problems`` one at a time with the AR parent, and with block diffusion at ``block_size``
+    for each sub-block of ``DECODING_SUB_BLOCKS`` and (rule, threshold) of ``DECODING_RULES``.
+
+    Returns the setting with the most tokens per forward among those within a point of the parent's
+    accuracy (none: the most accurate, then the most tokens per forward), and the measurements.
+    """
+    import fastdllm
+
+    keys = ("mode", "n", "accuracy", "tpf", "tokens_per_s")
+    parent = evaluate(fastdllm.load(str(ar_dir)), problems, "ar", b=b, progress=progress, desc="AR parent")
+    rows = [{"block_size": None, "small_block_size": None, "acceptance": None, "threshold": None,
+             **{k: parent[k] for k in keys}}]
+    log(f"  AR parent: accuracy {100 * parent['accuracy']:.1f}%")
+    llm = fastdllm.load(str(model_dir))
+    for sbs in (s for s in DECODING_SUB_BLOCKS if block_size % s == 0):
+        for rule, thr in DECODING_RULES:
+            e = evaluate(llm, problems, "diffusion", thr, b=b, progress=progress, acceptance=rule,
+                         block_size=block_size, small_block_size=sbs, desc=f"sub-block {sbs}, {rule} {thr}")
+            rows.append({"block_size": block_size, "small_block_size": sbs, "acceptance": rule, "threshold": thr,
+                         **{k: e[k] for k in keys}})
+            log(f"  sub-block {sbs}, {rule} rule at {thr}: accuracy {100 * e['accuracy']:.1f}%, TPF {e['tpf']:.2f}")
+    bd = rows[1:]
+    keeps = [r for r in bd if r["accuracy"] >= parent["accuracy"] - 0.01]
+    chosen = (max(keeps, key=lambda r: r["tpf"]) if keeps
+              else max(bd, key=lambda r: (r["accuracy"], r["tpf"])))
+    return {k: chosen[k] for k in ("block_size", "small_block_size", "acceptance", "threshold")}, rows
+
+
+def write_decoding(model_dir: Path, decoding: dict) -> None:
+    """The chosen decoding as the checkpoint's defaults (config.json ``bd_size``, ``small_block_size``,
+    ``acceptance``, ``threshold``: what ``fastdllm.load`` decodes with when a request names none)."""
+    cfg_file = model_dir / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["bd_size"], cfg["small_block_size"] = decoding["block_size"], decoding["small_block_size"]
+    cfg.update({k: decoding[k] for k in DECODING_KEYS})
+    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def write_block_sizes(model_dir: Path, chosen: dict) -> None:
@@ -505,11 +573,18 @@ def table_rows(evals: list[dict]) -> list[tuple[str, ...]]:
     for e in evals:
         diff = e["mode"] == "diffusion"
         ref = ar_speed.get(e["batch"])
-        rows.append((e["model"], e["mode"], f"{e['threshold']:.1f}" if diff else "-",
+        rows.append((e["model"], e["mode"], _threshold(e) if diff else "-",
                      ("on" if e["block_cache"] else "off") if diff else "-", str(e["batch"]),
                      f"{100 * e['accuracy']:.1f}%", f"{e['tpf']:.2f}", f"{e['tokens_per_s']:.0f}",
                      f"{e['tokens_per_s'] / ref:.2f}x" if ref else "-"))
     return rows
+
+
+def _threshold(e: dict) -> str:
+    """``0.9`` under Fast-dLLM v2's accept rule (at the block sweep's sizes), ``0.95 joint, sub-block 8``
+    under another (``acceptance.py``; the shipped decoding's own sub-block)."""
+    rule = e.get("acceptance") or "threshold"
+    return f"{e['threshold']:g}" + ("" if rule == "threshold" else f" {rule}, sub-block {e['small_block_size']}")
 
 
 def markdown_table(evals: list[dict]) -> str:
@@ -535,7 +610,7 @@ def report_markdown(evals: list[dict], headline: list[dict], phrasings: list[dic
 
 def _decoding(e: dict) -> str:
     """An evaluation's decoding, as the error tables name it: ``ar`` or ``diffusion, 0.9``."""
-    return e["mode"] if e["mode"] == "ar" else f"diffusion, {e['threshold']:.1f}"
+    return e["mode"] if e["mode"] == "ar" else f"diffusion, {_threshold(e)}"
 
 
 def phrasings_table(phrasings: list[dict]) -> str:
@@ -567,7 +642,8 @@ def evaluate_phrasings(out: Path, held: list[P.Problem], b: Budget, seed: int, p
 def errors_table(evals: list[dict]) -> str:
     """Wrong answers by first mistake, for the AR rows and block diffusion at threshold 0.9 (batch 1)."""
     picked = [e for e in evals if e.get("errors") and e["batch"] == 1
-              and (e["mode"] == "ar" or (e["threshold"] == 0.9 and not e["block_cache"]))]
+              and (e["mode"] == "ar" or ((e["threshold"] == 0.9 or (e.get("acceptance") or "threshold") != "threshold")
+                                         and not e["block_cache"]))]
     if not picked:
         return ""
     rows = [[e["model"], _decoding(e), str(e["n"]), str(sum(e["errors"].values())),
@@ -583,18 +659,21 @@ def plot_results(evals: list[dict], path: Path, title: str) -> Path:
     """Accuracy and TPF against the threshold (one problem at a time), the AR parent as a reference."""
     ar = next(e for e in evals if e["mode"] == "ar" and e["batch"] == 1)
     one = [e for e in evals if e["mode"] == "diffusion" and e["batch"] == 1]
+    one = [e for e in one if (e.get("acceptance") or "threshold") == "threshold"]  # against the threshold
     series = [(label + (", sub-block cache" if cache else ""),
                [e for e in one if (e["model"], e["block_cache"]) == (label, cache)])
               for label, cache in dict.fromkeys((e["model"], e["block_cache"]) for e in one)]  # in table order
     return R.plot_thresholds(path, title, ar, series, "exact-answer accuracy (%)")
 
 
-def decoding_picture(model_dir: Path, problem: P.Problem, path: Path, b: Budget) -> Path:
+def decoding_picture(model_dir: Path, problem: P.Problem, path: Path, b: Budget, decoding: dict | None = None) -> Path:
     import fastdllm
     from fastdllm.visualize import plot_trace, record
 
     llm = fastdllm.load(str(model_dir))
-    _, trace = record(llm, problem.messages(False), max_new_tokens=b.max_new_tokens, threshold=0.9)
+    opts = {} if not decoding else {"threshold": decoding["threshold"], "acceptance": decoding["acceptance"],
+                                    "block_size": decoding["block_size"], "small_block_size": decoding["small_block_size"]}
+    _, trace = record(llm, problem.messages(False), max_new_tokens=b.max_new_tokens, **{"threshold": 0.9, **opts})
     return plot_trace(trace, path, title=f"{problem.question[:90]}...")
 
 
@@ -607,6 +686,9 @@ def release(out: Path, heldout_file: Path, results: dict, b: Budget) -> Path:
         shutil.rmtree(rel)
     rel.mkdir(parents=True)
     _copy_model(out / "bd", rel)
+    decoding = (results.get("chosen") or {}).get("decoding")
+    if decoding:  # the run's bd/ keeps the block sweep's sizes (the table's rows); the release decodes as chosen
+        write_decoding(rel, decoding)
     _copy_model(out / "ar", rel / "ar_parent")  # the AR parent, for fastdllm bench and comparisons
     shutil.copy2(heldout_file, rel / "heldout.jsonl")
     for f in ("results.md", "results.json", "results.png", "trace.png"):
@@ -721,6 +803,13 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
             if (out / name).is_dir():
                 write_block_sizes(out / name, chosen)
         log(f"  chosen: block {chosen['block_size']}, sub-block {chosen['small_block_size']}")
+        log(f"[4/7] the shipped decoding: sub-blocks {DECODING_SUB_BLOCKS} x {len(DECODING_RULES)} accept rules "
+            f"and thresholds, and the AR parent, on the same problems")
+        decoding, decoding_sweep = choose_decoding(out / "bd", out / "ar", validation_split(b.n_sweep, seed, held_all),
+                                                   chosen["block_size"], b, progress, log)
+        chosen = {**chosen, "decoding": decoding, "decoding_sweep": decoding_sweep}
+        log(f"  chosen: sub-block {decoding['small_block_size']}, {decoding['acceptance']} rule at threshold "
+            f"{decoding['threshold']} (in the release's config.json)")
         timings["sweep"] = time.perf_counter() - t0
     results_file = out / "report" / "results.json"
     if "eval" in stages:
@@ -732,8 +821,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         kept.pop("phrasings", None)  # measured on the models as they were; the phrasings stage redoes it
         kept.get("timings_s", {}).pop("phrasings", None)
         t0 = time.perf_counter()
+        decoding = (chosen or kept.get("chosen") or {}).get("decoding")
         evals, headline = evaluate_all(out, held, b, progress, log, all_problems=held_all,
-                                       earlier=kept.get("evaluations"))
+                                       earlier=kept.get("evaluations"), decoding=decoding)
         timings["eval"] = time.perf_counter() - t0
         rep = out / "report"
         rep.mkdir(exist_ok=True)
@@ -749,7 +839,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True, lo
         results_file.write_text(json.dumps(results, indent=2) + "\n")
         log("[6/7] report: table, plot, decoding picture")
         plot_results(evals, rep / "results.png", title)
-        decoding_picture(out / "bd", held[0], rep / "trace.png", b)
+        decoding_picture(out / "bd", held[0], rep / "trace.png", b, decoding)  # as the release decodes
     if "phrasings" in stages:  # check_stages made sure the eval stage's results are there
         log(f"[5/7] held-out phrasings against training phrasings (unseen numbers): the AR parent and block "
             f"diffusion at threshold 0.9, {b.batched} at a time")
