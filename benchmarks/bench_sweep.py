@@ -401,36 +401,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_tables(result: dict) -> None:
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The sweep's tables (products alone, end to end, whole forwards per context), as markdown:
+    what ``print_tables`` prints and ``docs/tables.py`` puts in the docs."""
+    out: list[str] = []
+    add = out.append
     for shape, s in result["shapes"].items():
         gemm = s.get("layer_gemm", {})
         if gemm:
-            print(f"\n{shape}: one layer's four products alone, ms (GOP/s) by rows")
+            add(f"\n**{shape}**: one layer's four products alone, ms (GOP/s) by rows\n")
             rows = list(next(iter(gemm.values())))
-            print("| kernel | " + " | ".join(rows) + " |")
-            print("|---|" + "---|" * len(rows))
+            add("| kernel | " + " | ".join(rows) + " |")
+            add("|---|" + "---|" * len(rows))
             for k, t in gemm.items():
-                print(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
+                add(f"| {k} | " + " | ".join(f"{t[m]['ms']:.3f} ({t[m]['gops']:.0f})" for m in rows) + " |")
         e2e = s.get("end_to_end")
         if e2e:
-            print(f"\n{shape} end to end (confidence scale {e2e['scale']}, {e2e['new_tokens']} new tokens x "
-                  f"{e2e['prompts']} prompts): tokens/s, TPF, break-even TPF against the fastest AR")
-            print("| path | AR tok/s | BD+cache tok/s (TPF) | break-even | BD tok/s (TPF) | break-even |")
-            print("|---|---|---|---|---|---|")
+            add(f"\n**{shape}** end to end (confidence scale {e2e['scale']}, {e2e['new_tokens']} new tokens x "
+                  f"{e2e['prompts']} prompts): tokens/s, TPF, break-even TPF against the fastest AR\n")
+            add("| path | AR tok/s | BD+cache tok/s (TPF) | break-even | BD tok/s (TPF) | break-even |")
+            add("|---|---|---|---|---|---|")
             for p, r in e2e["paths"].items():
                 c, n = r["bd_cache"], r["bd_no_cache"]
-                print(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
+                add(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
                       f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | "
                       f"{n['break_even_tpf']:.2f} |")
         for c, r in s["contexts"].items():
-            print(f"\n{shape}, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
-                  f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms")
+            add(f"\n**{shape}**, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
+                  f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms\n")
             rows = list(next(iter(r["forward_ms"].values())))
-            print("| path | " + " | ".join(rows) + " | break-even TPF (8 rows / 32 rows) |")
-            print("|---|" + "---|" * (len(rows) + 1))
+            add("| path | " + " | ".join(rows) + " | break-even TPF (8 rows / 32 rows) |")
+            add("|---|" + "---|" * (len(rows) + 1))
             for p, t in r["forward_ms"].items():
                 be = r["break_even_tpf"][p]
-                print(f"| {p} | " + " | ".join(f"{t[n]:.1f} ({r['gflops'][p][n]:.0f})" for n in rows)
+                add(f"| {p} | " + " | ".join(f"{t[n]:.1f} ({r['gflops'][p][n]:.0f})" for n in rows)
                       + f" | {be.get('rows_8', float('nan')):.2f} / {be.get('rows_32', float('nan')):.2f} |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

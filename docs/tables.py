@@ -252,20 +252,42 @@ def versions_redesign() -> str:
                     d["command"])
 
 
-@table("hostile_default")
-def hostile_default() -> str:
-    """The serving page's three tables, written by the benchmark's own ``markdown`` (one format)."""
+def _bench_script(name: str):
+    """A benchmark script of ``benchmarks/`` as a module (for its own ``markdown``: one format)."""
     import importlib.util
 
     bench_dir = str(ROOT / "benchmarks")
     sys.path.insert(0, bench_dir)  # the script imports its sibling scripts, as when run from benchmarks/
     try:
-        spec = importlib.util.spec_from_file_location("bench_hostile", ROOT / "benchmarks" / "bench_hostile.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(bench)
     finally:
         sys.path.remove(bench_dir)
-    return bench.markdown(load("hostile_default.json"))
+    return bench
+
+
+@table("hostile_default")
+def hostile_default() -> str:
+    """The serving page's three tables, written by the benchmark's own ``markdown`` (one format)."""
+    return _bench_script("bench_hostile").markdown(load("hostile_default.json"))
+
+
+@table("sweep_2thread")
+def sweep_2thread() -> str:
+    """The size sweep on two threads: the machine, its peaks and instruction sets, then the sweep's
+    own tables (``bench_sweep.markdown``)."""
+    name = "sweep_2thread.json"
+    d = load(name)
+    m, pk = d["machine"], d["peaks"]
+    head = (f"*Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} threads, torch {m['torch']}; "
+            f"instruction sets: {', '.join(m['isa'])}; W8A8 kernel: {m.get('w8a8_kernel', '-')}; load average at "
+            f"the start {m['load_average'][0]:.2f}. Measured peaks: float32 GEMM {pk['float32_gflops']:.0f} GFLOP/s, "
+            f"W8A8 {pk['int8_a8_gops']:.0f} GOP/s, memory reads {pk['read_gbs']:.1f} GB/s. Date: {date_of(name, d)}. "
+            f"Command: `{d['command']}`. Data: `benchmarks/results/{name}`"
+            + (f"; skipped: {'; '.join(f'{k}: {v}' for k, v in d['skipped'].items())}" if d.get("skipped") else "")
+            + (f". Note: {d['note']}" if d.get("note") else "") + ".*\n")
+    return head + _bench_script("bench_sweep").markdown(d)
 
 
 def _load_path(rel: str):
