@@ -273,6 +273,17 @@ def hostile_default() -> str:
     return _bench_script("bench_hostile").markdown(load("hostile_default.json"))
 
 
+@table("decoding_fresh_validation")
+def decoding_fresh_validation() -> str:
+    name = "decoding_fresh_validation.json"
+    d = load(name)
+    ar = d["rows"][0]
+    rows = [[r["setting"], pct(r["accuracy"]), f"{100 * (r['accuracy'] - ar['accuracy']):+.1f}", f"{r['tpf']:.2f}",
+             f"{r['tokens_per_s']:.0f}"] for r in d["rows"]]
+    return markdown(["decoding (block 32)", f"accuracy ({d['n']} fresh validation problems)", "vs AR parent (points)",
+                     "TPF", "tokens/s"], rows, name, d, d["command"])
+
+
 @table("sweep_2thread")
 def sweep_2thread() -> str:
     """The size sweep on two threads: the machine, its peaks and instruction sets, then the sweep's
