@@ -7,6 +7,9 @@ from pathlib import Path
 SCREENING = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "screening_levers.json"
 
 
+# what a build that chose no decoding ships with: Fast-dLLM v2's accept rule at 0.9
+V2_DECODING = {"acceptance": "threshold", "threshold": 0.9}
+
 def _params(model: dict) -> int:
     h, i, n = model["hidden_size"], model["intermediate_size"], model["num_hidden_layers"]
     d, q, kv, v = model["head_dim"], model["num_attention_heads"], model["num_key_value_heads"], model["vocab_size"]
@@ -79,7 +82,7 @@ def _targets(results: dict, b) -> str:
     Fast-dLLM v2's rule at 0.9 follows for reference when the two differ."""
     rows = results.get("headline") or results.get("evaluations") or []
     evals = results.get("evaluations") or []
-    dec = (results.get("chosen") or {}).get("decoding") or {"acceptance": "threshold", "threshold": 0.9}
+    dec = (results.get("chosen") or {}).get("decoding") or V2_DECODING
 
     def find(src, mode, batch, threshold=None, rule="threshold"):
         return next((e for e in src if e["mode"] == mode and e["batch"] == batch and not e.get("block_cache")
@@ -158,7 +161,7 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
     # the headline sentence uses the rows on all held-out problems when the full table has fewer
     rows = results.get("headline") or evals
     ar = next((e for e in rows if e["mode"] == "ar" and e["batch"] == 1), None)
-    dec = (chosen.get("decoding") if chosen else None) or {"acceptance": "threshold", "threshold": 0.9}
+    dec = (chosen.get("decoding") if chosen else None) or V2_DECODING
     bd = next((e for e in rows if e["model"] == "BD, compl. mask" and e["threshold"] == dec["threshold"]
                and (e.get("acceptance") or "threshold") == dec["acceptance"]
                and not e["block_cache"] and e["batch"] == 1), None)
@@ -194,7 +197,7 @@ def write_model_card(path: Path, results: dict, budget) -> Path:
                      "sweep's sizes), "
                      "where any request can override it.\n\n"
                      "| sub-block | rule | threshold | accuracy | TPF | tokens/s |\n|---|---|---|---|---|---|\n" +
-                     "".join((f"| - | AR parent | - " if r["mode"] == "ar" else
+                     "".join(("| - | AR parent | - " if r["mode"] == "ar" else
                               f"| {r['small_block_size']} | {r['acceptance']} | {r['threshold']:g} ") +
                              f"| {100 * r['accuracy']:.1f}% | {r['tpf']:.2f} | {r['tokens_per_s']:.0f} |\n"
                              for r in rows_d) + "\n")

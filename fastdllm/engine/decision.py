@@ -45,19 +45,18 @@ class StepDecision:
         used = {t for n, t in zip(self.sizes, self.thresholds) if n}
         self.threshold = used.pop() if len(used) == 1 else upload(
             [t for n, t in zip(self.sizes, self.thresholds) for _ in range(n)], torch.float64, device)  # [R]
+        counts = [n for n in self.sizes if n]  # rows of each non-empty segment
+        ids = [i for i, n in enumerate(counts) for _ in range(n)]
         if self.segments > 1 and not self.single_rows:
-            counts = [n for n in self.sizes if n]
-            ids = [i for i, n in enumerate(counts) for _ in range(n)]
             self.segment = upload(ids, torch.long, device)  # [R] segment of each row, non-empty segments only
         # ordered rules (prefix, joint) on segments of more than one row: a [S, L] layout of the rows
         # so that each segment's running test is one cumulative op along its row
         seg_rules = [r for n, r in zip(self.sizes, rules) if n]
         self.ordered = None
         if not self.single_rows and any(r in ORDERED for r in seg_rules):
-            counts = [n for n in self.sizes if n]
             starts = [sum(counts[:i]) for i in range(len(counts))]
             self.ordered = (
-                upload([i for i, n in enumerate(counts) for _ in range(n)], torch.long, device),  # [R] segment
+                self.segment if self.segments > 1 else upload(ids, torch.long, device),  # [R] segment
                 upload([j for n in counts for j in range(n)], torch.long, device),  # [R] column in it
                 upload([r in ORDERED for r in seg_rules], torch.bool, device),  # [S] ordered segment
                 upload([seg_rules[i] == "joint" for i, n in enumerate(counts) for _ in range(n)], torch.bool,
