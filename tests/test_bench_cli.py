@@ -233,9 +233,12 @@ def test_default_prompts_and_ar_parent_come_from_the_model_dir(model_dir, heldou
     shutil.copytree(model_dir, d)
     P.write_jsonl(heldout, d / "heldout.jsonl")
     parent = _tiny_model(d / "ar_parent", seed=1)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "threshold": 0.7}))  # the checkpoint's own threshold
     out = tmp_path / "b.json"
     assert _bench("--model", d, "--limit", 2, "--batch-size", 2, "--out", out, "--no-plot") == 0
     results = json.loads(out.read_text())
+    assert {r["threshold"] for r in results["rows"] if r["decoding"] == "diffusion"} == {0.7}  # no --threshold
     assert results["prompts"] == {"source": str(d / "heldout.jsonl"), "count": 2, "with_answers": 2}
     assert results["settings"]["ar_model"] == str(parent)
     rows = _rows(results)

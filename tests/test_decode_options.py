@@ -89,7 +89,19 @@ def test_page_defaults_are_the_schema_defaults():
 def test_bench_defaults_are_the_schema_defaults():
     assert BenchSettings(model="m", prompts=[]).thresholds == [FALLBACK_THRESHOLD]
     args = build_parser().parse_args(["bench"])
-    assert float(args.threshold) == FALLBACK_THRESHOLD
+    assert args.threshold is None  # the checkpoint's (config.json), else FALLBACK_THRESHOLD
+
+
+def test_bench_threshold_defaults_to_the_checkpoints(tmp_path):
+    import json
+
+    from fastdllm.cli.bench import checkpoint_threshold
+
+    assert checkpoint_threshold(None) == FALLBACK_THRESHOLD
+    assert checkpoint_threshold(tmp_path) == FALLBACK_THRESHOLD  # no config.json
+    for value, want in ((0.99, 0.99), (None, FALLBACK_THRESHOLD), ("high", FALLBACK_THRESHOLD), (2, FALLBACK_THRESHOLD)):
+        (tmp_path / "config.json").write_text(json.dumps({} if value is None else {"threshold": value}))
+        assert checkpoint_threshold(tmp_path) == want, value
 
 
 def test_schema_fills_block_sizes_from_the_checkpoint():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "MODEL/heldout.jsonl when it exists, else 8 built-in chat prompts)")
     w.add_argument("--limit", type=int, default=100, metavar="N",
                    help="use the first N prompts; 0 = all (default: %(default)s)")
-    w.add_argument("--threshold", default=f"{FALLBACK_THRESHOLD:g}", metavar="T[,T...]",
-                   help="block-diffusion confidence threshold(s) in [0, 1]; a list sweeps (default: %(default)s); "
-                        "the accept rule is the checkpoint's (config.json acceptance, else Fast-dLLM v2's)")
+    w.add_argument("--threshold", metavar="T[,T...]",
+                   help="block-diffusion confidence threshold(s) in [0, 1]; a list sweeps (default: the "
+                        f"checkpoint's config.json threshold, else {FALLBACK_THRESHOLD:g}); the accept rule is "
+                        "the checkpoint's (config.json acceptance, else Fast-dLLM v2's)")
     w.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="the batched rows' batch size; batch 1 always runs (default: %(default)s)")
     w.add_argument("--max-new-tokens", type=int, default=320, metavar="N",
@@ -97,7 +99,7 @@ def parse_thresholds(spec: str) -> list[float]:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    args.thresholds = parse_thresholds(args.threshold)
+    args.thresholds = None if args.threshold is None else parse_thresholds(args.threshold)  # None: the checkpoint's
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
@@ -116,6 +118,17 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_reference_code(args.reference_code)
         check_python(args.reference_python)
     common.check_model_arguments(args)
+
+
+def checkpoint_threshold(model_dir: Path | None) -> float:
+    """The threshold a checkpoint directory's config.json names (the one its decoding was chosen
+    with), else Fast-dLLM v2's; a config that cannot be read counts as naming none (loading reports it)."""
+    try:
+        value = json.loads((model_dir / "config.json").read_text()).get("threshold") if model_dir else None
+    except (OSError, ValueError, AttributeError):
+        value = None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+    return float(value) if ok else FALLBACK_THRESHOLD
 
 
 def ar_parent(model_dir: Path | None) -> Path | None:
@@ -144,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         prompts = prompts[:args.limit]
     ar_model = args.ar_model or ar_parent(model_dir)
+    if args.thresholds is None:
+        args.thresholds = [checkpoint_threshold(model_dir)]
     if args.threads:
         import torch
 
