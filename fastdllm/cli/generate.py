@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from ..engine.acceptance import RULES
-from ..engine.options import DEFAULTS, FALLBACK_THRESHOLD, DecodeOptions, block_sizes, checkpoint_block_sizes, context_cap, merge
+from ..engine.options import (DEFAULTS, FALLBACK_THRESHOLD, DecodeOptions, block_sizes, checkpoint_block_sizes,
+                               context_cap, merge)
 from ..errors import InvalidRequestError
 from . import common
 from .common import CLIError

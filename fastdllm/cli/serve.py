@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a model over an OpenAI-compatible HTTP API, with a live denoising page at /. "
-                    "Block-diffusion options (threshold, block_size, small_block_size, use_block_cache, mode, "
+                    "Block-diffusion options (threshold, acceptance, block_size, small_block_size, use_block_cache, mode, "
                     "top_k) are accepted as extra body fields.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_arguments(p, steps=False)  # the server reads after every forward

@@ -12,8 +12,8 @@ drifted. Now:
   "not given", and a field takes its value from the first layer that gives it, so a front-end
   passes ``merge(request, server_or_cli_defaults)`` and the schema's defaults come last.
 - ``resolve(options, model)`` is the model-dependent step (as vLLM's ``SamplingParams.verify``):
-  block sizes, threshold and accept rule from the checkpoint (its ``config.json``), the sub-block dividing the block, a mask token for
-  diffusion, stop ids in the vocabulary. It is the only place the engine's ``DecodeParams`` are
+  block sizes, threshold and accept rule from the checkpoint (its ``config.json``), the sub-block
+  dividing the block, a mask token for diffusion, stop ids in the vocabulary. It is the only place the engine's ``DecodeParams`` are
   built. ``context_cap`` is the longest sequence the model holds under those params.
 """
 
