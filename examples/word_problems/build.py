@@ -548,18 +548,18 @@ def choose_decoding(model_dir: Path, ar_dir: Path, problems: list[P.Problem], bl
 def write_decoding(model_dir: Path, decoding: dict) -> None:
     """The chosen decoding as the checkpoint's defaults (config.json ``bd_size``, ``small_block_size``,
     ``acceptance``, ``threshold``: what ``fastdllm.load`` decodes with when a request names none)."""
-    cfg_file = model_dir / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["bd_size"], cfg["small_block_size"] = decoding["block_size"], decoding["small_block_size"]
-    cfg.update({k: decoding[k] for k in DECODING_KEYS})
-    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    update_config(model_dir, bd_size=decoding["block_size"], small_block_size=decoding["small_block_size"],
+                  **{k: decoding[k] for k in DECODING_KEYS})
 
 
 def write_block_sizes(model_dir: Path, chosen: dict) -> None:
+    update_config(model_dir, bd_size=chosen["block_size"], small_block_size=chosen["small_block_size"])
+
+
+def update_config(model_dir: Path, **keys) -> None:
+    """Set ``keys`` in the checkpoint's config.json (written as the trainer writes it: indent 2, newline)."""
     cfg_file = model_dir / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["bd_size"], cfg["small_block_size"] = chosen["block_size"], chosen["small_block_size"]
-    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **keys}, indent=2) + "\n")
 
 
 # ---- report -----------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
     llm = common.load_model(args, max_batch_size=args.batch_size)
     lm = FastDLLMLM(llm=llm, pretrained=args.model, batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
-                    threshold=args.threshold, acceptance=args.acceptance, block_size=args.block_size, small_block_size=args.small_block_size,
+                    threshold=args.threshold, acceptance=args.acceptance, block_size=args.block_size,
+                    small_block_size=args.small_block_size,
                     use_block_cache=args.use_block_cache, mode="ar" if args.ar else None)
     results = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, task_manager=manager, num_fewshot=args.num_fewshot, limit=args.limit,
