@@ -19,7 +19,8 @@ all paths (the fastest AR step): block diffusion beats the fastest AR decoding w
 forward exceed it. Forward time only: the step's own overhead (planner, sampling) comes on top.
 ``--end-to-end``: also AR and block-diffusion tokens/s per path on a block-diffusion model of each
 shape with ``--confidence-scale`` on its vocabulary projection, and the end-to-end break-even TPF
-(TPF x fastest AR tokens/s / BD tokens/s: the step's overhead included). ``--shapes tiny``: a
+(TPF x fastest AR tokens/s / BD tokens/s: the step's overhead included); ``--end-to-end-only``
+measures only that (no per-row forwards, no layer products). ``--shapes tiny``: a
 two-layer model, to try the benchmark out.
 ``--quick``: SmolLM2 shape only, context 256, 3 repeats. Writes JSON (machine, ISA flags, load,
 date and command included) and one plot: rows against time per forward, a line per path, and the
@@ -325,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=None, help="default: --out with .png")
     ap.add_argument("--end-to-end", action="store_true",
                     help="also AR and block-diffusion tokens/s per path on confidence-scaled random models")
-    ap.add_argument("--confidence-scale", type=float, default=10.0)
+    ap.add_argument("--end-to-end-only", action="store_true",
+                    help="only the end-to-end tokens/s (no per-row forwards, no layer products)")
+    ap.add_argument("--confidence-scale", type=float, default=10.0,
+                    help="the block-diffusion model's vocabulary projection scale (higher: more positions pass "
+                         "the threshold, a higher TPF)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--from-json", metavar="JSON", help="measure nothing: the tables and plot of a sweep's JSON "
@@ -340,12 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         args.shapes, args.contexts, args.repeats = "smollm2-135m", "256", 3
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.end_to_end_only:
+        args.end_to_end, args.contexts = True, ""
     shapes = [s for s in args.shapes.split(",") if s]
     bad = [s for s in shapes if s not in SHAPES] + [p for p in args.paths.split(",") if p not in PATHS]
     if bad:
         ap.error(f"unknown shape or path: {', '.join(bad)}")
     rows_list = [int(r) for r in args.rows.split(",")]
-    contexts = [int(c) for c in args.contexts.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",") if c]
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "peaks": peaks(args.quick), "shapes": {}, "skipped": {}}
@@ -360,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             if free is not None and need > free:  # an OOM kill would lose the whole run
                 result["skipped"][f"{shape} {path}"] = f"needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB available"
                 print(f"[{shape}] {path}: skipped ({result['skipped'][f'{shape} {path}']})", flush=True)
+                continue
+            if not contexts:  # --end-to-end-only: end_to_end builds its own models
                 continue
             model = build(shape, path)
             wb = weight_bytes(model)
@@ -381,20 +390,22 @@ def main(argv: list[str] | None = None) -> int:
             r["fastest_ar_path"], r["fastest_ar_ms"] = fastest, one[fastest]
             r["break_even_tpf"] = {p: {f"rows_{n}": t[str(n)] / one[fastest] for n in (SUB_BLOCK, BLOCK) if str(n) in t}
                                    for p, t in r["forward_ms"].items()}
-        gemm = gemm_table(shape, rows_list, args.repeats)
+        gemm = gemm_table(shape, rows_list, args.repeats) if contexts else {}
         result["shapes"][shape] = {"config": SHAPES[shape], "contexts": per_ctx, "layer_gemm": gemm}
         if args.end_to_end:
             paths = [p for p in args.paths.split(",") if p not in result["skipped"]
                      and f"{shape} {p}" not in result["skipped"]]
             result["shapes"][shape]["end_to_end"] = end_to_end(shape, paths, args.confidence_scale, args.new_tokens,
                                                                args.prompts)
-        print(f"[{shape}] one layer's products: " + "; ".join(
-            f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
+        if gemm:
+            print(f"[{shape}] one layer's products: " + "; ".join(
+                f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after every shape: partial results survive
     result["machine"]["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
+    if contexts:
+        plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
     print_tables(result)
     print(f"wrote {args.out}")
     return 0
@@ -429,7 +440,7 @@ def markdown(result: dict) -> str:
                 add(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
                       f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | "
                       f"{n['break_even_tpf']:.2f} |")
-        for c, r in s["contexts"].items():
+        for c, r in s.get("contexts", {}).items():
             add(f"\n**{shape}**, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms\n")
             rows = list(next(iter(r["forward_ms"].values())))

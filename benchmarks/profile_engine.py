@@ -335,8 +335,9 @@ def main() -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="the compiled decode path (fastdllm.kernels.compiled)")
-    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
-                   help="weight-only quantisation (on the CPU: fastdllm's kernels and C++ layer stack)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int8-a8", "int4"],
+                   help="quantisation (on the CPU: fastdllm's kernels and C++ layer stack); int8-a8: int8 weights "
+                        "and int8 activations (W8A8)")
     p.add_argument("--baseline", default=None, help="a tree with another fastdllm to compare, in the same process")
     p.add_argument("--steps-per-sync", type=int, nargs="+", default=None,
                    help="AR forwards per read (Engine.steps_per_sync); two or more values are compared")
@@ -352,12 +353,16 @@ def main() -> int:
         llm = default_model(args.lm_scale, runtime)
         llm.model.to(getattr(torch, args.dtype))
         if args.quantize:
-            from fastdllm.quant import quantize_model
+            from fastdllm.quant import A8_SUFFIX, quantize_model, set_activations
 
-            quantize_model(llm.model, args.quantize)
+            quantize_model(llm.model, args.quantize.removesuffix(A8_SUFFIX))
+            if args.quantize.endswith(A8_SUFFIX):
+                set_activations(llm.model, "int8")
         llm = LLM(llm.checkpoint, runtime=runtime)  # the backend is chosen for the model as it is now
     else:
-        llm = fastdllm.load(args.model, dtype=args.dtype, quantize=args.quantize, runtime=runtime)
+        from fastdllm.quant import load_path
+
+        llm = load_path(args.quantize or "float32", args.model, dtype=args.dtype, runtime=runtime)
     packages = {git_commit(ROOT): fastdllm}
     versions = {git_commit(ROOT): llm}
     if args.baseline and args.steps_per_sync and len(args.steps_per_sync) > 1:
