@@ -3,12 +3,15 @@ real shapes, beside the machine's measured peaks, and the break-even tokens per 
 
     python benchmarks/bench_sweep.py [--quick] [--shapes smollm2-135m,qwen2.5-0.5b,fast-dllm-v2-1.5b]
         [--paths float32,bfloat16,int8,int8-a8,int4] [--rows 1,2,4,8,16,32] [--contexts 256,1024]
-        [--repeats 7] [--threads N] [--out benchmarks/results/sweep.json] [--plot benchmarks/results/sweep.png]
+        [--repeats 7] [--threads N] [--llama-cpp Q4_0,Q8_0|none] [--out benchmarks/results/sweep.json]
+        [--plot benchmarks/results/sweep.png]
 
 Shapes are the real configs (random weights, built in memory, nothing downloaded). Paths: float32;
 bfloat16 where the CPU has it natively; int8 weight-only (float32 activations); int8-a8 (int8
 weights x int8 activations per block of 32: ``fastdllm.quant.set_activations``); int4 (groups of
-32; its qkv, down and vocabulary projections int8, as ``quantize="int4"`` makes them). A forward is
+32; its qkv, down and vocabulary projections int8, as ``quantize="int4"`` makes them); and llama.cpp
+in Q4_0 and Q8_0 (``--llama-cpp``; llama-cpp-python, optional: skipped with the reason when it is not
+installed) on a GGUF of the same shape with its own random weights (``llama_cpp_rows.py``). A forward is
 the engine's (the C++ layer stack for quantised models): T query rows after C cached positions,
 logits for the last min(T, 8) rows as a diffusion step reads a sub-block. Time = best of
 ``--repeats`` (the minimum: on a shared machine it is the least disturbed run).
@@ -120,6 +123,36 @@ def forward_ms(model, rows: int, context: int, repeats: int) -> float:
         if i:
             times.append(1e3 * (time.perf_counter() - t0))
     return min(times)
+
+
+def llama_cpp_paths(shape: str, args, rows_list: list[int], contexts: list[int], per_ctx: dict,
+                    skipped: dict) -> None:
+    """llama.cpp's forwards in each of ``args.llama_cpp``'s formats, on a GGUF of the shape with
+    random weights (``llama_cpp_rows``), added to ``per_ctx`` as paths "llama.cpp FMT"."""
+    import tempfile
+
+    import llama_cpp_rows as LC
+
+    why = LC.available()
+    if why:
+        skipped["llama.cpp"] = why
+        return
+    cfg = ModelConfig.from_dict({**SHAPES[shape], "max_position_embeddings": 4096})
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in args.llama_cpp:
+            gguf = LC.write_random_gguf(SHAPES[shape], Path(tmp) / f"{shape}-{fmt}.gguf", fmt)
+            wb = gguf.stat().st_size  # the file: every matrix in fmt (norms and metadata are small)
+            for c in contexts:
+                r, path = per_ctx[str(c)], f"llama.cpp {fmt}"
+                times = LC.forward_ms(gguf, rows_list, c, args.repeats, torch.get_num_threads())
+                r["forward_ms"][path] = times
+                r["gflops"][path] = {n: work(cfg, int(n), c, wb)["flop"] / t / 1e6 for n, t in times.items()}
+                r["gbs"][path] = {n: wb / t / 1e6 for n, t in times.items()}
+                r.setdefault("weight_mb", {})[path] = wb / 1e6
+                r.setdefault("llama_cpp_version", LC.version())
+                print(f"[{shape} ctx {c}] {path} " + "  ".join(f"{n}:{t:.1f}ms" for n, t in times.items())
+                      + f"  load {os.getloadavg()[0]:.1f}", flush=True)
+            gguf.unlink()
 
 
 def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prompts: int) -> dict:
@@ -324,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     ap.add_argument("--plot", default=None, help="default: --out with .png")
+    ap.add_argument("--llama-cpp", default="Q4_0,Q8_0", type=lambda v: [] if v == "none" else v.split(","),
+                    help="llama.cpp formats to time beside fastdllm's paths (llama-cpp-python, optional: "
+                         "skipped with the reason when it is not installed), or 'none' (default: Q4_0,Q8_0)")
     ap.add_argument("--end-to-end", action="store_true",
                     help="also AR and block-diffusion tokens/s per path on confidence-scaled random models")
     ap.add_argument("--end-to-end-only", action="store_true",
@@ -348,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.end_to_end_only:
         args.end_to_end, args.contexts = True, ""
     shapes = [s for s in args.shapes.split(",") if s]
-    bad = [s for s in shapes if s not in SHAPES] + [p for p in args.paths.split(",") if p not in PATHS]
+    bad = ([s for s in shapes if s not in SHAPES] + [p for p in args.paths.split(",") if p not in PATHS]
+           + [f for f in args.llama_cpp if f not in ("Q4_0", "Q8_0")])
     if bad:
         ap.error(f"unknown shape or path: {', '.join(bad)}")
     rows_list = [int(r) for r in args.rows.split(",")]
@@ -382,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{shape} ctx {c}] {path:8s} " + "  ".join(f"{n}:{t:.1f}ms" for n, t in times.items())
                       + f"  load {os.getloadavg()[0]:.1f}", flush=True)
             del model
+        if contexts and args.llama_cpp:
+            llama_cpp_paths(shape, args, rows_list, contexts, per_ctx, result["skipped"])
         for c, r in per_ctx.items():
             one = {p: t["1"] for p, t in r["forward_ms"].items() if "1" in t}
             if not one:

@@ -34,7 +34,7 @@ def check_end_to_end(e2e: dict, paths: list[str]) -> None:
 def test_sweep_writes_forwards_break_even_end_to_end_tables_and_plot(tmp_path, capsys):
     out = tmp_path / "sweep.json"
     assert bs.main(["--shapes", "tiny", "--paths", PATHS, "--rows", "1,8", "--contexts", "16", "--repeats", "1",
-                    "--threads", "1", "--out", str(out), *E2E]) == 0
+                    "--threads", "1", "--llama-cpp", "none", "--out", str(out), *E2E]) == 0
     res = json.loads(out.read_text())
     assert {"cpu", "isa", "threads", "load_average", "load_average_end"} <= set(res["machine"])
     assert res["peaks"]["float32_gflops"] > 0 and res["peaks"]["read_gbs"] > 0
@@ -69,10 +69,28 @@ def test_end_to_end_only_measures_no_forwards_and_draws_no_plot(tmp_path, capsys
     assert "end to end" in text and "context" not in text.split("end to end", 1)[1].split("\n", 2)[2]
 
 
+def test_llama_cpp_rows_or_the_reason_they_are_missing(tmp_path):
+    out = tmp_path / "sweep.json"
+    assert bs.main(["--shapes", "tiny", "--paths", "float32", "--rows", "1,2", "--contexts", "8", "--repeats", "1",
+                    "--threads", "1", "--llama-cpp", "Q8_0", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ctx = res["shapes"]["tiny"]["contexts"]["8"]
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "llama-cpp-python is not installed" in res["skipped"]["llama.cpp"]
+        assert list(ctx["forward_ms"]) == ["float32"]
+    else:
+        assert list(ctx["forward_ms"]) == ["float32", "llama.cpp Q8_0"]
+        assert set(ctx["forward_ms"]["llama.cpp Q8_0"]) == {"1", "2"} and ctx["llama_cpp_version"]
+        one = {p: t["1"] for p, t in ctx["forward_ms"].items()}
+        assert ctx["fastest_ar_ms"] == min(one.values())  # llama.cpp's one-row forward counts as an AR path
+
+
 def test_unknown_shape_or_path_is_refused(tmp_path):
     with pytest.raises(SystemExit) as e:
         bs.main(["--shapes", "tiny,nonesuch", "--out", str(tmp_path / "x.json")])
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         bs.main(["--shapes", "tiny", "--paths", "float64", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        bs.main(["--shapes", "tiny", "--llama-cpp", "Q4_1", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()

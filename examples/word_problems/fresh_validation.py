@@ -8,6 +8,9 @@ token a forward, left to right). Prints one line per setting; writes JSON.
 
     python examples/word_problems/fresh_validation.py --run RUN [--n 600] [--seed 7]
         [--out benchmarks/results/decoding_fresh_validation.json]
+    # another candidate model on the same problems, three settings, without the parent's row:
+    python examples/word_problems/fresh_validation.py --run RUN --bd CANDIDATE_DIR --no-parent \
+        --settings 32/joint/0.99,32/joint/1.0,4/threshold/0.9 --out candidate.json
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ def fresh_problems(run: Path, n: int, seed: int) -> list[P.Problem]:
     return P.held_out_except(n, {p.question for p in held} | {p.question for p in swept}, seed)
 
 
+def parse_settings(text: str) -> tuple[tuple[int, str, float], ...]:
+    """``SUB_BLOCK/RULE/THRESHOLD,...`` -> settings (block 32)."""
+    from fastdllm.engine.acceptance import RULES
+
+    out = []
+    for item in filter(None, text.split(",")):
+        try:
+            sbs, rule, thr = item.split("/")
+            setting = (int(sbs), rule, float(thr))
+        except ValueError:
+            raise SystemExit(f"--settings: {item!r} is not SUB_BLOCK/RULE/THRESHOLD (e.g. 32/joint/0.99)") from None
+        if setting[0] not in (1, 2, 4, 8, 16, 32) or rule not in RULES or not 0.0 <= setting[2] <= 1.0:
+            raise SystemExit(f"--settings: {item!r}: the sub-block divides 32, the rule is one of "
+                             f"{', '.join(RULES)}, the threshold is in [0, 1]")
+        out.append(setting)
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     import fastdllm
 
@@ -44,21 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/decoding_fresh_validation.json"))
+    ap.add_argument("--bd", type=Path, help="the block-diffusion model to score (default: RUN/bd)")
+    ap.add_argument("--settings", type=parse_settings, default=SETTINGS,
+                    help="SUB_BLOCK/RULE/THRESHOLD,... at block 32 (default: the seven above)")
+    ap.add_argument("--no-parent", action="store_true", help="leave out the AR parent's row")
     args = ap.parse_args(argv)
     problems = fresh_problems(args.run, args.n, args.seed)
     rows = []
-    e = B.evaluate(fastdllm.load(str(args.run / "ar")), problems, "ar", desc="AR parent")
-    rows.append({"setting": "AR parent", "small_block_size": None, "acceptance": None, "threshold": None,
-                 "accuracy": e["accuracy"], "tpf": e["tpf"], "tokens_per_s": e["tokens_per_s"]})
-    print(rows[-1], flush=True)
-    bd = fastdllm.load(str(args.run / "bd"))
-    for sbs, rule, thr in SETTINGS:
+    if not args.no_parent:
+        e = B.evaluate(fastdllm.load(str(args.run / "ar")), problems, "ar", desc="AR parent")
+        rows.append({"setting": "AR parent", "small_block_size": None, "acceptance": None, "threshold": None,
+                     "accuracy": e["accuracy"], "tpf": e["tpf"], "tokens_per_s": e["tokens_per_s"]})
+        print(rows[-1], flush=True)
+    bd_dir = args.bd or args.run / "bd"
+    bd = fastdllm.load(str(bd_dir))
+    for sbs, rule, thr in args.settings:
         e = B.evaluate(bd, problems, "diffusion", thr, acceptance=rule, block_size=32, small_block_size=sbs,
                        desc=f"sub-block {sbs}, {rule} {thr}")
         rows.append({"setting": f"sub-block {sbs}, {rule} {thr:g}", "small_block_size": sbs, "acceptance": rule,
                      "threshold": thr, "accuracy": e["accuracy"], "tpf": e["tpf"], "tokens_per_s": e["tokens_per_s"]})
         print(rows[-1], flush=True)
-    args.out.write_text(json.dumps({"n": len(problems), "seed": args.seed, "rows": rows, "machine": B.machine_info(),
+    args.out.write_text(json.dumps({"n": len(problems), "seed": args.seed, "model": str(bd_dir), "rows": rows, "machine": B.machine_info(),
                                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                     "command": "python examples/word_problems/fresh_validation.py " + " ".join(
                                         argv if argv is not None else sys.argv[1:])}, indent=1) + "\n")
