@@ -16,6 +16,7 @@ llama.cpp at T > 1 (the vocabulary projection of SmolLM2 is about a fifth of a r
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ FORMATS = ("Q4_0", "Q8_0")
 def available() -> str | None:
     """None when llama-cpp-python can be imported, else why not."""
     try:
-        import llama_cpp  # noqa: F401
+        importlib.import_module("llama_cpp")
     except ImportError as e:
         return f"llama-cpp-python is not installed ({e}); optional: pip install llama-cpp-python"
     return None
