@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -155,10 +156,12 @@ def llama_cpp_paths(shape: str, args, rows_list: list[int], contexts: list[int],
             gguf.unlink()
 
 
-def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prompts: int) -> dict:
+def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prompts: int, rounds: int = 1) -> dict:
     """Tokens/s of AR decoding and of block diffusion (sub-block 8, threshold 0.9, greedy, with and
     without the sub-block cache) per path on a confidence-scaled random block-diffusion model,
-    prompts one at a time; break-even TPF = TPF x AR tokens/s of the fastest AR path / BD tokens/s."""
+    prompts one at a time; break-even TPF = TPF x AR tokens/s of the fastest AR path / BD tokens/s.
+    ``rounds``: each path's three modes are timed that many times, alternating, and the median
+    round counts (``rounds_tokens_per_s`` keeps every round), so a disturbance hits all modes alike."""
     from fastdllm.api import LLM
     from fastdllm.loading import Checkpoint
 
@@ -169,21 +172,26 @@ def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prom
     for path in paths:
         model = build(shape, path, diffusion_scale=scale)
         llm = LLM(Checkpoint(model, model.cfg, None, Path("."), {}))
-        row = {}
-        bd = dict(mode="diffusion", small_block_size=SUB_BLOCK)
+        bd = dict(mode="diffusion", small_block_size=SUB_BLOCK, threshold=0.9)
         runs = {"ar": dict(mode="ar"), "bd_cache": {**bd, "use_block_cache": True},
                 "bd_no_cache": {**bd, "use_block_cache": False}}
-        for name, kw in runs.items():
-            kw = {**kw, "max_new_tokens": new_tokens, "stop_token_ids": [], "temperature": 0.0}
-            if kw["mode"] == "diffusion":
-                kw["threshold"] = 0.9
+        runs = {k: {**kw, "max_new_tokens": new_tokens, "stop_token_ids": [], "temperature": 0.0}
+                for k, kw in runs.items()}
+        for kw in runs.values():
             llm.generate(ids[:1], **{**kw, "max_new_tokens": 8})  # warm-up
-            tokens = nfe = 0
-            t0 = time.perf_counter()
-            for p in ids:
-                r = llm.generate([p], **kw)[0]
-                tokens, nfe = tokens + r.stats.generated_tokens, nfe + r.stats.nfe
-            row[name] = {"tokens_per_s": tokens / (time.perf_counter() - t0), "tpf": tokens / max(nfe, 1)}
+        speeds: dict[str, list[float]] = {k: [] for k in runs}
+        tpf = {}
+        for _ in range(rounds):
+            for name, kw in runs.items():
+                tokens = nfe = 0
+                t0 = time.perf_counter()
+                for p in ids:
+                    r = llm.generate([p], **kw)[0]
+                    tokens, nfe = tokens + r.stats.generated_tokens, nfe + r.stats.nfe
+                speeds[name].append(tokens / (time.perf_counter() - t0))
+                tpf[name] = tokens / max(nfe, 1)  # greedy: the same every round
+        row = {k: {"tokens_per_s": statistics.median(v), "tpf": tpf[k], "rounds_tokens_per_s": v}
+               for k, v in speeds.items()}
         out[path] = row
         print(f"[{shape} end to end] {path}: " + "  ".join(f"{k} {v['tokens_per_s']:.1f} tok/s (TPF {v['tpf']:.2f})"
                                                          for k, v in row.items()) + f"  load {os.getloadavg()[0]:.1f}",
@@ -193,8 +201,8 @@ def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prom
     for r in out.values():
         for k in ("bd_cache", "bd_no_cache"):
             r[k]["break_even_tpf"] = r[k]["tpf"] * best_ar / r[k]["tokens_per_s"]
-    return {"scale": scale, "new_tokens": new_tokens, "prompts": prompts, "fastest_ar_tokens_per_s": best_ar,
-            "paths": out}
+    return {"scale": scale, "new_tokens": new_tokens, "prompts": prompts, "rounds": rounds,
+            "fastest_ar_tokens_per_s": best_ar, "paths": out}
 
 
 BYTES_PER_PARAM = {"float32": 8, "bfloat16": 6, "int8": 5, "int8-a8": 5, "int4": 5}  # peak while built and run:
@@ -369,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the threshold, a higher TPF)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="end to end: alternating rounds per path (the median counts)")
     ap.add_argument("--from-json", metavar="JSON", help="measure nothing: the tables and plot of a sweep's JSON "
                     "(e.g. one cut short: it is written after every shape)")
     args = ap.parse_args(argv)
@@ -435,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = [p for p in args.paths.split(",") if p not in result["skipped"]
                      and f"{shape} {p}" not in result["skipped"]]
             result["shapes"][shape]["end_to_end"] = end_to_end(shape, paths, args.confidence_scale, args.new_tokens,
-                                                               args.prompts)
+                                                               args.prompts, args.rounds)
         if gemm:
             print(f"[{shape}] one layer's products: " + "; ".join(
                 f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
@@ -471,7 +481,8 @@ def markdown(result: dict) -> str:
         e2e = s.get("end_to_end")
         if e2e:
             add(f"\n**{shape}** end to end (confidence scale {e2e['scale']}, {e2e['new_tokens']} new tokens x "
-                  f"{e2e['prompts']} prompts): tokens/s, TPF, break-even TPF against the fastest AR\n")
+                  f"{e2e['prompts']} prompts, median of {e2e.get('rounds', 1)} round(s)): tokens/s, TPF, break-even "
+                  f"TPF against the fastest AR\n")
             add("| path | AR tok/s | BD+cache tok/s (TPF) | break-even | BD tok/s (TPF) | break-even |")
             add("|---|---|---|---|---|---|")
             for p, r in e2e["paths"].items():

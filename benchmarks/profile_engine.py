@@ -55,7 +55,6 @@ import cProfile
 import importlib.util
 import json
 import os
-import platform
 import pstats
 import subprocess
 import sys
@@ -74,6 +73,7 @@ from fastdllm.api import LLM  # noqa: E402
 from fastdllm.model.config import ModelConfig  # noqa: E402
 from fastdllm.loading import Checkpoint  # noqa: E402
 from fastdllm.options import RuntimeOptions  # noqa: E402
+from fastdllm.kernels import cpu_info  # noqa: E402
 
 MODES = {"diffusion": dict(mode="diffusion"), "diffusion-cache": dict(mode="diffusion", use_block_cache=True),
          "ar": dict(mode="ar")}
@@ -412,7 +412,7 @@ def main() -> int:
                   steps_per_sync=args.steps_per_sync or llm.engine.steps_per_sync, new_tokens=args.new_tokens,
                   prompt_len=args.prompt_len,
                   repeats=args.repeats, lm_scale=args.lm_scale,
-                  machine=dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                  machine=dict(cpu=cpu_info.cpu_name(), cores=os.cpu_count(),
                                load=os.getloadavg(), torch=torch.__version__),
                   results=results)
     out = Path(args.out)

@@ -284,11 +284,9 @@ def decoding_fresh_validation() -> str:
                      "TPF", "tokens/s"], rows, name, d, d["command"])
 
 
-@table("sweep_2thread")
-def sweep_2thread() -> str:
-    """The size sweep on two threads: the machine, its peaks and instruction sets, then the sweep's
-    own tables (``bench_sweep.markdown``)."""
-    name = "sweep_2thread.json"
+def _sweep(name: str) -> str:
+    """A size sweep's JSON: the machine, its peaks and instruction sets, then the sweep's own tables
+    (``bench_sweep.markdown``)."""
     d = load(name)
     m, pk = d["machine"], d["peaks"]
     head = (f"*Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} threads, torch {m['torch']}; "
@@ -299,6 +297,59 @@ def sweep_2thread() -> str:
             + (f"; skipped: {'; '.join(f'{k}: {v}' for k, v in d['skipped'].items())}" if d.get("skipped") else "")
             + (f". Note: {d['note']}" if d.get("note") else "") + ".*\n")
     return head + _bench_script("bench_sweep").markdown(d)
+
+
+@table("continuation_fresh_validation")
+def continuation_fresh_validation() -> str:
+    """The shipped default model against two continuations of it, on the fresh validation problems."""
+    name = "continuation_fresh_validation.json"
+    d = load(name)
+    parent = next(r for m in d["models"] for r in m["rows"] if r["setting"] == "AR parent")
+    rows = [["AR parent", "-", pct(parent["accuracy"]), "", f"{parent['tpf']:.2f}"]]
+    for m in d["models"]:
+        for r in m["rows"]:
+            if r["setting"] != "AR parent":
+                rows.append([m["name"], r["setting"], pct(r["accuracy"]),
+                             f"{100 * (r['accuracy'] - parent['accuracy']):+.1f}", f"{r['tpf']:.2f}"])
+    return markdown(["model", "decoding (block 32)", f"accuracy ({d['n']} fresh validation problems)",
+                     "vs AR parent (points)", "TPF"], rows, name, d["models"][-1], "; ".join(d["commands"]),
+                    machine=machine_of(d))
+
+
+@table("sweep_2thread")
+def sweep_2thread() -> str:
+    """The size sweep on two threads."""
+    return _sweep("sweep_2thread.json")
+
+
+@table("sweep_e2e_smollm2_tpf3")
+def sweep_e2e_smollm2_tpf3() -> str:
+    """End to end at SmolLM2 shape with the confidence scale that gives a TPF near 3."""
+    return _sweep("sweep_e2e_smollm2_tpf3.json")
+
+
+@table("engine_overhead_smollm2")
+def engine_overhead_smollm2() -> str:
+    """A block-diffusion step against an AR step at SmolLM2 shape, per quantised path (profile_engine)."""
+    name = "engine_overhead_smollm2.json"
+    d = load(name)
+    rows = []
+    for run in d:
+        res = {r["mode"]: r for r in run["results"] if r["batch"] == 1}
+        ar_ms = res["ar"]["step_ms"] / res["ar"]["tokens_per_step"]  # per token
+        for mode in ("ar", "diffusion-cache", "diffusion"):
+            r = res[mode]
+            per_token = r["step_ms"] / r["tokens_per_step"]
+            rows.append([run["quantize"], mode, f"{r['tokens_per_step']:.2f}", f"{r['step_ms']:.1f}",
+                         f"{r['forward_ms']:.1f}", f"{r['overhead_ms']:.2f} ({r['overhead_pct']:.1f}%)",
+                         f"{per_token:.1f}", f"{ar_ms / per_token:.2f}x"])
+    run = d[-1]
+    return markdown(["path", "mode", "tokens/step", "step ms", "forward ms", "overhead ms (share)", "ms/token",
+                     "vs AR, same path"], rows, name, d,
+                    "python benchmarks/profile_engine.py --model /tmp/bd_smol --quantize PATH --batch 1 --modes "
+                    f"diffusion-cache diffusion ar --new-tokens {run['new_tokens']} --repeats {run['repeats']} "
+                    f"--threads {run['threads']} --out benchmarks/results/{name}",
+                    machine=f"{run['machine']['cpu']}, {run['threads']} thread (thread CPU time)")
 
 
 def _load_path(rel: str):
@@ -334,6 +385,11 @@ def headline() -> str:
     serve_name = "serve_default.json"
     serve_data = load(serve_name)
     serve = {r["concurrency"]: r for r in serve_data["results"]}
+    e2e_name = "sweep_e2e_smollm2_tpf3.json"
+    e2e_data = load(e2e_name)
+    e2e = e2e_data["shapes"]["smollm2-135m"]["end_to_end"]
+    a8, i8 = e2e["paths"]["int8-a8"], e2e["paths"]["int8"]
+    fastest_ar = max(e2e["paths"], key=lambda p: e2e["paths"][p]["ar"]["tokens_per_s"])
     res = "benchmarks/results/"
     rows = [
         ["the default model (1.3M parameters, trained here), 500 held-out word problems",
@@ -353,6 +409,12 @@ def headline() -> str:
          f"**{smol['int8']['ar']['tokens_per_s']:.1f}** tokens/s against llama.cpp's "
          f"{smol['llama.cpp']['ar']['tokens_per_s']:.1f} on the same ids",
          link("benchmarks/bench_precision.py"), link(res + prec_name)],
+        ["block diffusion against AR on this CPU, SmolLM2 shape (random weights), W8A8, 2 threads",
+         f"**{a8['bd_cache']['tokens_per_s']:.1f}** tokens/s at {a8['bd_cache']['tpf']:.2f} tokens per forward: "
+         f"**{a8['bd_cache']['tokens_per_s'] / i8['ar']['tokens_per_s']:.2f}x** int8 AR, "
+         f"**{a8['bd_cache']['tokens_per_s'] / e2e['fastest_ar_tokens_per_s']:.2f}x** the fastest AR ({fastest_ar}; "
+         f"break-even at {a8['bd_cache']['break_even_tpf']:.2f} tokens per forward)",
+         link("benchmarks/bench_sweep.py"), link(res + e2e_name)],
         ["quantised block diffusion, 1,500 word problems paired with float32",
          f"int8 **{qa['int8']['points']:+.1f}**, int4-gptq **{qa['int4-gptq']['points']:+.1f}**, "
          f"plain int4 {qa['int4']['points']:+.1f} points (measured {date_of(qa_name, qa_data)})",

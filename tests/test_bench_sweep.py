@@ -17,15 +17,18 @@ bs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bs)
 
 PATHS = "float32,int8" if native.available() else "float32"
-E2E = ["--end-to-end", "--new-tokens", "8", "--prompts", "1", "--confidence-scale", "20"]
+E2E = ["--end-to-end", "--new-tokens", "8", "--prompts", "1", "--confidence-scale", "20", "--rounds", "3"]
 
 
-def check_end_to_end(e2e: dict, paths: list[str]) -> None:
-    assert list(e2e["paths"]) == paths
+def check_end_to_end(e2e: dict, paths: list[str], rounds: int = 1) -> None:
+    assert list(e2e["paths"]) == paths and e2e["rounds"] == rounds
     best_ar = max(r["ar"]["tokens_per_s"] for r in e2e["paths"].values())
     assert e2e["fastest_ar_tokens_per_s"] == pytest.approx(best_ar)
     for r in e2e["paths"].values():
         assert r["ar"]["tpf"] == 1.0
+        for v in r.values():  # the median round
+            assert len(v["rounds_tokens_per_s"]) == rounds
+            assert v["tokens_per_s"] == sorted(v["rounds_tokens_per_s"])[rounds // 2]
         for k in ("bd_cache", "bd_no_cache"):
             assert 1.0 <= r[k]["tpf"] <= bs.SUB_BLOCK
             assert r[k]["break_even_tpf"] == pytest.approx(r[k]["tpf"] * best_ar / r[k]["tokens_per_s"])
@@ -49,10 +52,10 @@ def test_sweep_writes_forwards_break_even_end_to_end_tables_and_plot(tmp_path, c
         for n in ("1", "8"):  # rates are the work of that forward over its time
             assert ctx["gflops"][p][n] * t[n] == pytest.approx(bs.work(cfg, int(n), 16, 0)["flop"] / 1e6)
             assert ctx["gbs"][p][n] * t[n] == pytest.approx(ctx["weight_mb"][p])
-    check_end_to_end(s["end_to_end"], PATHS.split(","))
+    check_end_to_end(s["end_to_end"], PATHS.split(","), rounds=3)
     assert out.with_suffix(".png").stat().st_size > 10_000
     text = capsys.readouterr().out
-    assert "**tiny**, context 16" in text and "**tiny** end to end (confidence scale 20.0" in text
+    assert "**tiny**, context 16" in text and "**tiny** end to end (confidence scale 20.0" in text and "median of 3 round(s)" in text
     assert text.count("| float32 |") == 2  # one row in the end-to-end table, one in the context's
     assert bs.markdown(res) in text
 
