@@ -299,6 +299,26 @@ def _sweep(name: str) -> str:
     return head + _bench_script("bench_sweep").markdown(d)
 
 
+@table("train_settings")
+def train_settings() -> str:
+    """Trainer settings on the default model's shapes (examples/word_problems/throughput.py)."""
+    name = "train_settings.json"
+    d = load(name)
+    base = {(r["objective"], r["threads"]): r["median_step_s"] for r in d["rows"]
+            if not r["compile"] and r["micro_batch"] == 32}
+    rows = []
+    for r in d["rows"]:
+        ref = base.get((r["objective"], r["threads"]))
+        rows.append([r["row"], "AR parent" if r["objective"] == "ar" else "adaptation (the recipe)",
+                     "compiled" if r["compile"] else "eager", r["threads"],
+                     f"{r['micro_batch']} x {32 // r['micro_batch']}", f"{r['median_step_s']:.3f} s",
+                     f"{r['tokens_per_s']:,.0f}", f"{r['extra_first_steps_s']:.0f} s",
+                     f"{ref / r['median_step_s']:.2f}x" if ref else "-"])
+    return markdown(["setting", "step", "mode", "threads", "micro-batch x accumulation", "step (median)",
+                     "sample tokens/s", f"first {d['skip']} steps' extra time", "vs eager, same threads"], rows,
+                    name, d, f"python examples/word_problems/throughput.py --steps {d['steps']} --skip {d['skip']}")
+
+
 @table("continuation_fresh_validation")
 def continuation_fresh_validation() -> str:
     """The shipped default model against two continuations of it, on the fresh validation problems."""
