@@ -170,10 +170,12 @@ def bench_model(name: str, model: str | None, args, problems: list[dict] | None)
 
 def bench_llama_cpp(gguf: Path, args, prompts: list[list[int]]) -> dict:
     """llama.cpp on the same file; ``prompts``: the token ids fastdllm's AR rows decode from."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return {"skipped": "llama-cpp-python is not installed (optional: pip install llama-cpp-python)"}
+    import llama_cpp_rows  # noqa: E402  (run as a script from benchmarks/)
+
+    why = llama_cpp_rows.available()  # not installed, or a build that crashes: skipped with the reason
+    if why:
+        return {"skipped": why}
+    import llama_cpp
     n_ctx = args.context + max(QUERY_TOKENS) + args.max_new_tokens + 64
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=max(QUERY_TOKENS), n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)

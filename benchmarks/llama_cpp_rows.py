@@ -16,7 +16,10 @@ llama.cpp at T > 1 (the vocabulary projection of SmolLM2 is about a fifth of a r
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +28,27 @@ import numpy as np
 FORMATS = ("Q4_0", "Q8_0")
 
 
+PROBE = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+             num_key_value_heads=1, vocab_size=512, tie_word_embeddings=True, rope_theta=10000.0)
+
+
 def available() -> str | None:
-    """None when llama-cpp-python can be imported, else why not."""
-    try:
-        importlib.import_module("llama_cpp")
-    except ImportError as e:
-        return f"llama-cpp-python is not installed ({e}); optional: pip install llama-cpp-python"
+    """None when llama-cpp-python is installed and decodes a tiny model, else why not. The probe runs
+    in a child process: a build that crashes in ``llama_decode`` (seen with a source build of 0.3.36)
+    must not take the sweep down with it."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (optional: pip install llama-cpp-python)"
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = write_random_gguf(PROBE, Path(tmp) / "probe.gguf", "Q8_0")
+        code = (f"import llama_cpp; m = llama_cpp.Llama(model_path={str(probe)!r}, n_ctx=32, verbose=False); "
+                "m.eval([3, 4, 5])")
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            return "llama-cpp-python did not decode a tiny model within 300 s"
+    if r.returncode:
+        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+        return f"llama-cpp-python is installed but crashed decoding a tiny model ({why}): its build is broken here"
     return None
 
 

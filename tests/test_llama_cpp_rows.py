@@ -48,13 +48,22 @@ def test_random_gguf_has_the_shape_format_and_scale(tmp_path, arch, fmt):
     assert np.all(gguf.quants.dequantize(t["blk.1.ffn_norm.weight"].data, gguf.GGMLQuantizationType.F32) == 1.0)
 
 
+def test_availability_says_why_or_decodes():
+    why = LC.available()
+    assert why is None or why.startswith("llama-cpp-python")
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "not installed" in why
+
+
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Q4_0, Q8_0"):
         LC.write_random_gguf(TINY["llama"], tmp_path / "m.gguf", "Q4_1")
 
 
-@pytest.mark.skipif(LC.available() is not None, reason="llama-cpp-python is not installed (optional)")
 def test_llama_cpp_times_every_row_count(tmp_path):
+    why = LC.available()
+    if why:
+        pytest.skip(why)
     path = LC.write_random_gguf(TINY["llama"], tmp_path / "m.gguf", "Q8_0")
     ms = LC.forward_ms(path, [1, 3, 8], context=20, repeats=2, threads=1)
     assert list(ms) == ["1", "3", "8"] and all(v > 0 for v in ms.values())
