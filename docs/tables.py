@@ -348,6 +348,20 @@ def sweep_e2e_smollm2_tpf3() -> str:
     return _sweep("sweep_e2e_smollm2_tpf3.json")
 
 
+@table("stack_split")
+def stack_split() -> str:
+    """A W8A8 forward against its products alone (bench_stack_split.py)."""
+    name = "stack_split.json"
+    d = load(name)
+    rows = [[r["rows"], f"{r['forward_ms']:.2f}", f"{r['products_ms']:.2f}",
+             f"{r['rest_ms']:.2f} ({100 * r['rest_ms'] / r['forward_ms']:.0f}%)"] for r in d["rows"]]
+    m = d["machine"]
+    return markdown(["query rows", "whole forward, ms", "products alone (cold weights), ms", "rest of the forward, ms"],
+                    rows, name, d, "python benchmarks/" + d["command"],
+                    machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']}, torch {m['torch']}, "
+                            f"{d['shape']}, context {d['context']}")
+
+
 @table("engine_overhead_smollm2")
 def engine_overhead_smollm2() -> str:
     """A block-diffusion step against an AR step at SmolLM2 shape, per quantised path (profile_engine)."""

@@ -100,3 +100,18 @@ def test_unknown_shape_or_path_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         bs.main(["--shapes", "tiny", "--llama-cpp", "Q4_1", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernels are needed")
+def test_stack_split_times_the_forward_and_its_products(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_stack_split", ROOT / "benchmarks" / "bench_stack_split.py")
+    split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split)
+    out = tmp_path / "split.json"
+    assert split.main(["--shape", "tiny", "--rows", "1,3", "--context", "16", "--repeats", "1", "--threads", "1",
+                       "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["shape"] == "tiny" and [r["rows"] for r in d["rows"]] == [1, 3]
+    for r in d["rows"]:
+        assert r["forward_ms"] > 0 and r["products_ms"] > 0
+        assert r["rest_ms"] == pytest.approx(r["forward_ms"] - r["products_ms"])
