@@ -16,6 +16,7 @@ llama.cpp at T > 1 (the vocabulary projection of SmolLM2 is about a fifth of a r
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -32,6 +33,7 @@ PROBE = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hid
              num_key_value_heads=1, vocab_size=512, tie_word_embeddings=True, rope_theta=10000.0)
 
 
+@functools.cache  # one probe per process: the sweep asks once per shape
 def available() -> str | None:
     """None when llama-cpp-python is installed and decodes a tiny model, else why not. The probe runs
     in a child process: a build that crashes in ``llama_decode`` (seen with a source build of 0.3.36)
