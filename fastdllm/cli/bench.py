@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..engine.options import FALLBACK_THRESHOLD, DecodeOptions
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnsupportedModelError
+from ..model.config import parse_threshold
 from . import common
 from .common import CLIError
 
@@ -123,12 +124,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 def checkpoint_threshold(model_dir: Path | None) -> float:
     """The threshold a checkpoint directory's config.json names (the one its decoding was chosen
     with), else Fast-dLLM v2's; a config that cannot be read counts as naming none (loading reports it)."""
-    try:
-        value = json.loads((model_dir / "config.json").read_text()).get("threshold") if model_dir else None
-    except (OSError, ValueError, AttributeError):
+    if model_dir is None:
+        return FALLBACK_THRESHOLD
+    try:  # the same check as loading (model.config.parse_threshold)
+        value = parse_threshold(json.loads((model_dir / "config.json").read_text()).get("threshold"))
+    except (OSError, ValueError, AttributeError, UnsupportedModelError):
         value = None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-    return float(value) if ok else FALLBACK_THRESHOLD
+    return FALLBACK_THRESHOLD if value is None else value
 
 
 def ar_parent(model_dir: Path | None) -> Path | None:

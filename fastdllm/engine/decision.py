@@ -46,7 +46,8 @@ class StepDecision:
         self.threshold = used.pop() if len(used) == 1 else upload(
             [t for n, t in zip(self.sizes, self.thresholds) for _ in range(n)], torch.float64, device)  # [R]
         counts = [n for n in self.sizes if n]  # rows of each non-empty segment
-        ids = [i for i, n in enumerate(counts) for _ in range(n)]
+        # segment of each row (only multi-row steps read it; a step of single rows skips building it)
+        ids = [] if self.single_rows else [i for i, n in enumerate(counts) for _ in range(n)]
         if self.segments > 1 and not self.single_rows:
             self.segment = upload(ids, torch.long, device)  # [R] segment of each row, non-empty segments only
         # ordered rules (prefix, joint) on segments of more than one row: a [S, L] layout of the rows

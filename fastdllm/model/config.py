@@ -99,7 +99,7 @@ class ModelConfig:
             bd_size=bd_size,
             mask_token_id=d.get("mask_token_id"),
             small_block_size=d.get("small_block_size"),
-            threshold=_threshold(d.get("threshold")),
+            threshold=parse_threshold(d.get("threshold")),
             acceptance=_acceptance(d.get("acceptance")),
             raw=dict(d),
         )
@@ -110,7 +110,8 @@ class ModelConfig:
             return cls.from_dict(json.load(f))
 
 
-def _threshold(v) -> float | None:
+def parse_threshold(v) -> float | None:
+    """A config.json ``threshold``: None when absent, else a number in [0, 1] (UnsupportedModelError otherwise)."""
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
