@@ -13,7 +13,7 @@ from tests.test_engine import prompt_of, random_llm
 from tests.test_quant import (STACK_PARTS, assert_near_oracle, ckpts, needs_native,  # noqa: F401 (fixture)
                               packed_forward)
 
-ISA_NEEDS = {"avx2": ("avx2",), "avx512-vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
+ISA_NEEDS = {"avx2": ("avx2",), "avx512-vnni": cpu_info.VNNI512, "amx": cpu_info.VNNI512 + cpu_info.AMX_INT8}
 
 
 def isa_param(isa: str):
@@ -54,7 +54,8 @@ def test_int8a8_against_float64(isa, K, N):
     torch.testing.assert_close(y.double(), reference(x, q, scale, bias), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(native.int8a8_linear(x, packed, scale, None, isa).double(),
                                reference(x, q, scale, None), rtol=1e-5, atol=1e-4)
-    for m in (1, 2, 3, 5, 7, 8, 13):  # row counts take different tiles: a row's result must not change
+    for m in (1, 2, 3, 5, 7, 8, 13, 16, 17, 33):  # row counts take different tiles (AMX: chunks of rows
+        # of equal height, 17 = 9 + 8 with a zero row padded): a row's result must not change
         assert torch.equal(native.int8a8_linear(x[:m], packed, scale, bias, isa), y[:m])
     assert torch.equal(native.int8a8_linear(x[5:6], packed, scale, bias, isa), y[5:6])
     # every path gives the same bits (integer sums, one float epilogue)
@@ -71,9 +72,10 @@ def test_int8a8_errors():
         native.int8a8_linear(torch.randn(2, 64).double(), packed, scale, None)
     with pytest.raises(ValueError, match="-127"):
         native.pack_int8_a8(torch.full((4, 4), -128, dtype=torch.int8))
-    if "avx512_vnni" not in cpu_info.flags():
-        with pytest.raises(RuntimeError, match="not available"):
-            native.int8a8_linear(torch.randn(2, 64), packed, scale, None, "avx512-vnni")
+    for isa, needs in ISA_NEEDS.items():
+        if not all(f in cpu_info.flags() for f in needs):
+            with pytest.raises(RuntimeError, match="not available"):
+                native.int8a8_linear(torch.randn(2, 64), packed, scale, None, isa)
 
 
 @needs_native

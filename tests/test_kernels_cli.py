@@ -9,6 +9,7 @@ import pytest
 
 from fastdllm.cli.main import main
 from fastdllm.kernels import cpu_info, native
+from tests.test_quant import needs_native
 
 
 def test_status_names_the_isa_the_compiler_and_a_kernel_per_path(capsys):
@@ -28,6 +29,16 @@ def test_w8a8_path_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(cpu_info, "flags", lambda: frozenset({"avx2", "avx512f", "avx512bw", "avx512vl",
                                                                "avx512_vnni"}))
     assert cpu_info.w8a8_isa() == "avx512-vnni"
+    monkeypatch.setattr(cpu_info, "flags", lambda: frozenset({"avx2", "avx512f", "avx512bw", "avx512vl",
+                                                               "avx512_vnni", "amx_tile", "amx_int8"}))
+    assert cpu_info.w8a8_isa() == "amx"  # Sapphire Rapids and later
+    monkeypatch.setattr(cpu_info, "flags", lambda: frozenset({"avx2", "amx_tile", "amx_int8"}))
+    assert cpu_info.w8a8_isa() == "avx2"  # the AMX path's epilogue is AVX-512
+
+
+@needs_native
+def test_w8a8_path_agrees_with_the_kernel():
+    assert native.kernels().int8a8_isa() == cpu_info.w8a8_isa()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from ..options import cxx_from_env
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "amx_tile", "amx_int8", "amx_bf16")
 VNNI512 = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")  # what the W8A8 kernel's AVX-512 path needs
+AMX_INT8 = ("amx_tile", "amx_int8")  # and its AMX path, besides VNNI512 (and Linux's grant of the tile state)
 
 
 @lru_cache(maxsize=1)
@@ -50,8 +51,15 @@ def isa_summary() -> dict[str, bool]:
 
 
 def w8a8_isa() -> str:
-    """The W8A8 kernel's path on this CPU, by the rule cpu_int8a8.cpp applies at run time."""
-    return "avx512-vnni" if all(f in flags() for f in VNNI512) else "avx2"
+    """The W8A8 kernel's best path on this CPU, by the rule cpu_int8a8.cpp applies at run time:
+    "amx" (AMX tiles for 4 rows or more, AVX-512 VNNI below), "avx512-vnni" or "avx2"."""
+    if not all(f in flags() for f in VNNI512):
+        return "avx2"
+    return "amx" if all(f in flags() for f in AMX_INT8) else "avx512-vnni"
+
+
+W8A8_HOW = {"amx": "(AMX tiles for 4+ rows, vpdpbusd below)", "avx512-vnni": "(vpdpbusd)",
+            "avx2": "(vpmaddubsw + vpmaddwd)"}
 
 
 def compiler(cxx: str | None = None, path: str | None = None) -> tuple[str | None, str]:
@@ -80,8 +88,7 @@ def kernel_table(native_ok: bool) -> list[tuple[str, str]]:
              + ("" if bf16 else ": no native bfloat16 here, so fastdllm runs float32 instead"))]
     if native_ok:
         rows += [("int8", "fastdllm int8 weight-only, float32 activations (AVX2 + FMA)"),
-                 ("int8, int8 activations", f"fastdllm W8A8, {w8a8_isa()} "
-                  + ("(vpdpbusd)" if w8a8_isa() == "avx512-vnni" else "(vpmaddubsw + vpmaddwd)")),
+                 ("int8, int8 activations", f"fastdllm W8A8, {w8a8_isa()} {W8A8_HOW[w8a8_isa()]}"),
                  ("int4", "fastdllm int4 weight-only, float32 activations (AVX2 + FMA); its int8 layers as int8")]
     else:
         rows += [("int8", "torch _weight_int8pack_mm, bfloat16 activations (fallback)"),

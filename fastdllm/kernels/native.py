@@ -28,8 +28,8 @@ import torch
 
 _log = logging.getLogger(__name__)
 CSRC = Path(__file__).with_name("csrc")  # the C++ sources, compiled on first use
-SOURCES = [CSRC / n for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp", "cpu_int8a8_vnni.cpp", "cpu_stack.cpp",
-                              "cpu_bindings.cpp")]
+SOURCES = [CSRC / n for n in ("cpu_int8.cpp", "cpu_int4.cpp", "cpu_int8a8.cpp", "cpu_int8a8_vnni.cpp",
+                              "cpu_int8a8_amx.cpp", "cpu_stack.cpp", "cpu_bindings.cpp")]
 HEADERS = [CSRC / n for n in ("cpu_quant.h", "cpu_a8.h")]
 HEADER = HEADERS[0]
 _state: dict[str, object] = {}
@@ -202,7 +202,7 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor, bia
 
 A8_BLOCK = 32  # activation inputs per scale in the W8A8 kernels
 A8_OUTPUTS = 16  # outputs per packed group of the W8A8 layout
-ISAS = {"auto": 0, "avx2": 1, "avx512-vnni": 2}  # the W8A8 kernel's paths (cpu_quant.h)
+ISAS = {"auto": 0, "avx2": 1, "avx512-vnni": 2, "amx": 3}  # the W8A8 kernel's paths (cpu_quant.h)
 
 
 def pack_int8_a8(q: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 // int8 weights x dynamic int8 activations (W8A8) for x86 CPUs, chosen at run time by the CPU's
-// instruction sets: AVX-512 VNNI (cpu_int8a8_vnni.cpp) where present, else AVX2 (here).
+// instruction sets: AMX tiles (cpu_int8a8_amx.cpp) for several rows where the CPU has them,
+// AVX-512 VNNI (cpu_int8a8_vnni.cpp) where present, else AVX2 (here).
 //
 // Each row of activations is quantised per block of 32 inputs (scale = max |x| / 127, round to
 // nearest even), as llama.cpp's Q8_0 does: one scale per row cost SmolLM2-135M 13x the KL of
@@ -17,6 +18,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <vector>
@@ -77,36 +82,47 @@ inline void tile_avx2(const A8Args& a, int64_t g, int64_t m0) {
   }
 }
 
-// Row r of X [M, K] -> int8 blocks of 32 (zero-padded), their scales and -128 x their sums.
+// Row r of X [M, K] -> int8 blocks of 32 (zero-padded), their scales and -128 x their sums. Eight
+// inputs at a time: |x| by clearing the sign, the block's maximum, x * (127 / max) rounded to
+// nearest even by cvtps (the default rounding mode), clamped, summed and packed to bytes.
 void quantise_rows(const float* X, int64_t M, int64_t K, int64_t KB, int8_t* q, float* s, int32_t* c) {
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     alignas(32) float buf[kA8Block];
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the packs' lane interleave
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t b = 0; b < KB; ++b) {
         const int64_t k0 = b * kA8Block, n = K - k0 < kA8Block ? K - k0 : kA8Block;
-        std::memset(buf, 0, sizeof(buf));
-        std::memcpy(buf, X + m * K + k0, n * sizeof(float));
-        const __m256 sign = _mm256_set1_ps(-0.0f);
-        __m256 mx = _mm256_setzero_ps();
-        for (int i = 0; i < kA8Block; i += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_load_ps(buf + i)));
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, mx);
-        float amax = 0.0f;
-        for (float l : lanes) amax = l > amax ? l : amax;
+        const float* x = X + m * K + k0;
+        if (n < kA8Block) {  // the row's last, partial block
+          std::memset(buf, 0, sizeof(buf));
+          std::memcpy(buf, x, n * sizeof(float));
+          x = buf;
+        }
+        __m256 v[4];
+        for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + 8 * i);
+        const __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         s[m * KB + b] = amax / 127.0f;
-        int32_t sum = 0;
-        for (int i = 0; i < kA8Block; i += 8) {  // round to nearest even (the default rounding mode)
-          alignas(32) int32_t qi[8];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(qi),
-                             _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(buf + i), _mm256_set1_ps(inv))));
-          for (int j = 0; j < 8; ++j) {
-            const int32_t v = qi[j] > 127 ? 127 : qi[j] < -127 ? -127 : qi[j];
-            q[m * KB * kA8Block + k0 + i + j] = static_cast<int8_t>(v);
-            sum += v;
-          }
+        __m256i qi[4], sum = _mm256_setzero_si256();
+        for (int i = 0; i < 4; ++i) {
+          qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(inv)));
+          qi[i] = _mm256_min_epi32(hi, _mm256_max_epi32(lo, qi[i]));
+          sum = _mm256_add_epi32(sum, qi[i]);
         }
-        c[m * KB + b] = -128 * sum;
+        const __m256i bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3])), order);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + m * KB * kA8Block + k0), bytes);
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+        int32_t total = 0;
+        for (int32_t l : lanes) total += l;
+        c[m * KB + b] = -128 * total;
       }
   });
 }
@@ -121,35 +137,62 @@ void int8a8_groups_avx2(const A8Args& a, int64_t g0, int64_t g1) {
   }
 }
 
-int int8a8_best_isa() {
-  static const int isa = [] {
-    __builtin_cpu_init();
-    const bool vnni512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    return vnni512 ? kIsaVnni512 : kIsaAvx2;
-  }();
-  return isa;
+namespace {
+
+bool has_vnni512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-const char* isa_name(int isa) { return isa == kIsaVnni512 ? "avx512-vnni" : "avx2"; }
+// AMX-TILE and AMX-INT8 (CPUID leaf 7: EDX bits 24, 25), and Linux's permission to use the tile
+// state, which a process must ask for once (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA).
+bool has_amx() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!has_vnni512() || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1))
+    return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// Below this many rows the VNNI kernel, which streams the weights with 4-8 independent chains,
+// is as fast (its one- and two-row tiles are bound by the weights' read).
+constexpr int64_t kAmxMinRows = 4;
+
+}  // namespace
+
+bool int8a8_has_isa(int isa) {
+  static const bool vnni512 = has_vnni512(), amx = has_amx();
+  return isa == kIsaAvx2 || (isa == kIsaVnni512 && vnni512) || (isa == kIsaAmx && amx);
+}
+
+int int8a8_best_isa() {
+  return int8a8_has_isa(kIsaAmx) ? kIsaAmx : int8a8_has_isa(kIsaVnni512) ? kIsaVnni512 : kIsaAvx2;
+}
+
+const char* isa_name(int isa) { return isa == kIsaAmx ? "amx" : isa == kIsaVnni512 ? "avx512-vnni" : "avx2"; }
 
 void int8a8_gemm(const float* X, int64_t M, int64_t K, const uint8_t* W, const float* S, const float* B, int64_t N,
                  float* Y, int isa) {
   if (M == 0) return;
-  if (isa == kIsaAuto) isa = int8a8_best_isa();
+  if (isa == kIsaAuto)
+    isa = M >= kAmxMinRows && int8a8_has_isa(kIsaAmx) ? kIsaAmx : int8a8_has_isa(kIsaVnni512) ? kIsaVnni512 : kIsaAvx2;
   const int64_t KB = (K + kA8Block - 1) / kA8Block;
-  std::vector<int8_t> q(M * KB * kA8Block);
-  std::vector<float> s(M * KB);
-  std::vector<int32_t> c(M * KB);
+  const int64_t Mp = isa == kIsaAmx ? amx_padded_rows(M) : M;  // AMX tiles read whole chunks of rows
+  std::vector<int8_t> q(Mp * KB * kA8Block);  // zeros past row M
+  std::vector<float> s(Mp * KB);
+  std::vector<int32_t> c(Mp * KB);
   quantise_rows(X, M, K, KB, q.data(), s.data(), c.data());
   const A8Args a{q.data(), s.data(), c.data(), M, KB, W, S, B, N, Y};
   const int64_t groups = (N + kA8Outputs - 1) / kA8Outputs;
-  auto* fn = isa == kIsaVnni512 ? &int8a8_groups_vnni512 : &int8a8_groups_avx2;
-  // quads of groups per task (the VNNI tiles' widths: 4 for one or two rows, else 2); a group's
-  // weights are read once for all rows
-  at::parallel_for(0, (groups + 3) / 4, 1, [&](int64_t p0, int64_t p1) {
-    fn(a, 4 * p0, std::min(4 * p1, groups));
-  });
+  auto* fn = isa == kIsaAmx ? &int8a8_groups_amx : isa == kIsaVnni512 ? &int8a8_groups_vnni512 : &int8a8_groups_avx2;
+  // the groups split evenly between the threads, at least 4 per task (the VNNI tiles' widths: 4 for
+  // one or two rows, else 2; AMX: 4 sums tiles); a group's weights are read once for all rows
+  at::parallel_for(0, groups, 4, [&](int64_t g0, int64_t g1) { fn(a, g0, g1); });
 }
 
 int64_t int8a8_packed_size(int64_t N, int64_t K) {
@@ -164,7 +207,7 @@ torch::Tensor int8a8_linear(const torch::Tensor& x, const torch::Tensor& packed,
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous() &&
               packed.numel() == int8a8_packed_size(N, K), "packed: int8 weights [", N, ", ", K,
               "] as pack_int8_a8 lays them out");
-  TORCH_CHECK(isa == kIsaAuto || isa == kIsaAvx2 || (isa == kIsaVnni512 && int8a8_best_isa() == kIsaVnni512),
+  TORCH_CHECK(isa == kIsaAuto || int8a8_has_isa(static_cast<int>(isa)),
               "int8a8_linear: instruction set ", isa, " is not available on this CPU");
   auto xc = x.contiguous();
   auto sc = scale.contiguous();

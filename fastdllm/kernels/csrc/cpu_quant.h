@@ -43,8 +43,10 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& packed, c
 // W8A8: int8 weights [N, K] packed by pack_int8_a8 (native.py) x float32 activations [M, K]
 // quantised to int8 per row and block of 32 inputs inside the call (cpu_int8a8.cpp). ``isa``:
 // kIsaAuto (the best this CPU has) or one path by name, for tests. Same bits on every path.
-enum { kIsaAuto = 0, kIsaAvx2 = 1, kIsaVnni512 = 2 };
-int int8a8_best_isa();
+// kIsaAuto takes AMX for kAmxMinRows rows or more where the CPU has it, else VNNI, else AVX2.
+enum { kIsaAuto = 0, kIsaAvx2 = 1, kIsaVnni512 = 2, kIsaAmx = 3 };
+int int8a8_best_isa();        // the best path for many rows
+bool int8a8_has_isa(int isa);
 const char* isa_name(int isa);
 void int8a8_gemm(const float* X, int64_t M, int64_t K, const uint8_t* W, const float* S, const float* B, int64_t N,
                  float* Y, int isa = kIsaAuto);
