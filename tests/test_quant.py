@@ -17,7 +17,7 @@ from fastdllm.loading import Checkpoint, load_checkpoint
 from fastdllm.model.attention import DenseAttention, causal_mask
 from fastdllm.options import RuntimeOptions
 from fastdllm.quant import (Int4Linear, Int4Weight, Int8Linear, Int8Weight, QuantLinear, parse_quantize,
-                            parse_quantized_list, quantize_model, quantized_linear)
+                            parse_quantized_list, quantize_model, quantized_linear, set_activations)
 from fastdllm.engine.reference import naive_autoregressive
 from fastdllm.engine.sampling import SamplingParams, make_sampler
 from tests.helpers import make_tiny_checkpoint, random_ids
@@ -43,7 +43,11 @@ def ckpts(tmp_path_factory):
                                           attention_bias=True),
             # heads of 104 = 64 + 32 + 8 values: every block size of the C++ attention's value sums
             "wide-heads": make_tiny_checkpoint(root / "wide", "qwen2", hidden=64, inter=160, heads=2, kv_heads=1,
-                                               head_dim=104)}
+                                               head_dim=104),
+            # heads of 112 = 64 + 32 + 16, a multiple of 16: the C++ attention's blocked path, where the
+            # query heads of a KV head (3 here, as SmolLM2's) share each key and value
+            "gqa-112": make_tiny_checkpoint(root / "gqa", "qwen2", hidden=64, inter=160, heads=6, kv_heads=2,
+                                            head_dim=112)}
 
 
 # ---- formats --------------------------------------------------------------------------------
@@ -343,7 +347,8 @@ STACK_PARTS = [(0, 0, 40, 8, 48, "full", 0), (0, 60, 0, 5, 5, "causal", 0), (0, 
 
 def packed_forward(model, parts, stack: bool):
     """One packed forward over ``parts`` on a cache that is NaN outside their spans, on the native
-    stack's backend (``stack``) or the eager one: (logits, cache, backend)."""
+    stack's backend (``stack``) or the eager one: (logits, cache, backend). A part's cached keys and
+    values and its tokens are drawn from seeds of its own (its base), whatever parts go with it."""
     from fastdllm.engine.kv_cache import KVCache
     from fastdllm.engine.packed_attention import PackedAttention
     from tests.test_packed_attention import segments
@@ -351,12 +356,10 @@ def packed_forward(model, parts, stack: bool):
     cfg = model.cfg
     cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, 200, cfg.head_dim, torch.float32, "cpu")
     cache.data.fill_(float("nan"))
-    g = torch.Generator().manual_seed(1)
     for slot, base, _, _, kv_end, *_ in parts:
         span = cache.data[:, slot, base:base + kv_end]
-        span.copy_(torch.randn(span.shape, generator=g))
-    n = sum(p[3] for p in parts)
-    ids = random_ids(n, cfg.vocab_size, seed=4)
+        span.copy_(torch.randn(span.shape, generator=torch.Generator().manual_seed(1 + base)))
+    ids = torch.cat([random_ids(p[3], cfg.vocab_size, seed=4 + p[1]) for p in parts])
     pos = torch.tensor([wp + i for _, _, wp, length, *_ in parts for i in range(length)])
     backend = NativeStackBackend(model) if stack else TorchBackend(model)
     with torch.inference_mode():
@@ -366,7 +369,7 @@ def packed_forward(model, parts, stack: bool):
 
 @needs_native
 @pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 qkv and down ones
-@pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads"])  # qkv bias; tied, o/MLP biases; head size
+@pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads", "gqa-112"])  # qkv bias; tied, o/MLP biases; head sizes
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     model = load_checkpoint(ckpts[family], quantize=mode).model
@@ -378,6 +381,28 @@ def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     # the same keys and values, written at the same places and nowhere else
     assert torch.equal(fused_cache.data.isnan(), eager_cache.data.isnan())
     torch.testing.assert_close(fused_cache.data.nan_to_num(), eager_cache.data.nan_to_num(), rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["int8", "int8-a8", "int4"])
+@pytest.mark.parametrize("family", ["qwen2", "wide-heads", "gqa-112"])
+def test_quant_stack_batched_equals_one_by_one(ckpts, family, mode):
+    """A sequence's logits and keys/values have the same bits whatever else shares its forward: the
+    attention tasks group rows and query heads, the products split rows into tiles (W8A8 on AMX: chunks
+    padded with zero rows), none of which may change a row's sums."""
+    model = load_checkpoint(ckpts[family], quantize=mode.split("-")[0]).model
+    if mode == "int8-a8":
+        set_activations(model, "int8")
+    together, together_cache, backend = packed_forward(model, STACK_PARTS, stack=True)
+    assert backend.stack and not backend.fallbacks
+    row = 0
+    for part in STACK_PARTS:
+        alone, alone_cache, _ = packed_forward(model, [part], stack=True)
+        assert torch.equal(alone, together[row:row + part[3]]), part
+        slot, base, _, _, kv_end, *_ = part
+        span = (slice(None), slot, slice(base, base + kv_end))
+        assert torch.equal(alone_cache.data[span], together_cache.data[span]), part
+        row += part[3]
 
 
 @needs_native

@@ -37,6 +37,56 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return total;
 }
 
+// The 8 lane sums of v0..v7 at once, each with hsum's own additions ((l0 + l4) + (l2 + l6)) +
+// ((l1 + l5) + (l3 + l7)), so that every sum has the bits hsum gives it (additions commute exactly).
+inline __m256 hsum8(const __m256 v[8]) {
+  __m256 s[4];
+  for (int k = 0; k < 4; ++k)  // [v_k's lanes i + (i + 4), i < 4 | the same of v_{k+4}]
+    s[k] = _mm256_add_ps(_mm256_permute2f128_ps(v[k], v[k + 4], 0x20), _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
+  auto pairs = [](__m256 a, __m256 b) {  // [(a0 + a2), (a1 + a3), (b0 + b2), (b1 + b3)] per half
+    const __m256d ad = _mm256_castps_pd(a), bd = _mm256_castps_pd(b);
+    return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(ad, bd)), _mm256_castpd_ps(_mm256_unpackhi_pd(ad, bd)));
+  };
+  const __m256 t01 = pairs(s[0], s[1]), t23 = pairs(s[2], s[3]);
+  return _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// p[0, 8) = scale * dot(q, key_k, D) for the 8 keys key_k = keys + k * stride, with dot's bits
+// (dot's two accumulators, then one hsum8); D a multiple of 16.
+inline void scores8(const float* q, const float* keys, int64_t stride, int64_t D, float scale, float* p) {
+  __m256 v[8];
+  for (int k0 = 0; k0 < 8; k0 += 4) {  // 4 keys' chains interleaved: 8 FMAs in flight
+    __m256 s0[4], s1[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) s0[k] = s1[k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < D; i += 16) {
+      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const float* b = keys + (k0 + k) * stride + i;
+        s0[k] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(b), s0[k]);
+        s1[k] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(b + 8), s1[k]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) v[k0 + k] = _mm256_add_ps(s0[k], s1[k]);
+  }
+  _mm256_storeu_ps(p, _mm256_mul_ps(hsum8(v), _mm256_set1_ps(scale)));
+}
+
+// The largest of p[0, n) (vector maxima: the same value in any order)
+inline float maximum(const float* p, int64_t n) {
+  __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(p + j));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mx);
+  float top = lanes[0];
+  for (int k = 1; k < 8; ++k) top = std::max(top, lanes[k]);
+  for (; j < n; ++j) top = std::max(top, p[j]);
+  return top;
+}
+
 // exp(x) for x <= 0 (softmax scores minus their maximum), 8 at a time: Cephes' expf scheme,
 // x = n ln 2 + r with |r| <= ln 2 / 2, a degree-7 polynomial for e^r, then 2^n into the exponent.
 inline __m256 exp_nonpositive(__m256 x) {
@@ -92,6 +142,24 @@ inline void weighted_block(const float* p, int64_t n, const float* values, int64
   const __m256 s = _mm256_set1_ps(inv);
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + d0 + 8 * c, _mm256_mul_ps(acc[c], s));
+}
+
+// acc[d0, d0 + 8 C) += p[j] * v_j[d0, ...) for j0 <= j < j1, one FMA per key in key order: a
+// span of keys split into blocks gives weighted_block's bits (acc starting at zero).
+template <int C>
+inline void accumulate_block(const float* p, int64_t j0, int64_t j1, const float* values, int64_t stride, int64_t d0,
+                             float* acc) {
+  __m256 a[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) a[c] = _mm256_loadu_ps(acc + d0 + 8 * c);
+  for (int64_t j = j0; j < j1; ++j) {
+    const __m256 w = _mm256_set1_ps(p[j]);
+    const float* v = values + j * stride + d0;
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) a[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * c), a[c]);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(acc + d0 + 8 * c, a[c]);
 }
 
 // a[i] = silu(g[i]) * u[i] for the gate g = gu[0, n) and the up projection u = gu[n, 2n), with
@@ -374,8 +442,28 @@ class QuantStack {
 
  private:
   // softmax(q k^T * scale) v for every (query row, head), each row over its own cache span
+  // Attention of every query row over its span of the cache. Head sizes that are a multiple of 16
+  // (all the models here): tasks of up to kTaskRows rows x one KV head, where the rows' query heads
+  // of that KV head share each key and value while it is in L1 (attend_run); otherwise one task per
+  // row and query head. Both give the same bits.
   void attend(const float* qkv, const float* cache, const int64_t* R, int64_t M, int64_t longest, float* out) const {
     const int64_t D = d_, width = (n_q_ + 2 * n_kv_) * D, row_len = 2 * n_kv_ * D, group = n_q_ / n_kv_;
+    if (D % 16 == 0) {
+      const int64_t chunks = (M + kTaskRows - 1) / kTaskRows;
+      at::parallel_for(0, chunks * n_kv_, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<float> p(kTaskRows * group * (longest + 8)), acc(kTaskRows * group * D), inv(kTaskRows * group);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t h = t % n_kv_, r0 = (t / n_kv_) * kTaskRows, r1 = std::min(M, r0 + kTaskRows);
+          for (int64_t a = r0; a < r1;) {  // runs of rows over the same cache start (one sequence)
+            int64_t b = a + 1;
+            while (b < r1 && R[3 * b + 1] == R[3 * a + 1]) ++b;
+            attend_run(qkv, cache, R, a, b, h, longest + 8, p.data(), acc.data(), inv.data(), out);
+            a = b;
+          }
+        }
+      });
+      return;
+    }
     at::parallel_for(0, M * n_q_, 1, [&](int64_t t0, int64_t t1) {
       std::vector<float> p(longest + 8);
       for (int64_t t = t0; t < t1; ++t) {
@@ -392,6 +480,50 @@ class QuantStack {
         weighted_values(p.data(), n, keys + n_kv_ * D, row_len, D, 1.0f / total, out + m * n_q_ * D + head * D);
       }
     });
+  }
+
+  static constexpr int64_t kTaskRows = 8;   // query rows per attention task
+  static constexpr int64_t kValueKeys = 32;  // values per block that the task's queries take in turn
+
+  // Rows [a, b) (one cache start) x the query heads of KV head h. Scores: 8 keys at a time for every
+  // query (scores8), the rest of a query's span one key at a time (dot): the bits of dot for every
+  // key. Values: kValueKeys at a time for every query, into acc in key order, then times 1 / total.
+  // p: the queries' scores, pstride apart; acc [queries, D]; inv [queries].
+  void attend_run(const float* qkv, const float* cache, const int64_t* R, int64_t a, int64_t b, int64_t h,
+                  int64_t pstride, float* p, float* acc, float* inv, float* out) const {
+    const int64_t D = d_, width = (n_q_ + 2 * n_kv_) * D, row_len = 2 * n_kv_ * D, group = n_q_ / n_kv_;
+    const float* keys = cache + R[3 * a + 1] * row_len + h * D;
+    const float* values = keys + n_kv_ * D;
+    const int64_t nq = (b - a) * group;
+    auto span = [&](int64_t i) { return R[3 * (a + i / group) + 2]; };
+    auto query = [&](int64_t i) { return qkv + (a + i / group) * width + (h * group + i % group) * D; };
+    int64_t longest = 0;
+    for (int64_t m = a; m < b; ++m) longest = std::max(longest, R[3 * m + 2]);
+    for (int64_t j = 0; j + 8 <= longest; j += 8)
+      for (int64_t i = 0; i < nq; ++i)
+        if (j + 8 <= span(i)) scores8(query(i), keys + j * row_len, row_len, D, scale_, p + i * pstride + j);
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t n = span(i);
+      float* pi = p + i * pstride;
+      for (int64_t j = n / 8 * 8; j < n; ++j) pi[j] = dot(query(i), keys + j * row_len, D) * scale_;
+      inv[i] = 1.0f / exp_shifted(pi, n, maximum(pi, n));
+    }
+    std::fill(acc, acc + nq * D, 0.0f);
+    for (int64_t j0 = 0; j0 < longest; j0 += kValueKeys)
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t j1 = std::min(j0 + kValueKeys, span(i));
+        if (j0 >= j1) continue;
+        const float* pi = p + i * pstride;
+        int64_t d0 = 0;
+        for (; d0 + 64 <= D; d0 += 64) accumulate_block<8>(pi, j0, j1, values, row_len, d0, acc + i * D);
+        for (; d0 + 32 <= D; d0 += 32) accumulate_block<4>(pi, j0, j1, values, row_len, d0, acc + i * D);
+        for (; d0 < D; d0 += 16) accumulate_block<2>(pi, j0, j1, values, row_len, d0, acc + i * D);
+      }
+    for (int64_t i = 0; i < nq; ++i) {
+      float* o = out + (a + i / group) * n_q_ * D + (h * group + i % group) * D;
+      const __m256 s = _mm256_set1_ps(inv[i]);
+      for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(acc + i * D + d), s));
+    }
   }
 
   int64_t n_q_, n_kv_, d_, hidden_ = 0;
