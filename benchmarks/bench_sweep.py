@@ -25,6 +25,9 @@ shape with ``--confidence-scale`` on its vocabulary projection, and the end-to-e
 (TPF x fastest AR tokens/s / BD tokens/s: the step's overhead included); ``--end-to-end-only``
 measures only that (no per-row forwards, no layer products). ``--shapes tiny``: a
 two-layer model, to try the benchmark out.
+``--prefill 256,1024,4096``: also the time to the first token of one prompt of each length (the
+engine's chunked prefill and one AR step, through ``LLM.generate``) per path, best of ``--repeats``
+(``--contexts ""`` with it: only that).
 ``--quick``: SmolLM2 shape only, context 256, 3 repeats. Writes JSON (machine, ISA flags, load,
 date and command included) and one plot: rows against time per forward, a line per path, and the
 AR-equivalent times (TPF x fastest one-row forward) for TPF 1, 2 and 3.
@@ -37,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -78,16 +82,16 @@ PATHS = ("float32", "bfloat16", "int8", "int8-a8", "int4")
 SUB_BLOCK, BLOCK = 8, 32  # rows of a block-diffusion forward with / without the sub-block cache
 
 
-def build(shape: str, path: str, diffusion_scale: float | None = None) -> Transformer | None:
+def build(shape: str, path: str, diffusion_scale: float | None = None, positions: int = 4096) -> Transformer | None:
     """A random model of ``shape`` on ``path``. ``diffusion_scale``: a block-diffusion model instead
     (Fast_dLLM_Qwen, blocks of 32, the mask on the last token) whose vocabulary projection is
     scaled by it, so that some positions pass the 0.9 threshold (as make_random_checkpoint.py's
-    --confidence-scale)."""
+    --confidence-scale). ``positions``: the context the model takes."""
     extra = {}
     if diffusion_scale is not None:
         extra = {"model_type": "Fast_dLLM_Qwen", "bd_size": BLOCK, "mask_token_id": SHAPES[shape]["vocab_size"] - 1,
                  "tie_word_embeddings": False}
-    cfg = ModelConfig.from_dict({**SHAPES[shape], **extra, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6})
+    cfg = ModelConfig.from_dict({**SHAPES[shape], **extra, "max_position_embeddings": positions, "rms_norm_eps": 1e-6})
     torch.manual_seed(0)
     with torch.no_grad():
         model = Transformer(cfg).eval()
@@ -207,6 +211,38 @@ def end_to_end(shape: str, paths: list[str], scale: float, new_tokens: int, prom
 
 BYTES_PER_PARAM = {"float32": 8, "bfloat16": 6, "int8": 5, "int8-a8": 5, "int4": 5}  # peak while built and run:
 # float32 weights plus the packed copy its oneDNN linear layers keep; the others are built in float32 first
+
+
+def prefill(shape: str, paths: list[str], lengths: list[int], repeats: int) -> dict:
+    """Seconds to the first token of one prompt of each length per path (AR, greedy: the engine's
+    chunked prefill, then one step), on a random model of ``shape``; best of ``repeats`` after one
+    warm-up on the shortest prompt. {path: {length: {"seconds", "tokens_per_s"}}}."""
+    from fastdllm.api import LLM
+    from fastdllm.loading import Checkpoint
+
+    g = torch.Generator().manual_seed(2)
+    V = SHAPES[shape]["vocab_size"]
+    prompts = {n: torch.randint(0, V, (n,), generator=g).tolist() for n in lengths}
+    kw = dict(mode="ar", max_new_tokens=1, stop_token_ids=[], temperature=0.0)
+    out: dict = {}
+    for path in paths:
+        model = build(shape, path, positions=max(4096, max(lengths) + 1))
+        llm = LLM(Checkpoint(model, model.cfg, None, Path("."), {}))
+        llm.generate([prompts[min(lengths)]], **kw)  # warm-up
+        row = {}
+        for n in lengths:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                llm.generate([prompts[n]], **kw)
+                times.append(time.perf_counter() - t0)
+            row[str(n)] = {"seconds": min(times), "tokens_per_s": n / min(times)}
+        out[path] = row
+        print(f"[{shape} prefill] {path}: " + "  ".join(f"{n}: {v['seconds']:.2f} s ({v['tokens_per_s']:.0f} tok/s)"
+                                                       for n, v in row.items()) + f"  load {os.getloadavg()[0]:.1f}",
+              flush=True)
+        del llm, model
+    return out
 
 
 def params(shape: str) -> int:
@@ -379,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1,
                     help="end to end: alternating rounds per path (the median counts)")
+    ap.add_argument("--prefill", default="", help="prompt lengths whose time to the first token is measured per "
+                    "path, e.g. 256,1024,4096 (default: none)")
     ap.add_argument("--from-json", metavar="JSON", help="measure nothing: the tables and plot of a sweep's JSON "
                     "(e.g. one cut short: it is written after every shape)")
     args = ap.parse_args(argv)
@@ -400,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown shape or path: {', '.join(bad)}")
     rows_list = [int(r) for r in args.rows.split(",")]
     contexts = [int(c) for c in args.contexts.split(",") if c]
-    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    result = {"command": shlex.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "peaks": peaks(args.quick), "shapes": {}, "skipped": {}}
     print(f"peaks: {result['peaks']}  load {os.getloadavg()}", flush=True)
@@ -446,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
                      and f"{shape} {p}" not in result["skipped"]]
             result["shapes"][shape]["end_to_end"] = end_to_end(shape, paths, args.confidence_scale, args.new_tokens,
                                                                args.prompts, args.rounds)
+        if args.prefill:
+            paths = [p for p in args.paths.split(",") if p not in result["skipped"]
+                     and f"{shape} {p}" not in result["skipped"]]
+            lengths = [int(n) for n in args.prefill.split(",")]
+            result["shapes"][shape]["prefill"] = prefill(shape, paths, lengths, args.repeats)
         if gemm:
             print(f"[{shape}] one layer's products: " + "; ".join(
                 f"{k} " + " ".join(f"{m}:{v['ms']:.2f}" for m, v in t.items()) for k, t in gemm.items()), flush=True)
@@ -490,6 +533,14 @@ def markdown(result: dict) -> str:
                 add(f"| {p} | {r['ar']['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} ({c['tpf']:.2f}) | "
                       f"{c['break_even_tpf']:.2f} | {n['tokens_per_s']:.1f} ({n['tpf']:.2f}) | "
                       f"{n['break_even_tpf']:.2f} |")
+        pre = s.get("prefill")
+        if pre:
+            lengths = list(next(iter(pre.values())))
+            add(f"\n**{shape}** prefill: seconds to the first token of one prompt (tokens/s) by prompt length\n")
+            add("| path | " + " | ".join(lengths) + " |")
+            add("|---|" + "---|" * len(lengths))
+            for p, r in pre.items():
+                add(f"| {p} | " + " | ".join(f"{r[n]['seconds']:.2f} ({r[n]['tokens_per_s']:.0f})" for n in lengths) + " |")
         for c, r in s.get("contexts", {}).items():
             add(f"\n**{shape}**, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms\n")

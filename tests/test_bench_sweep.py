@@ -72,6 +72,26 @@ def test_end_to_end_only_measures_no_forwards_and_draws_no_plot(tmp_path, capsys
     assert "end to end" in text and "context" not in text.split("end to end", 1)[1].split("\n", 2)[2]
 
 
+def test_prefill_times_each_prompt_length_per_path(tmp_path, capsys):
+    out = tmp_path / "prefill.json"
+    assert bs.main(["--shapes", "tiny", "--paths", PATHS, "--threads", "1", "--contexts", "", "--repeats", "2",
+                    "--llama-cpp", "none", "--prefill", "16,40", "--out", str(out)]) == 0
+    s = json.loads(out.read_text())["shapes"]["tiny"]
+    assert s["contexts"] == {} and list(s["prefill"]) == PATHS.split(",")
+    for row in s["prefill"].values():
+        assert list(row) == ["16", "40"]
+        for n, v in row.items():
+            assert v["seconds"] > 0 and v["tokens_per_s"] == pytest.approx(int(n) / v["seconds"])
+    table = bs.markdown(json.loads(out.read_text()))
+    assert "prefill" in table and "| 16 | 40 |" in table
+    assert "prefill" in capsys.readouterr().out
+
+
+def test_prefill_past_the_default_context():
+    """A prompt longer than the sweep's usual 4,096 positions gets a model that takes it."""
+    assert bs.build("tiny", "float32", positions=5000).cfg.max_position_embeddings == 5000
+
+
 def test_llama_cpp_rows_or_the_reason_they_are_missing(tmp_path):
     out = tmp_path / "sweep.json"
     assert bs.main(["--shapes", "tiny", "--paths", "float32", "--rows", "1,2", "--contexts", "8", "--repeats", "1",
