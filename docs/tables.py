@@ -239,7 +239,17 @@ def screening_levers() -> str:
 @table("versions_redesign")
 def versions_redesign() -> str:
     """Decoding speed before and after the package's redesign (issue 27), same run."""
-    name = "versions_redesign.json"
+    return _versions("versions_redesign.json")
+
+
+@table("versions_redesign_5rounds")
+def versions_redesign_5rounds() -> str:
+    """The same, five rounds, the tree just after the redesign's merge against the one before it."""
+    return _versions("versions_redesign_5rounds.json")
+
+
+def _versions(name: str) -> str:
+    """A bench_versions.py JSON: per configuration, both trees' median tokens/s, their ratio, the rounds."""
     d = load(name)
     c = d["commits"]
     rows = [[r["quantize"], r["batch"], r["mode"], f"{r['tokens_per_s']['baseline']:.1f}",
@@ -342,6 +352,12 @@ def sweep_2thread() -> str:
     return _sweep("sweep_2thread.json")
 
 
+@table("sweep_smollm2_2thread")
+def sweep_smollm2_2thread() -> str:
+    """The SmolLM2-shape sweep after the AMX products and the shared-key attention (2026-12-08)."""
+    return _sweep("sweep_smollm2_2thread.json")
+
+
 @table("sweep_e2e_smollm2_tpf3")
 def sweep_e2e_smollm2_tpf3() -> str:
     """End to end at SmolLM2 shape with the confidence scale that gives a TPF near 3."""
@@ -360,6 +376,58 @@ def stack_split() -> str:
                     rows, name, d, "python benchmarks/" + d["command"],
                     machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']}, torch {m['torch']}, "
                             f"{d['shape']}, context {d['context']}")
+
+
+@table("amx_attention_before_after")
+def amx_attention_before_after() -> str:
+    """W8A8 at SmolLM2 shape before (a2fa1ba) and after the AMX products and the shared-key attention:
+    end to end (bench_sweep at TPF ~3) and the forward's split (bench_stack_split), run alternately."""
+    before = "before_amx_attention"
+    runs = [(f"{before}/e2e_before.json", "before (a2fa1ba), run 1"), ("sweep_e2e_smollm2_tpf3.json", "after"),
+            (f"{before}/e2e_before2.json", "before (a2fa1ba), run 2")]
+    rows = []
+    for name, label in runs:
+        r = load(name)["shapes"]["smollm2-135m"]["end_to_end"]["paths"]["int8-a8"]
+        ar, bd, nc = r["ar"], r["bd_cache"], r["bd_no_cache"]
+        rows.append([label, f"{ar['tokens_per_s']:.1f}", f"{bd['tokens_per_s']:.1f} ({bd['tpf']:.2f})",
+                     f"{nc['tokens_per_s']:.1f} ({nc['tpf']:.2f})", f"{bd['tokens_per_s'] / ar['tokens_per_s']:.2f}x"])
+    e2e = markdown(["W8A8 (int8-a8)", "AR tok/s", "block diffusion + sub-block cache, tok/s (TPF)",
+                    "block diffusion, no cache, tok/s (TPF)", "BD + cache / AR"], rows, runs[1][0], load(runs[1][0]),
+                   "python benchmarks/" + load(runs[1][0])["command"] + " (before: the same, --paths int8-a8, in a "
+                   "checkout of a2fa1ba)", also=tuple(n for n, _ in runs[::2]))
+    old, new = load(f"{before}/split_before.json"), load("stack_split.json")
+    split = [[a["rows"], f"{a['forward_ms']:.2f}", f"{b['forward_ms']:.2f}", f"{a['forward_ms'] / b['forward_ms']:.2f}x",
+              f"{a['products_ms']:.2f}", f"{b['products_ms']:.2f}", f"{a['rest_ms']:.2f}", f"{b['rest_ms']:.2f}"]
+             for a, b in zip(old["rows"], new["rows"])]
+    m = new["machine"]
+    return e2e + "\n" + markdown(
+        ["query rows", "forward before, ms", "after, ms", "speed-up", "products before, ms", "after, ms",
+         "rest before, ms", "after, ms"], split, "stack_split.json", new,
+        "python benchmarks/" + new["command"] + " (before: the same in a checkout of a2fa1ba)",
+        machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']} (before: "
+                f"{old['machine']['w8a8_kernel']}), torch {m['torch']}, {new['shape']}, context {new['context']}",
+        also=(f"{before}/split_before.json",))
+
+
+@table("prefill_before_after")
+def prefill_before_after() -> str:
+    """Time to the first token of long prompts at SmolLM2 shape, before (a2fa1ba) and after the shared-key
+    attention and the AMX products (bench_sweep.py --prefill, run one after the other)."""
+    name, before = "prefill_smollm2.json", "before_amx_attention/prefill_before.json"
+    new, old = load(name), load(before)
+    a, b = new["shapes"]["smollm2-135m"]["prefill"], old["shapes"]["smollm2-135m"]["prefill"]
+    rows = []
+    for path, r in a.items():
+        for n, v in r.items():
+            o = b[path][n]
+            rows.append([path, n, f"{o['seconds']:.2f} ({o['tokens_per_s']:.0f})", f"{v['seconds']:.2f} ({v['tokens_per_s']:.0f})",
+                         f"{o['seconds'] / v['seconds']:.2f}x"])
+    m = new["machine"]
+    return markdown(["path", "prompt tokens", "before (a2fa1ba): s (tokens/s)", "after: s (tokens/s)", "speed-up"], rows,
+                    name, new, "python benchmarks/" + new["command"] + " (before: the same script in a checkout of a2fa1ba)",
+                    machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']}, torch {m['torch']}, "
+                            "random weights at SmolLM2-135M's shape, the engine's prefill chunks of 512",
+                    also=(before,))
 
 
 @table("engine_overhead_smollm2")
