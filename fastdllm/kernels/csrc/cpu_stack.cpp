@@ -80,38 +80,71 @@ inline void scores8(const float* q, const float* keys, int64_t stride, int64_t D
 // the instruction count halves. Called where the CPU has AVX-512F (kAvx512 below).
 #define FASTDLLM_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-FASTDLLM_AVX512 void scores8_avx512(const float* q, const float* keys, int64_t stride, int64_t D, float scale,
-                                    float* p) {
-  __m512 s[8];
+// Q queries' scores8 at once (Q <= 3: 24 accumulators), each key's inputs loaded once for all
+template <int Q>
+FASTDLLM_AVX512 void scores8_avx512(const float* const* q, const float* keys, int64_t stride, int64_t D, float scale,
+                                    float* const* p) {
+  __m512 s[Q][8];
+#pragma GCC unroll 3
+  for (int t = 0; t < Q; ++t)
 #pragma GCC unroll 8
-  for (int k = 0; k < 8; ++k) s[k] = _mm512_setzero_ps();
+    for (int k = 0; k < 8; ++k) s[t][k] = _mm512_setzero_ps();
   for (int64_t i = 0; i < D; i += 16) {
-    const __m512 qv = _mm512_loadu_ps(q + i);
+    __m512 qv[Q];
+#pragma GCC unroll 3
+    for (int t = 0; t < Q; ++t) qv[t] = _mm512_loadu_ps(q[t] + i);
 #pragma GCC unroll 8
-    for (int k = 0; k < 8; ++k) s[k] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(keys + k * stride + i), s[k]);
+    for (int k = 0; k < 8; ++k) {
+      const __m512 kv = _mm512_loadu_ps(keys + k * stride + i);
+#pragma GCC unroll 3
+      for (int t = 0; t < Q; ++t) s[t][k] = _mm512_fmadd_ps(qv[t], kv, s[t][k]);
+    }
   }
-  __m256 v[8];
+#pragma GCC unroll 3
+  for (int t = 0; t < Q; ++t) {
+    __m256 v[8];
 #pragma GCC unroll 8
-  for (int k = 0; k < 8; ++k)
-    v[k] = _mm256_add_ps(_mm512_castps512_ps256(s[k]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s[k]), 1)));
-  _mm256_storeu_ps(p, _mm256_mul_ps(hsum8(v), _mm256_set1_ps(scale)));
+    for (int k = 0; k < 8; ++k)
+      v[k] = _mm256_add_ps(_mm512_castps512_ps256(s[t][k]),
+                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s[t][k]), 1)));
+    _mm256_storeu_ps(p[t], _mm256_mul_ps(hsum8(v), _mm256_set1_ps(scale)));
+  }
 }
 
-// accumulate_block<2 H> on AVX-512: H registers of 16 outputs
-template <int H>
-FASTDLLM_AVX512 void accumulate_block_avx512(const float* p, int64_t j0, int64_t j1, const float* values,
-                                             int64_t stride, int64_t d0, float* acc) {
-  __m512 a[H];
+// accumulate_block<2 H> of Q queries at once: each value's H registers of 16 loaded once for all
+template <int Q, int H>
+FASTDLLM_AVX512 void accumulate_avx512(const float* const* p, int64_t j0, int64_t j1, const float* values,
+                                       int64_t stride, int64_t d0, float* const* acc) {
+  __m512 a[Q][H];
+#pragma GCC unroll 3
+  for (int t = 0; t < Q; ++t)
 #pragma GCC unroll 4
-  for (int c = 0; c < H; ++c) a[c] = _mm512_loadu_ps(acc + d0 + 16 * c);
+    for (int c = 0; c < H; ++c) a[t][c] = _mm512_loadu_ps(acc[t] + d0 + 16 * c);
   for (int64_t j = j0; j < j1; ++j) {
-    const __m512 w = _mm512_set1_ps(p[j]);
-    const float* v = values + j * stride + d0;
+    __m512 v[H];
 #pragma GCC unroll 4
-    for (int c = 0; c < H; ++c) a[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 16 * c), a[c]);
+    for (int c = 0; c < H; ++c) v[c] = _mm512_loadu_ps(values + j * stride + d0 + 16 * c);
+#pragma GCC unroll 3
+    for (int t = 0; t < Q; ++t) {
+      const __m512 w = _mm512_set1_ps(p[t][j]);
+#pragma GCC unroll 4
+      for (int c = 0; c < H; ++c) a[t][c] = _mm512_fmadd_ps(w, v[c], a[t][c]);
+    }
   }
+#pragma GCC unroll 3
+  for (int t = 0; t < Q; ++t)
 #pragma GCC unroll 4
-  for (int c = 0; c < H; ++c) _mm512_storeu_ps(acc + d0 + 16 * c, a[c]);
+    for (int c = 0; c < H; ++c) _mm512_storeu_ps(acc[t] + d0 + 16 * c, a[t][c]);
+}
+
+// every 16-output block of D for Q queries (D a multiple of 16)
+template <int Q>
+FASTDLLM_AVX512 void accumulate_values_avx512(const float* const* p, int64_t j0, int64_t j1, const float* values,
+                                              int64_t stride, int64_t D, float* const* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) accumulate_avx512<Q, 4>(p, j0, j1, values, stride, d0, acc);
+  for (; d0 + 32 <= D; d0 += 32) accumulate_avx512<Q, 2>(p, j0, j1, values, stride, d0, acc);
+  for (; d0 < D; d0 += 16) accumulate_avx512<Q, 1>(p, j0, j1, values, stride, d0, acc);
 }
 
 const bool kAvx512 = [] {
@@ -529,6 +562,7 @@ class QuantStack {
 
   static constexpr int64_t kTaskRows = 8;   // query rows per attention task
   static constexpr int64_t kValueKeys = 32;  // values per block that the task's queries take in turn
+  static constexpr int kQueries = 3;          // queries whose sums share each load (AVX-512: 24 + 3 + 1 registers)
 
   // Rows [a, b) (one cache start) x the query heads of KV head h. Scores: 8 keys at a time for every
   // query (scores8), the rest of a query's span one key at a time (dot): the bits of dot for every
@@ -545,9 +579,26 @@ class QuantStack {
     int64_t longest = 0;
     for (int64_t m = a; m < b; ++m) longest = std::max(longest, R[3 * m + 2]);
     for (int64_t j = 0; j + 8 <= longest; j += 8)
-      for (int64_t i = 0; i < nq; ++i)
-        if (j + 8 <= span(i))
-          (kAvx512 ? scores8_avx512 : scores8)(query(i), keys + j * row_len, row_len, D, scale_, p + i * pstride + j);
+      for (int64_t i = 0; i < nq;) {
+        if (j + 8 > span(i)) {
+          ++i;
+          continue;
+        }
+        if (!kAvx512) {
+          scores8(query(i), keys + j * row_len, row_len, D, scale_, p + i * pstride + j);
+          ++i;
+          continue;
+        }
+        int q = 1;  // up to 3 consecutive queries whose spans hold these 8 keys
+        while (q < kQueries && i + q < nq && j + 8 <= span(i + q)) ++q;
+        const float* qs[kQueries];
+        float* ps[kQueries];
+        for (int t = 0; t < q; ++t) qs[t] = query(i + t), ps[t] = p + (i + t) * pstride + j;
+        const float* kj = keys + j * row_len;
+        q == 3 ? scores8_avx512<3>(qs, kj, row_len, D, scale_, ps)
+               : q == 2 ? scores8_avx512<2>(qs, kj, row_len, D, scale_, ps) : scores8_avx512<1>(qs, kj, row_len, D, scale_, ps);
+        i += q;
+      }
     for (int64_t i = 0; i < nq; ++i) {
       const int64_t n = span(i);
       float* pi = p + i * pstride;
@@ -555,22 +606,36 @@ class QuantStack {
       inv[i] = 1.0f / exp_shifted(pi, n, maximum(pi, n));
     }
     std::fill(acc, acc + nq * D, 0.0f);
-    for (int64_t j0 = 0; j0 < longest; j0 += kValueKeys)
+    for (int64_t j0 = 0; j0 < longest; j0 += kValueKeys) {
+      if (kAvx512) {
+        for (int64_t i = 0; i < nq; i += kQueries) {
+          const int q = static_cast<int>(std::min<int64_t>(kQueries, nq - i));
+          const float* ps[kQueries];
+          float* as[kQueries];
+          int64_t common = j0 + kValueKeys;  // keys every query of the group takes; then each its own rest
+          for (int t = 0; t < q; ++t) ps[t] = p + (i + t) * pstride, as[t] = acc + (i + t) * D,
+                                       common = std::min(common, span(i + t));
+          if (common > j0)
+            q == 3 ? accumulate_values_avx512<3>(ps, j0, common, values, row_len, D, as)
+                   : q == 2 ? accumulate_values_avx512<2>(ps, j0, common, values, row_len, D, as)
+                            : accumulate_values_avx512<1>(ps, j0, common, values, row_len, D, as);
+          for (int t = 0; t < q; ++t) {
+            const int64_t from = std::max(j0, common), to = std::min(j0 + kValueKeys, span(i + t));
+            if (from < to) accumulate_values_avx512<1>(ps + t, from, to, values, row_len, D, as + t);
+          }
+        }
+        continue;
+      }
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t j1 = std::min(j0 + kValueKeys, span(i));
         if (j0 >= j1) continue;
         const float* pi = p + i * pstride;
         int64_t d0 = 0;
-        if (kAvx512) {
-          for (; d0 + 64 <= D; d0 += 64) accumulate_block_avx512<4>(pi, j0, j1, values, row_len, d0, acc + i * D);
-          for (; d0 + 32 <= D; d0 += 32) accumulate_block_avx512<2>(pi, j0, j1, values, row_len, d0, acc + i * D);
-          for (; d0 < D; d0 += 16) accumulate_block_avx512<1>(pi, j0, j1, values, row_len, d0, acc + i * D);
-          continue;
-        }
         for (; d0 + 64 <= D; d0 += 64) accumulate_block<8>(pi, j0, j1, values, row_len, d0, acc + i * D);
         for (; d0 + 32 <= D; d0 += 32) accumulate_block<4>(pi, j0, j1, values, row_len, d0, acc + i * D);
         for (; d0 < D; d0 += 16) accumulate_block<2>(pi, j0, j1, values, row_len, d0, acc + i * D);
       }
+    }
     for (int64_t i = 0; i < nq; ++i) {
       float* o = out + (a + i / group) * n_q_ * D + (h * group + i % group) * D;
       const __m256 s = _mm256_set1_ps(inv[i]);
