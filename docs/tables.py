@@ -381,39 +381,46 @@ def stack_split() -> str:
 @table("amx_attention_before_after")
 def amx_attention_before_after() -> str:
     """W8A8 at SmolLM2 shape before (a2fa1ba) and after the AMX products and the shared-key attention:
-    end to end (bench_sweep at TPF ~3) and the forward's split (bench_stack_split), run alternately."""
+    end to end (bench_sweep at TPF ~3, every run in the order they ran) and the forward's split
+    (bench_stack_split, before / after / before), alternating trees."""
     before = "before_amx_attention"
-    runs = [(f"{before}/e2e_before.json", "before (a2fa1ba), run 1"), ("sweep_e2e_smollm2_tpf3.json", "after"),
-            (f"{before}/e2e_before2.json", "before (a2fa1ba), run 2")]
+    runs = [(f"{before}/e2e_before.json", "before (a2fa1ba)"), (f"{before}/e2e_after_5509e9c.json", "5509e9c (AMX, attention)"),
+            (f"{before}/e2e_before2.json", "before (a2fa1ba)"), ("sweep_e2e_smollm2_tpf3.json", "after (+ AVX-512 attention)"),
+            (f"{before}/e2e_before3.json", "before (a2fa1ba)")]
     rows = []
     for name, label in runs:
-        r = load(name)["shapes"]["smollm2-135m"]["end_to_end"]["paths"]["int8-a8"]
+        d = load(name)
+        r = d["shapes"]["smollm2-135m"]["end_to_end"]["paths"]["int8-a8"]
         ar, bd, nc = r["ar"], r["bd_cache"], r["bd_no_cache"]
-        rows.append([label, f"{ar['tokens_per_s']:.1f}", f"{bd['tokens_per_s']:.1f} ({bd['tpf']:.2f})",
+        rows.append([label, d["date"][11:16], f"{ar['tokens_per_s']:.1f}", f"{bd['tokens_per_s']:.1f} ({bd['tpf']:.2f})",
                      f"{nc['tokens_per_s']:.1f} ({nc['tpf']:.2f})", f"{bd['tokens_per_s'] / ar['tokens_per_s']:.2f}x"])
-    e2e = markdown(["W8A8 (int8-a8)", "AR tok/s", "block diffusion + sub-block cache, tok/s (TPF)",
-                    "block diffusion, no cache, tok/s (TPF)", "BD + cache / AR"], rows, runs[1][0], load(runs[1][0]),
-                   "python benchmarks/" + load(runs[1][0])["command"] + " (before: the same, --paths int8-a8, in a "
-                   "checkout of a2fa1ba)", also=tuple(n for n, _ in runs[::2]))
-    old, new = load(f"{before}/split_before.json"), load("stack_split.json")
-    split = [[a["rows"], f"{a['forward_ms']:.2f}", f"{b['forward_ms']:.2f}", f"{a['forward_ms'] / b['forward_ms']:.2f}x",
-              f"{a['products_ms']:.2f}", f"{b['products_ms']:.2f}", f"{a['rest_ms']:.2f}", f"{b['rest_ms']:.2f}"]
-             for a, b in zip(old["rows"], new["rows"])]
+    main = load(runs[3][0])
+    e2e = markdown(["W8A8 (int8-a8), tree", "started (UTC)", "AR tok/s", "block diffusion + sub-block cache, tok/s (TPF)",
+                    "block diffusion, no cache, tok/s (TPF)", "BD + cache / AR"], rows, runs[3][0], main,
+                   "python benchmarks/" + main["command"] + " (the other trees: the same with --paths int8-a8, in their "
+                   "own checkouts)", also=tuple(n for n, _ in runs if n != runs[3][0]))
+    old, new, old2 = (load(f"{before}/split_before2.json"), load("stack_split.json"), load(f"{before}/split_before3.json"))
+    split = [[a["rows"], f"{a['forward_ms']:.2f} / {c['forward_ms']:.2f}", f"{b['forward_ms']:.2f}",
+              f"{a['forward_ms'] / b['forward_ms']:.2f}-{c['forward_ms'] / b['forward_ms']:.2f}x",
+              f"{a['products_ms']:.2f} / {c['products_ms']:.2f}", f"{b['products_ms']:.2f}",
+              f"{a['rest_ms']:.2f} / {c['rest_ms']:.2f}", f"{b['rest_ms']:.2f}"]
+             for a, b, c in zip(old["rows"], new["rows"], old2["rows"])]
     m = new["machine"]
     return e2e + "\n" + markdown(
-        ["query rows", "forward before, ms", "after, ms", "speed-up", "products before, ms", "after, ms",
+        ["query rows", "forward before (two runs), ms", "after, ms", "speed-up", "products before, ms", "after, ms",
          "rest before, ms", "after, ms"], split, "stack_split.json", new,
-        "python benchmarks/" + new["command"] + " (before: the same in a checkout of a2fa1ba)",
+        "python benchmarks/" + new["command"] + " (before: the same in a checkout of a2fa1ba, run just before and "
+        "just after)",
         machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']} (before: "
                 f"{old['machine']['w8a8_kernel']}), torch {m['torch']}, {new['shape']}, context {new['context']}",
-        also=(f"{before}/split_before.json",))
+        also=(f"{before}/split_before2.json", f"{before}/split_before3.json"))
 
 
 @table("prefill_before_after")
 def prefill_before_after() -> str:
     """Time to the first token of long prompts at SmolLM2 shape, before (a2fa1ba) and after the shared-key
     attention and the AMX products (bench_sweep.py --prefill, run one after the other)."""
-    name, before = "prefill_smollm2.json", "before_amx_attention/prefill_before.json"
+    name, before = "prefill_smollm2.json", "before_amx_attention/prefill_before2.json"
     new, old = load(name), load(before)
     a, b = new["shapes"]["smollm2-135m"]["prefill"], old["shapes"]["smollm2-135m"]["prefill"]
     rows = []
