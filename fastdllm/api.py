@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -241,7 +242,11 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
     same int4 layers rounded with GPTQ (``fastdllm.quant.gptq``): the model is loaded in float32,
     decodes ``calibration`` (a list of prompts or a text file with one per line; default: a built-in set) while the inputs
     of its int4 layers are recorded, then is quantised. A GGUF holding 4-bit codes keeps them (as
-    with ``"int4"``, and a warning says so).
+    with ``"int4"``, and a warning says so). ``"int8-a8"``: int8 weights with int8 activations
+    (W8A8: each input row quantised per block of 32 inputs inside the product, integer dot products on
+    AMX, AVX-512 VNNI or AVX2; the fastest CPU path, with a small accuracy cost, see the CPU kernels
+    docs); ``"int4-a8"``: int4 with its int8 layers so. Both need fastdllm's native CPU kernels
+    (float32 on the CPU); without them a warning says the layers keep float activations.
 
     ``adapter``: a LoRA adapter directory written by ``fastdllm train --lora``, merged into
     the weights of ``model`` (its base).
@@ -274,5 +279,12 @@ def load(model: str | None = None, dtype: str | torch.dtype = "auto", device: st
                        use_native=plan.use_native)
         llm = LLM(ckpt, mask_token_id=mask_token_id, max_batch_size=max_batch_size, steps_per_sync=steps_per_sync,
                   runtime=runtime)
+    if plan.activations != "float32":
+        from .quant import set_activations
+
+        if not set_activations(ckpt.model, plan.activations):
+            logging.getLogger("fastdllm.quant").warning(
+                "int8 activations need fastdllm's native CPU kernels (float32, CPU, native=on): the int8 layers "
+                "keep float activations")
     llm.load_seconds = time.perf_counter() - t0
     return llm

@@ -25,6 +25,7 @@ from fastdllm.cli import common
 from fastdllm.models import smollm2_gguf
 from fastdllm.cli import generate as gen_cli
 from fastdllm.cli.main import main
+from fastdllm.kernels import native
 from tests.helpers import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,6 +290,14 @@ def test_ar_mode(capsys, ckpt):
                               "--stream")
     assert code == 0, err
     assert out2 == out
+
+
+@pytest.mark.skipif(not native.available(), reason="int8 activations run on fastdllm's native CPU kernels")
+def test_quantize_with_int8_activations(capsys, ckpt):
+    code, out, err = run_cli(capsys, "generate", "--model", ckpt, PROMPT, "--max-new-tokens", "6", "--ar",
+                             "--quantize", "int8-a8")
+    assert code == 0, err
+    assert stats_of(err).group(4) == "ar" and out.strip()
 
 
 def test_stdin_system_and_no_chat(capsys, ckpt, monkeypatch):

@@ -161,3 +161,46 @@ def test_set_activations_switches_int8_layers_only(ckpts):  # noqa: F811
         load_path("int3-a8", str(ckpts["qwen2"]))
     with pytest.raises(ModelLoadError, match="not a path"):
         load_path("none-a8", str(ckpts["qwen2"]))
+
+
+@needs_native
+def test_load_with_int8_activations(ckpts):  # noqa: F811
+    """quantize="int8-a8" is quantize="int8" with every int8 layer switched to int8 activations: the
+    same layers and the same tokens as switching them by hand; "int4-a8" switches int4's int8 layers."""
+    import fastdllm
+    from fastdllm.quant import Int4Linear
+
+    path = str(ckpts["qwen2"])
+    a8 = fastdllm.load(path, quantize="int8-a8")
+    layers = [m for m in a8.model.modules() if isinstance(m, Int8Linear)]
+    assert layers and {m.activations for m in layers} == {"int8"}
+    by_hand = fastdllm.load(path, quantize="int8")
+    assert set_activations(by_hand.model, "int8") == len(layers)
+    prompt = [[3, 14, 15, 92, 65]]
+    assert (a8.generate(prompt, mode="ar", max_new_tokens=10)[0].token_ids
+            == by_hand.generate(prompt, mode="ar", max_new_tokens=10)[0].token_ids)
+    w4 = fastdllm.load(path, quantize="int4-a8")
+    assert {m.activations for m in w4.model.modules() if isinstance(m, Int8Linear)} == {"int8"}
+    assert any(isinstance(m, Int4Linear) for m in w4.model.modules())  # int4 layers keep float activations
+
+
+def test_int8_activations_refused_where_they_cannot_run(caplog):
+    from fastdllm.errors import ModelLoadError
+    from fastdllm.loading.plan import plan_load
+    from fastdllm.quant import split_activations
+
+    assert split_activations("int8-a8") == ("int8", "int8") and split_activations("int4") == ("int4", "float32")
+    with pytest.raises(ModelLoadError, match="int8-a8 or int4-a8"):
+        split_activations("int4-gptq-a8")
+    with pytest.raises(ModelLoadError, match="CPU kernels"):
+        plan_load("word-problems", device="meta", quantize="int8-a8")
+
+
+def test_load_with_int8_activations_without_native_kernels_says_so(ckpts, caplog):  # noqa: F811
+    import fastdllm
+    from fastdllm.options import RuntimeOptions
+
+    llm = fastdllm.load(str(ckpts["qwen2"]), quantize="int8-a8", runtime=RuntimeOptions(native="off"))
+    assert {m.activations for m in llm.model.modules() if isinstance(m, Int8Linear)} == {"float32"}
+    assert "keep float activations" in caplog.text
+

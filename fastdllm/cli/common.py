@@ -113,12 +113,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, mask_token: bool = True
                             "float16 or float64; bfloat16 on a CPU without native bfloat16 runs in float32 "
                             "(default: %(default)s)")
     if quantize:
-        group.add_argument("--quantize", choices=["auto", "none", "int8", "int4", "int4-gptq"], default="auto",
+        group.add_argument("--quantize", choices=["auto", "none", "int8", "int4", "int4-gptq", "int8-a8", "int4-a8"],
+                           default="auto",
                            help="weight-only quantisation of the linear layers: int8 per channel, int4 in groups of "
                                 "32 (a GGUF file's Q4_0/Q4_1 blocks are kept as they are), int4-gptq: int4 rounded "
-                                "with GPTQ, calibrated on the model's own decoding; auto: int4 for a GGUF file "
-                                "holding Q4_0/Q4_1 blocks (on the CPU in float32), none otherwise; none: a GGUF "
-                                "dequantised (default: %(default)s)")
+                                "with GPTQ, calibrated on the model's own decoding; int8-a8 / int4-a8: the int8 "
+                                "layers with int8 activations too (integer products on the CPU: the fastest path, "
+                                "a small accuracy cost); auto: int4 for a GGUF file holding Q4_0/Q4_1 blocks (on "
+                                "the CPU in float32), none otherwise; none: a GGUF dequantised (default: "
+                                "%(default)s)")
         group.add_argument("--calibration", metavar="FILE",
                            help="with --quantize int4-gptq: prompts to calibrate on, one per line (default: a "
                                 "built-in set)")

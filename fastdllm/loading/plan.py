@@ -36,6 +36,7 @@ class LoadPlan:
     gptq: bool = False               # built in float32 (quantize None), then rounded to int4 with GPTQ
     calibration: list[str] | None = None  # GPTQ's prompts
     use_native: bool = True          # quantised layers may run on fastdllm's native kernels (``RuntimeOptions``)
+    activations: str = "float32"     # the int8 layers' activations: "int8" for quantize="int8-a8" / "int4-a8"
 
     @property
     def load_dtype(self) -> torch.dtype:
@@ -59,10 +60,16 @@ def plan_load(model: str | None, dtype: str | torch.dtype = "auto", device: str 
     """The plan for ``fastdllm.load``'s arguments (see its docstring for the rules); ModelLoadError
     for arguments that cannot work, before anything is loaded."""
     from ..kernels.precision import resolve_dtype
-    from ..quant import parse_quantize
+    from ..quant import parse_quantize, split_activations
     from . import parse_device, parse_dtype
 
     dev = parse_device(device)
+    activations = "float32"
+    if isinstance(quantize, str):
+        quantize, activations = split_activations(quantize)
+        if activations == "int8" and dev.type != "cpu":
+            raise ModelLoadError(f"int8 activations run on fastdllm's CPU kernels, not on {dev}: use quantize="
+                                 f"{quantize!r} there")
     auto = isinstance(quantize, str) and quantize.lower() == "auto"
     dt, mode = resolve_dtype(parse_dtype(dtype, dev), dev), None if auto else parse_quantize(quantize)
     if model is None:
@@ -84,7 +91,7 @@ def plan_load(model: str | None, dtype: str | torch.dtype = "auto", device: str 
             gptq, prompts, mode = False, None, "int4"
     elif calibration is not None:
         raise ModelLoadError("calibration prompts apply only to quantize='int4-gptq'")
-    return LoadPlan(model, revision, dev, dt, mode, adapter, gptq, prompts, use_native)
+    return LoadPlan(model, revision, dev, dt, mode, adapter, gptq, prompts, use_native, activations)
 
 
 def _auto_quantize(model, revision, adapter, dev: torch.device, dt: torch.dtype, use_native: bool = True):

@@ -30,7 +30,7 @@ LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "
 GROUP_SIZE = 32
 INT8_UNDER_INT4 = ("self_attn.qkv_proj", "mlp.down_proj")  # made from floats, int4 keeps these at int8
 
-__all__ = ["MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
+__all__ = ["A8_MODES", "MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
            "as_float", "cat_rows", "linear_names", "parse_quantize", "parse_quantized_list", "quantize_model",
            "quantized_linear", "layer_mode", "set_activations", "load_path"]
 
@@ -109,18 +109,29 @@ def set_activations(model: nn.Module, activations: str) -> int:
     return switched
 
 
-A8_SUFFIX = "-a8"  # a benchmark path name: "int8-a8" is quantize="int8" with int8 activations
+A8_SUFFIX = "-a8"  # "int8-a8": quantize="int8" with int8 activations (``fastdllm.load``, benchmark paths)
+A8_MODES = ("int8-a8", "int4-a8")  # int4-a8: int4 with its int8 layers on int8 activations
+
+
+def split_activations(mode: str) -> tuple[str, str]:
+    """A ``quantize`` value -> (the weights' quantisation, the int8 layers' activations): "int8-a8"
+    -> ("int8", "int8"); anything else -> (itself, "float32"). ModelLoadError for a suffix on a mode
+    that has no int8 layers to switch."""
+    key = str(mode).lower()
+    if not key.endswith(A8_SUFFIX):
+        return mode, "float32"
+    if key not in A8_MODES:
+        raise ModelLoadError(f"unsupported quantisation {mode!r}: int8 activations ({A8_SUFFIX}) go with "
+                             f"{' or '.join(A8_MODES)}")
+    return key[: -len(A8_SUFFIX)], "int8"
 
 
 def load_path(path: str, model: str | None = None, **kw):
     """``fastdllm.load(model, quantize=...)`` for a benchmark path: "float32", a quantisation, or one
-    with ``A8_SUFFIX`` (its int8 layers then take int8 activations: ``set_activations``)."""
+    with ``A8_SUFFIX`` (its int8 layers then take int8 activations)."""
     import fastdllm
 
     base = path[: -len(A8_SUFFIX)] if path.endswith(A8_SUFFIX) else path
-    if base != "float32" and parse_quantize(base) is None:
-        raise ModelLoadError(f"{path!r} is not a path: float32 or a quantisation, optionally with {A8_SUFFIX}")
-    llm = fastdllm.load(model, quantize=None if base == "float32" else base, **kw)
-    if base != path:
-        set_activations(llm.model, "int8")
-    return llm
+    if (base != "float32" and parse_quantize(base) is None) or (base != path and path not in A8_MODES):
+        raise ModelLoadError(f"{path!r} is not a path: float32 or a quantisation, or one of {', '.join(A8_MODES)}")
+    return fastdllm.load(model, quantize=None if path == "float32" else path, **kw)
