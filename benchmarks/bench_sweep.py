@@ -540,7 +540,8 @@ def markdown(result: dict) -> str:
             add("| path | " + " | ".join(lengths) + " |")
             add("|---|" + "---|" * len(lengths))
             for p, r in pre.items():
-                add(f"| {p} | " + " | ".join(f"{r[n]['seconds']:.2f} ({r[n]['tokens_per_s']:.0f})" for n in lengths) + " |")
+                add(f"| {p} | " + " | ".join(f"{r[n]['seconds']:.2f} ({r[n]['tokens_per_s']:.0f})" for n in lengths)
+                    + " |")
         for c, r in s.get("contexts", {}).items():
             add(f"\n**{shape}**, context {c}: ms per forward (GFLOP/s) by query rows; fastest AR: "
                   f"{r.get('fastest_ar_path')} {r.get('fastest_ar_ms', float('nan')):.2f} ms\n")

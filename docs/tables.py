@@ -384,22 +384,27 @@ def amx_attention_before_after() -> str:
     end to end (bench_sweep at TPF ~3, every run in the order they ran) and the forward's split
     (bench_stack_split, before / after / before), alternating trees."""
     before = "before_amx_attention"
-    runs = [(f"{before}/e2e_before.json", "before (a2fa1ba)"), (f"{before}/e2e_after_5509e9c.json", "5509e9c (AMX, attention)"),
-            (f"{before}/e2e_before2.json", "before (a2fa1ba)"), ("sweep_e2e_smollm2_tpf3.json", "after (+ AVX-512 attention)"),
+    runs = [(f"{before}/e2e_before.json", "before (a2fa1ba)"),
+            (f"{before}/e2e_after_5509e9c.json", "5509e9c (AMX, attention)"),
+            (f"{before}/e2e_before2.json", "before (a2fa1ba)"),
+            ("sweep_e2e_smollm2_tpf3.json", "after (+ AVX-512 attention)"),
             (f"{before}/e2e_before3.json", "before (a2fa1ba)")]
     rows = []
     for name, label in runs:
         d = load(name)
         r = d["shapes"]["smollm2-135m"]["end_to_end"]["paths"]["int8-a8"]
         ar, bd, nc = r["ar"], r["bd_cache"], r["bd_no_cache"]
-        rows.append([label, d["date"][11:16], f"{ar['tokens_per_s']:.1f}", f"{bd['tokens_per_s']:.1f} ({bd['tpf']:.2f})",
-                     f"{nc['tokens_per_s']:.1f} ({nc['tpf']:.2f})", f"{bd['tokens_per_s'] / ar['tokens_per_s']:.2f}x"])
+        rows.append([label, d["date"][11:16], f"{ar['tokens_per_s']:.1f}",
+                     f"{bd['tokens_per_s']:.1f} ({bd['tpf']:.2f})", f"{nc['tokens_per_s']:.1f} ({nc['tpf']:.2f})",
+                     f"{bd['tokens_per_s'] / ar['tokens_per_s']:.2f}x"])
     main = load(runs[3][0])
-    e2e = markdown(["W8A8 (int8-a8), tree", "started (UTC)", "AR tok/s", "block diffusion + sub-block cache, tok/s (TPF)",
-                    "block diffusion, no cache, tok/s (TPF)", "BD + cache / AR"], rows, runs[3][0], main,
-                   "python benchmarks/" + main["command"] + " (the other trees: the same with --paths int8-a8, in their "
-                   "own checkouts)", also=tuple(n for n, _ in runs if n != runs[3][0]))
-    old, new, old2 = (load(f"{before}/split_before2.json"), load("stack_split.json"), load(f"{before}/split_before3.json"))
+    e2e = markdown(["W8A8 (int8-a8), tree", "started (UTC)", "AR tok/s",
+                    "block diffusion + sub-block cache, tok/s (TPF)", "block diffusion, no cache, tok/s (TPF)",
+                    "BD + cache / AR"], rows, runs[3][0], main,
+                   "python benchmarks/" + main["command"]
+                   + " (the other trees: the same with --paths int8-a8, in their own checkouts)", also=tuple(n for n, _ in runs if n != runs[3][0]))
+    old, new = load(f"{before}/split_before2.json"), load("stack_split.json")
+    old2 = load(f"{before}/split_before3.json")
     split = [[a["rows"], f"{a['forward_ms']:.2f} / {c['forward_ms']:.2f}", f"{b['forward_ms']:.2f}",
               f"{a['forward_ms'] / b['forward_ms']:.2f}-{c['forward_ms'] / b['forward_ms']:.2f}x",
               f"{a['products_ms']:.2f} / {c['products_ms']:.2f}", f"{b['products_ms']:.2f}",
@@ -427,11 +432,12 @@ def prefill_before_after() -> str:
     for path, r in a.items():
         for n, v in r.items():
             o = b[path][n]
-            rows.append([path, n, f"{o['seconds']:.2f} ({o['tokens_per_s']:.0f})", f"{v['seconds']:.2f} ({v['tokens_per_s']:.0f})",
-                         f"{o['seconds'] / v['seconds']:.2f}x"])
+            rows.append([path, n, f"{o['seconds']:.2f} ({o['tokens_per_s']:.0f})",
+                         f"{v['seconds']:.2f} ({v['tokens_per_s']:.0f})", f"{o['seconds'] / v['seconds']:.2f}x"])
     m = new["machine"]
-    return markdown(["path", "prompt tokens", "before (a2fa1ba): s (tokens/s)", "after: s (tokens/s)", "speed-up"], rows,
-                    name, new, "python benchmarks/" + new["command"] + " (before: the same script in a checkout of a2fa1ba)",
+    return markdown(["path", "prompt tokens", "before (a2fa1ba): s (tokens/s)", "after: s (tokens/s)", "speed-up"],
+                    rows, name, new,
+                    "python benchmarks/" + new["command"] + " (before: the same script in a checkout of a2fa1ba)",
                     machine=f"{m['cpu']}, {m['threads']} threads, W8A8 kernel {m['w8a8_kernel']}, torch {m['torch']}, "
                             "random weights at SmolLM2-135M's shape, the engine's prefill chunks of 512",
                     also=(before,))

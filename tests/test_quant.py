@@ -369,7 +369,8 @@ def packed_forward(model, parts, stack: bool):
 
 @needs_native
 @pytest.mark.parametrize("mode", ["int8", "int4"])  # int4: int4 projections beside int8 qkv and down ones
-@pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads", "gqa-112"])  # qkv bias; tied, o/MLP biases; head sizes
+# qkv bias; tied, o/MLP biases; head sizes
+@pytest.mark.parametrize("family", ["qwen2", "llama", "wide-heads", "gqa-112"])
 @pytest.mark.parametrize("parts", [STACK_PARTS, STACK_PARTS[3:4], STACK_PARTS[:1]], ids=["mixed", "ar-step", "block"])
 def test_quant_stack_matches_the_eager_layers(ckpts, family, parts, mode):
     model = load_checkpoint(ckpts[family], quantize=mode).model

@@ -30,9 +30,9 @@ LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "
 GROUP_SIZE = 32
 INT8_UNDER_INT4 = ("self_attn.qkv_proj", "mlp.down_proj")  # made from floats, int4 keeps these at int8
 
-__all__ = ["A8_MODES", "MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear", "QuantizedWeight",
-           "as_float", "cat_rows", "linear_names", "parse_quantize", "parse_quantized_list", "quantize_model",
-           "quantized_linear", "layer_mode", "set_activations", "load_path"]
+__all__ = ["A8_MODES", "MODES", "Int4Linear", "Int4Weight", "Int8Linear", "Int8Weight", "QuantLinear",
+           "QuantizedWeight", "as_float", "cat_rows", "linear_names", "parse_quantize", "parse_quantized_list",
+           "quantize_model", "quantized_linear", "layer_mode", "set_activations", "split_activations", "load_path"]
 
 
 def parse_quantize(mode: str | None) -> str | None:

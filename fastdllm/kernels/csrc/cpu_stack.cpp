@@ -48,7 +48,8 @@ inline __m256 hsum8(const __m256 v[8]) {
     return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(ad, bd)), _mm256_castpd_ps(_mm256_unpackhi_pd(ad, bd)));
   };
   const __m256 t01 = pairs(s[0], s[1]), t23 = pairs(s[2], s[3]);
-  return _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // p[0, 8) = scale * dot(q, key_k, D) for the 8 keys key_k = keys + k * stride, with dot's bits
@@ -593,10 +594,17 @@ class QuantStack {
         while (q < kQueries && i + q < nq && j + 8 <= span(i + q)) ++q;
         const float* qs[kQueries];
         float* ps[kQueries];
-        for (int t = 0; t < q; ++t) qs[t] = query(i + t), ps[t] = p + (i + t) * pstride + j;
+        for (int t = 0; t < q; ++t) {
+          qs[t] = query(i + t);
+          ps[t] = p + (i + t) * pstride + j;
+        }
         const float* kj = keys + j * row_len;
-        q == 3 ? scores8_avx512<3>(qs, kj, row_len, D, scale_, ps)
-               : q == 2 ? scores8_avx512<2>(qs, kj, row_len, D, scale_, ps) : scores8_avx512<1>(qs, kj, row_len, D, scale_, ps);
+        if (q == 3)
+          scores8_avx512<3>(qs, kj, row_len, D, scale_, ps);
+        else if (q == 2)
+          scores8_avx512<2>(qs, kj, row_len, D, scale_, ps);
+        else
+          scores8_avx512<1>(qs, kj, row_len, D, scale_, ps);
         i += q;
       }
     for (int64_t i = 0; i < nq; ++i) {
@@ -613,12 +621,17 @@ class QuantStack {
           const float* ps[kQueries];
           float* as[kQueries];
           int64_t common = j0 + kValueKeys;  // keys every query of the group takes; then each its own rest
-          for (int t = 0; t < q; ++t) ps[t] = p + (i + t) * pstride, as[t] = acc + (i + t) * D,
-                                       common = std::min(common, span(i + t));
-          if (common > j0)
-            q == 3 ? accumulate_values_avx512<3>(ps, j0, common, values, row_len, D, as)
-                   : q == 2 ? accumulate_values_avx512<2>(ps, j0, common, values, row_len, D, as)
-                            : accumulate_values_avx512<1>(ps, j0, common, values, row_len, D, as);
+          for (int t = 0; t < q; ++t) {
+            ps[t] = p + (i + t) * pstride;
+            as[t] = acc + (i + t) * D;
+            common = std::min(common, span(i + t));
+          }
+          if (common > j0 && q == 3)
+            accumulate_values_avx512<3>(ps, j0, common, values, row_len, D, as);
+          else if (common > j0 && q == 2)
+            accumulate_values_avx512<2>(ps, j0, common, values, row_len, D, as);
+          else if (common > j0)
+            accumulate_values_avx512<1>(ps, j0, common, values, row_len, D, as);
           for (int t = 0; t < q; ++t) {
             const int64_t from = std::max(j0, common), to = std::min(j0 + kValueKeys, span(i + t));
             if (from < to) accumulate_values_avx512<1>(ps + t, from, to, values, row_len, D, as + t);
