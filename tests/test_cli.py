@@ -300,6 +300,25 @@ def test_quantize_with_int8_activations(capsys, ckpt):
     assert stats_of(err).group(4) == "ar" and out.strip()
 
 
+def test_verbose_says_how_the_model_runs_and_decodes(capsys, ckpt):
+    code, out, err = run_cli(capsys, "generate", "--model", ckpt, PROMPT, "--max-new-tokens", "6", "-v",
+                             "--threshold", "0.8")
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[fastdllm] ")]
+    assert lines[0].startswith(f"[fastdllm] model: {ckpt}, block diffusion, float32, quantisation none")
+    assert lines[1].startswith("[fastdllm] forward: ")
+    assert "block 32 (checkpoint)" in lines[2] and "threshold 0.8 (flag)" in lines[2], lines[2]
+    assert "sub-block cache off (default)" in lines[2]
+    _, quiet, _ = run_cli(capsys, "generate", "--model", ckpt, PROMPT, "--max-new-tokens", "6", "--threshold", "0.8")
+    assert out == quiet  # stdout is the completion either way
+    code, _, err = run_cli(capsys, "generate", "--model", ckpt, PROMPT, "--max-new-tokens", "4", "--ar", "--verbose")
+    assert code == 0 and "decoding: autoregressive, one token a forward (flag)" in err
+    if native.available():
+        code, _, err = run_cli(capsys, "generate", "--model", ckpt, PROMPT, "--max-new-tokens", "4", "-v",
+                               "--quantize", "int8-a8")
+        assert code == 0 and "quantisation int8, int8 activations (W8A8 on " in err, err
+
+
 def test_stdin_system_and_no_chat(capsys, ckpt, monkeypatch):
     def prompt_ids(*argv):
         code, out, err = run_cli(capsys, "generate", "--model", ckpt, "--max-new-tokens", "0", "--json", *argv)

@@ -73,7 +73,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--plot", metavar="FILE",
                    help="save a picture of the decoding (which forward pass decoded each token) to FILE "
                         "(.png, .svg or .pdf)")
+    i.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr, before decoding, how the model runs (dtype, quantisation and the kernel "
+                        "of its products, the forward's backend) and how it decodes (each setting and where it "
+                        "came from: a flag or the checkpoint)")
     return p
+
+
+def describe_setup(llm, params, opts) -> list[str]:
+    """What ``--verbose`` prints: how the loaded model runs and how it will decode, each decoding
+    setting with its source (a flag, else the checkpoint's config, else fastdllm's default)."""
+    from ..kernels import cpu_info
+    from ..quant import Int8Linear
+
+    model = llm.model
+    a8 = any(m.activations == "int8" for m in model.modules() if isinstance(m, Int8Linear))
+    quant = model.quantization or "none"
+    if a8:
+        isa = cpu_info.w8a8_isa()
+        quant += f", int8 activations (W8A8 on {isa}: {cpu_info.W8A8_HOW[isa].strip('()')})"
+    elif model.quantization:
+        quant += ", float32 activations (weight-only)"
+    lines = [f"model: {llm.checkpoint.path}, {'block diffusion' if llm.is_block_diffusion else 'autoregressive'}, "
+             f"{str(model.dtype).replace('torch.', '')}, quantisation {quant}",
+             f"forward: {llm.engine.backend.describe()}"]
+    given = {k for k, v in vars(opts).items() if v is not None}  # a flag given: DecodeOptions leaves None otherwise
+    cfg = llm.config
+
+    def source(flag: str, in_config: bool) -> str:
+        return "flag" if flag in given else ("checkpoint" if in_config else "default")
+
+    if params.mode == "ar":
+        why = "flag" if "mode" in given else "an autoregressive checkpoint"
+        lines.append(f"decoding: autoregressive, one token a forward ({why})")
+    else:
+        lines.append("decoding: block diffusion, "
+                     f"block {params.block_size} ({source('block_size', cfg.bd_size is not None)}), "
+                     f"sub-block {params.small_block_size} "
+                     f"({source('small_block_size', cfg.small_block_size is not None)}), "
+                     f"threshold {params.threshold:g} ({source('threshold', cfg.threshold is not None)}), "
+                     f"acceptance {params.acceptance} ({source('acceptance', cfg.acceptance is not None)}), "
+                     f"sub-block cache {'on (flag)' if params.use_block_cache else 'off (default)'}")
+    return [f"[{common.PROG}] {line}" for line in lines]
 
 
 # ---- validation (before loading anything) ---------------------------------------------------
@@ -187,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequestError as e:
         raise flag_error(e) from None
     prompt_ids = encode_prompt(llm, prompt, args, context_cap(params, llm.config.max_position_embeddings))
+    if args.verbose:
+        print("\n".join(describe_setup(llm, params, opts)), file=sys.stderr, flush=True)
     mode = params.mode
     options = {**{k: v for k, v in vars(opts).items()}, "chat": False, "mode": mode}
 
