@@ -29,7 +29,7 @@ constexpr int64_t kA8Outputs = 16;   // outputs per packed group (one 512-bit ve
 // epilogue is the same sequence of operations in both, so the two give the same bits.
 void int8a8_groups_avx2(const A8Args& a, int64_t g0, int64_t g1);
 void int8a8_groups_vnni512(const A8Args& a, int64_t g0, int64_t g1);
-// AMX: XQ, XS and XC must hold amx_padded_rows(M) rows (the rows past M zero): its tiles read
+// AMX: XQ must hold amx_padded_rows(M) rows (the rows past M zero): its tiles read
 // whole chunks of rows.
 void int8a8_groups_amx(const A8Args& a, int64_t g0, int64_t g1);
 int64_t amx_padded_rows(int64_t M);

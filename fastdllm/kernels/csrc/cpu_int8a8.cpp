@@ -179,13 +179,15 @@ const char* isa_name(int isa) { return isa == kIsaAmx ? "amx" : isa == kIsaVnni5
 void int8a8_gemm(const float* X, int64_t M, int64_t K, const uint8_t* W, const float* S, const float* B, int64_t N,
                  float* Y, int isa) {
   if (M == 0) return;
-  if (isa == kIsaAuto)
-    isa = M >= kAmxMinRows && int8a8_has_isa(kIsaAmx) ? kIsaAmx : int8a8_has_isa(kIsaVnni512) ? kIsaVnni512 : kIsaAvx2;
+  if (isa == kIsaAuto) {
+    isa = int8a8_best_isa();
+    if (isa == kIsaAmx && M < kAmxMinRows) isa = kIsaVnni512;  // has_amx implies VNNI
+  }
   const int64_t KB = (K + kA8Block - 1) / kA8Block;
   const int64_t Mp = isa == kIsaAmx ? amx_padded_rows(M) : M;  // AMX tiles read whole chunks of rows
   std::vector<int8_t> q(Mp * KB * kA8Block);  // zeros past row M
-  std::vector<float> s(Mp * KB);
-  std::vector<int32_t> c(Mp * KB);
+  std::vector<float> s(M * KB);
+  std::vector<int32_t> c(M * KB);
   quantise_rows(X, M, K, KB, q.data(), s.data(), c.data());
   const A8Args a{q.data(), s.data(), c.data(), M, KB, W, S, B, N, Y};
   const int64_t groups = (N + kA8Outputs - 1) / kA8Outputs;

@@ -93,8 +93,9 @@ void quad(const A8Args& a, int64_t g0, int64_t m0, int64_t mr) {
 
 int64_t amx_padded_rows(int64_t M) { return M == 0 ? 0 : chunks_of(M) * chunk_of(M); }
 
-// Output groups [g0, g1) for every row; a.xq (and xs, xc) must hold amx_padded_rows(a.M) rows, the
-// ones past a.M zero. The tile configuration is per thread: set here, released at the end.
+// Output groups [g0, g1) for every row; a.xq must hold amx_padded_rows(a.M) rows, the ones past a.M
+// zero (xs and xc are read for real rows only). The tile configuration is per thread: set here,
+// released at the end.
 void int8a8_groups_amx(const A8Args& a, int64_t g0, int64_t g1) {
   const int64_t chunk = chunk_of(a.M);
   configure(static_cast<int>(chunk));
